@@ -1,0 +1,46 @@
+# churn-detector — `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit integration bench clean venv help
+
+help:
+	@echo "make demo   - set up and run the embedded demo (simulator -> engine, no Kafka)"
+	@echo "make test   - set up and run lint, type checks, unit and integration tests"
+	@echo "make bench  - run the benchmarks and append results to benchmarks/RESULTS.md"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,parquet]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/churn-detector demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check detector tests benchmarks
+	$(BIN)/ruff format --check detector tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit detector
+
+integration: $(STAMP)
+	deploy/run-integration.sh
+
+test: lint typecheck unit integration
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-out

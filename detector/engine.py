@@ -1,0 +1,754 @@
+"""The detection engine for one partition: events in, alerts out, state explicit.
+
+Per event (the hot path) it only validates, moves the watermark and increments the current
+daily bucket of the team and the user. Scoring runs when the watermark closes a day, on a
+sweep every ``sweep_interval_s`` of event time, so a team that sends nothing is still
+scored and its silence noticed. The same engine runs in the Faust worker, in replay and in
+the demo; given the same events in the same order it produces the same alerts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import health as hs
+from .alerts import build_alert
+from .events import (
+    NON_ACTIVITY_TYPES,
+    PAYMENT_FAILED,
+    PAYMENT_SUCCEEDED,
+    SUBSCRIPTION_CANCELLED,
+    SUBSCRIPTION_STARTED,
+    TEAM_UPDATED,
+    TRIAL_STARTED,
+    Event,
+    Invalid,
+    decode_event,
+)
+from .population import Population
+from .scoring import (
+    Reason,
+    Signal,
+    combine,
+    decay_strength,
+    payment_strength,
+    low_activity_p_value,
+    silence_strength,
+)
+from .settings import EngineSettings
+from .state import (
+    ACTIVE_USERS,
+    EVENTS,
+    FEATURES,
+    FIELDS,
+    KEY_ACTIONS,
+    RING_DAYS,
+    TASK_FAILURES,
+    TASK_RATIO,
+    TASKS,
+    FAST_ALPHA,
+    SLOW_ALPHA,
+    TeamState,
+    UserState,
+    fold_user,
+)
+from .timemodel import DAY_MS, Watermark, day_end_ms, local_day, utc_offset_ms
+
+_NEW_TEAM_GRACE_DAYS = 2  # a team first seen this long after the partition started is new
+_REGULAR_USER_DAYS = 4
+
+
+@dataclass
+class EngineStats:
+    """Plain counters, read by the metrics adapter at scrape time (nothing per event)."""
+
+    events_valid: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)
+    alerts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    sweeps: int = 0
+    sweep_seconds_total: float = 0.0
+    last_sweep_seconds: float = 0.0
+    tracking_gap_days: int = 0
+
+
+class PartitionEngine:
+    """All state of one partition: teams, users, population, watermark."""
+
+    def __init__(self, settings: EngineSettings, clock: Callable[[], float] = time.perf_counter):
+        self.settings = settings
+        self.clock = clock
+        self.th = hs.Thresholds(
+            settings.cooling_risk,
+            settings.at_risk_risk,
+            settings.recovered_risk,
+            settings.at_risk_days,
+            settings.recovery_days,
+            settings.cooldown_days,
+        )
+        self.watermark = Watermark(
+            settings.allowed_lateness_s * 1000,
+            settings.max_future_skew_s * 1000,
+            settings.future_jump_confirmations,
+        )
+        self.population = Population(settings.population_min_days)
+        self.teams: dict[str, TeamState] = {}
+        self.users: dict[str, UserState] = {}
+        #: teams grouped by UTC offset: a group's days close together
+        self.groups: dict[int, dict[str, TeamState]] = {}
+        self.group_closed: dict[int, int] = {}
+        #: user checks due per UTC day (each user has at most one live entry)
+        self.wheel: dict[int, list[str]] = {}
+        self.user_day_closed: int | None = None
+        self.first_day: int | None = None
+        self.next_sweep_ms: int | None = None
+        self.sweep_ms = settings.sweep_interval_s * 1000
+        self.key_types = frozenset(settings.key_action_types)
+        self.feature_bits: dict[str, int] = {}
+        self.outbox: list[dict[str, Any]] = []
+        self.stats = EngineStats()
+
+    # ------------------------------------------------------------------ hot path
+    def process_raw(self, raw: bytes) -> Invalid | None:
+        decoded = decode_event(raw, self.settings.max_event_bytes)
+        if isinstance(decoded, Invalid):
+            self._count_invalid(decoded.reason)
+            return decoded
+        return self.process(decoded)
+
+    def process(self, ev: Event) -> Invalid | None:
+        """Apply one valid event. Returns an Invalid (late, future) instead of raising."""
+        ts = ev.ts_ms
+        rejected = self.watermark.observe(ts, ev.team_id)
+        if rejected is not None:
+            self._count_invalid(rejected)
+            return Invalid(rejected, f"event time {ts} is outside the accepted window")
+        self.stats.events_valid += 1
+        team = self.teams.get(ev.team_id)
+        if team is None:
+            team = self._new_team(ev.team_id, ts)
+        etype = ev.type
+        if etype in NON_ACTIVITY_TYPES:
+            self._lifecycle(team, ev)
+        else:
+            self._activity(team, ev, etype, ts)
+        if self.next_sweep_ms is None:
+            self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
+        wm = self.watermark.value
+        if wm is not None and wm >= self.next_sweep_ms:
+            self.sweep_until(wm)
+        return None
+
+    def _activity(self, team: TeamState, ev: Event, etype: str, ts: int) -> None:
+        self.population.count(ts)
+        day = (ts + team.offset_ms) // DAY_MS
+        if day > team.ring_day:
+            team.advance_ring(day)
+        elif day <= team.ring_day - RING_DAYS:
+            return  # older than any bucket; cannot happen within allowed lateness
+        ring = team.ring
+        slot = (day % RING_DAYS) * FIELDS
+        ring[slot + EVENTS] += 1.0
+        if day > team.last_active_day:
+            if team.last_active_day >= team.first_day:
+                team.gap += 0.2 * ((day - team.last_active_day) - team.gap)
+            team.last_active_day = day
+            team.active_days += 1
+            if team.health == hs.CHURNED:
+                team.reactivated = True
+        uid = ev.user_id
+        assert uid is not None
+        user = self.users.get(uid)
+        if user is None:
+            user = self._new_user(uid, team, day)
+        if day > user.last_day:
+            if user.last_day >= user.first_day:
+                fold_user(user, day - 1)
+                gap = day - user.last_day
+                user.gap = gap if user.active_days == 1 else user.gap + 0.2 * (gap - user.gap)
+            user.last_day = day
+            user.active_days += 1
+            if user.active_days == _REGULAR_USER_DAYS:
+                team.users_regular += 1
+            ring[slot + ACTIVE_USERS] += 1.0
+        if etype in self.key_types:
+            ring[slot + KEY_ACTIONS] += 1.0
+            team.key_total += 1
+        elif etype == "feature.used":
+            feature = ev.properties.get("feature")
+            if isinstance(feature, str):
+                ring[slot + FEATURES] = float(int(ring[slot + FEATURES]) | self._feature_bit(feature))
+        elif etype == "task.completed":
+            props = ev.properties
+            ring[slot + TASKS] += 1.0
+            ring[slot + TASK_RATIO] += self.population.observe_task(props["task"], props["duration_s"])
+        elif etype == "task.failed":
+            ring[slot + TASK_FAILURES] += 1.0
+        elif etype == "session.ended" and team.first_session_s < 0.0:
+            team.first_session_s = float(ev.properties["duration_s"])
+
+    def _feature_bit(self, feature: str) -> int:
+        bit = self.feature_bits.get(feature)
+        if bit is None:
+            bit = 1 << (zlib.crc32(feature.encode()) % 48)
+            if len(self.feature_bits) < 4096:
+                self.feature_bits[feature] = bit
+        return bit
+
+    def _lifecycle(self, team: TeamState, ev: Event) -> None:
+        etype, props = ev.type, ev.properties
+        if etype in (TEAM_UPDATED, SUBSCRIPTION_STARTED, TRIAL_STARTED):
+            if "plan" in props:
+                team.plan = props["plan"]
+            if "mrr" in props:
+                team.mrr = float(props["mrr"])
+            if "seats" in props:
+                team.seats = int(props["seats"])
+            tz = props.get("timezone")
+            if tz and tz != team.tz:
+                team.tz = tz
+                self._regroup(team, utc_offset_ms(tz, ev.ts_ms))
+            if etype == TRIAL_STARTED:
+                team.trial = True
+                team.is_new = True
+            elif etype == SUBSCRIPTION_STARTED:
+                team.trial = False
+                if team.cancelled:
+                    team.cancelled = False
+                    team.reactivated = True
+        elif etype == SUBSCRIPTION_CANCELLED:
+            team.cancelled = True
+        elif etype == PAYMENT_FAILED:
+            team.payment_failures += 1
+        elif etype == PAYMENT_SUCCEEDED:
+            team.payment_failures = 0
+
+    def _new_team(self, team_id: str, ts: int) -> TeamState:
+        utc_day = ts // DAY_MS
+        if self.first_day is None:
+            self.first_day = utc_day
+        team = TeamState(team_id, utc_day, utc_day - self.first_day >= _NEW_TEAM_GRACE_DAYS)
+        self.teams[team_id] = team
+        self.groups.setdefault(0, {})[team_id] = team
+        return team
+
+    def _regroup(self, team: TeamState, offset_ms: int) -> None:
+        if offset_ms == team.offset_ms:
+            return
+        self.groups[team.offset_ms].pop(team.team_id, None)
+        team.offset_ms = offset_ms
+        self.groups.setdefault(offset_ms, {})[team.team_id] = team
+
+    def _new_user(self, uid: str, team: TeamState, day: int) -> UserState:
+        user = UserState(team.team_id, day)
+        self.users[uid] = user
+        self._schedule(uid, user, day + self.settings.user_min_silence_days)
+        return user
+
+    def _schedule(self, uid: str, user: UserState, day: int) -> None:
+        user.check_day = day
+        self.wheel.setdefault(day, []).append(uid)
+
+    def _count_invalid(self, reason: str) -> None:
+        inv = self.stats.invalid
+        inv[reason] = inv.get(reason, 0) + 1
+
+    # ------------------------------------------------------------------ the clock
+    def advance_idle(self, elapsed_ms: int) -> None:
+        """Live mode: no events for a while; let the clock run by the time that passed."""
+        self.watermark.advance_by(elapsed_ms)
+        wm = self.watermark.value
+        if wm is not None and self.next_sweep_ms is not None and wm >= self.next_sweep_ms:
+            self.sweep_until(wm)
+
+    def sweep_until(self, wm: int) -> None:
+        """Run every sweep due up to watermark ``wm``."""
+        assert self.next_sweep_ms is not None
+        started = self.clock()
+        while self.next_sweep_ms <= wm:
+            self._sweep(self.next_sweep_ms)
+            self.next_sweep_ms += self.sweep_ms
+        spent = self.clock() - started
+        self.stats.sweeps += 1
+        self.stats.sweep_seconds_total += spent
+        self.stats.last_sweep_seconds = spent
+
+    def _sweep(self, t_ms: int) -> None:
+        utc_day = t_ms // DAY_MS
+        self.population.close_until(utc_day)
+        for offset in list(self.groups):
+            group = self.groups[offset]
+            closed = (t_ms + offset) // DAY_MS - 1
+            if self.group_closed.get(offset, -(10**9)) >= closed:
+                continue
+            self.group_closed[offset] = closed
+            for team in list(group.values()):
+                if team.last_scored_day < closed:
+                    self._close_team(team, closed)
+        if self.user_day_closed is None:
+            self.user_day_closed = utc_day - 1
+            for day in [d for d in self.wheel if d < utc_day]:
+                self.wheel[utc_day] = self.wheel.pop(day) + self.wheel.get(utc_day, [])
+        while self.user_day_closed < utc_day - 1:
+            self.user_day_closed += 1
+            self._check_users(self.user_day_closed)
+
+    # ------------------------------------------------------------------ teams
+    def _close_team(self, team: TeamState, upto: int) -> None:
+        for day in range(team.last_scored_day + 1, upto + 1):
+            if day >= team.first_day:
+                self._score_team(team, day)
+            team.last_scored_day = day
+        offset = utc_offset_ms(team.tz, day_end_ms(upto, team.offset_ms) + DAY_MS // 2)
+        if offset != team.offset_ms:
+            self._regroup(team, offset)
+
+    def _score_team(self, team: TeamState, day: int) -> None:
+        s = self.settings
+        if team.health == hs.CHURNED and not team.reactivated and team.cancelled:
+            return
+        team.advance_ring(day)
+        w = s.recent_window_days
+        win = team.window(day, w)
+        today = team.window(day, 1)
+        pop = self.population
+        pop_w = max(0.05, pop.window_factor(day, w))
+        pop_d = pop.day_factor(day)
+        if pop_d < s.tracking_gap_ratio:
+            self.stats.tracking_gap_days += 1
+        age = day - team.first_day + 1
+        mature = age >= s.min_history_days and team.base_days >= s.min_history_days // 2
+        signals: list[Signal] = []
+        norm = 1.0
+
+        silent_days = pop.effective_days(team.last_active_day + 1, day)
+        if mature:
+            norm = self._team_decay(team, win, pop_w, signals)
+            self._team_silence(team, silent_days, signals)
+            self._key_action(team, win, pop_w, norm, signals)
+            self._champion(team, day, signals)
+            self._user_decay(team, signals)
+        if team.is_new and s.onboarding_days - 3 <= age <= s.onboarding_days + 7:
+            self._onboarding(team, signals)
+        self._struggle(team, day, signals)
+        if team.payment_failures:
+            signals.append(
+                Signal(
+                    "payment_failure",
+                    payment_strength(team.payment_failures),
+                    (
+                        Reason(
+                            "payment_failed",
+                            f"{team.payment_failures} consecutive failed payment(s)",
+                            float(team.payment_failures),
+                            0.0,
+                        ),
+                    ),
+                )
+            )
+
+        risk = combine(signals)
+        silence_churn = silent_days >= s.churn_silence_days and team.active_days > 0
+        churned = team.cancelled or silence_churn
+        active = today[EVENTS] > 0
+        before = team.health
+        step = hs.step(
+            team.health,
+            team.hot_days,
+            team.calm_days,
+            team.cooldown_until,
+            day=day,
+            risk=risk,
+            mature=mature,
+            churned=churned,
+            active=active,
+            th=self.th,
+        )
+        team.health, team.hot_days, team.calm_days = step.state, step.hot_days, step.calm_days
+        team.cooldown_until = step.cooldown_until
+        if step.alert is not None:
+            if step.alert == hs.STATE_NAMES[hs.CHURNED]:
+                signal = "cancellation" if team.cancelled else "silence"
+                reasons = [
+                    Reason("subscription_cancelled", "the subscription was cancelled", None, None)
+                    if team.cancelled
+                    else Reason(
+                        "silent", f"no activity for {silent_days:.0f} days", silent_days, team.gap
+                    )
+                ]
+            elif step.alert == hs.RECOVERED:
+                team.reactivated = False
+                signal = "recovery"
+                reasons = [
+                    Reason("activity_recovered", "activity is back near its baseline", norm, 1.0)
+                ]
+            else:
+                top = max(signals, key=lambda sig: sig.strength)
+                signal = top.name
+                reasons = [r for sig in sorted(signals, key=lambda x: -x.strength) for r in sig.reasons]
+            self._emit("team", team.team_id, team, step.alert, before, signal, risk, reasons, day,
+                       day_end_ms(day, team.offset_ms))
+        self._learn_team(team, today, win, pop_d, norm, mature)
+
+    def _team_decay(self, team: TeamState, win: list[float], pop_w: float, out: list[Signal]) -> float:
+        w = self.settings.recent_window_days
+        exp_active = w * team.base_active * pop_w
+        exp_events = w * team.base_events * pop_w
+        if exp_active <= 0.0 or exp_events <= 0.0:
+            return 1.0
+        n_active = min(1.5, win[ACTIVE_USERS] / exp_active)
+        n_events = min(1.5, win[EVENTS] / exp_events)
+        if team.base_breadth >= 3.0:
+            n_breadth = min(1.5, win[FEATURES] / team.base_breadth)
+            norm = 0.5 * n_active + 0.3 * n_events + 0.2 * n_breadth
+        else:
+            n_breadth = 1.0
+            norm = 0.6 * n_active + 0.4 * n_events
+        p_value = low_activity_p_value(win[ACTIVE_USERS], exp_active)
+        strength = decay_strength(norm, p_value, self.settings.decay_alpha)
+        if strength > 0.0:
+            reasons = [
+                Reason(
+                    "active_users_drop",
+                    f"{win[ACTIVE_USERS] / w:.1f} active users a day vs {team.base_active:.1f} usual",
+                    win[ACTIVE_USERS] / w,
+                    team.base_active,
+                ),
+                Reason(
+                    "team_activity_drop",
+                    f"{win[EVENTS] / w:.0f} events a day vs {team.base_events:.0f} usual",
+                    win[EVENTS] / w,
+                    team.base_events,
+                ),
+            ]
+            if team.seats:
+                share = win[ACTIVE_USERS] / w / team.seats
+                usual = team.base_active / team.seats
+                reasons.append(
+                    Reason("seats_active_drop", f"{share:.0%} of seats active a day vs {usual:.0%}", share, usual)
+                )
+            if n_breadth < 0.7:
+                reasons.append(
+                    Reason(
+                        "feature_breadth_drop",
+                        f"{win[FEATURES]:.0f} features used this week vs {team.base_breadth:.0f}",
+                        win[FEATURES],
+                        team.base_breadth,
+                    )
+                )
+            out.append(Signal("team_decay", strength, tuple(reasons)))
+        return norm
+
+    def _silence_threshold(self, team: TeamState) -> float:
+        floor = 7.0 if team.base_active >= 1.5 else 14.0
+        return max(floor, 4.0 * team.gap)
+
+    def _team_silence(self, team: TeamState, silent_days: float, out: list[Signal]) -> None:
+        threshold = self._silence_threshold(team)
+        strength = silence_strength(silent_days, threshold)
+        if strength > 0.0:
+            out.append(
+                Signal(
+                    "silence",
+                    strength,
+                    (
+                        Reason(
+                            "team_silent",
+                            f"no activity for {silent_days:.0f} days; usually every {team.gap:.1f} days",
+                            silent_days,
+                            team.gap,
+                        ),
+                    ),
+                )
+            )
+
+    def _key_action(
+        self, team: TeamState, win: list[float], pop_w: float, norm: float, out: list[Signal]
+    ) -> None:
+        w = self.settings.recent_window_days
+        if team.base_key < 2.0 / w or norm < 0.7:
+            return
+        expected = w * team.base_key * pop_w
+        ratio = win[KEY_ACTIONS] / expected
+        if ratio < 0.3 and low_activity_p_value(win[KEY_ACTIONS], expected) <= self.settings.decay_alpha:
+            strength = 0.6 if win[KEY_ACTIONS] == 0 else 0.45
+            out.append(
+                Signal(
+                    "key_action_stopped",
+                    strength,
+                    (
+                        Reason(
+                            "key_action_drop",
+                            f"{win[KEY_ACTIONS]:.0f} key actions this week vs {team.base_key * w:.1f} usual, "
+                            "while logins go on",
+                            win[KEY_ACTIONS] / w,
+                            team.base_key,
+                        ),
+                    ),
+                )
+            )
+
+    def _champion(self, team: TeamState, day: int, out: list[Signal]) -> None:
+        if team.champion is None or team.users_regular < 3:
+            return
+        champ = self.users.get(team.champion)
+        if champ is None or champ.last_day >= day:
+            return
+        silent = self.population.effective_days(champ.last_day + 1, day)
+        threshold = max(7.0, 3.0 * champ.gap)
+        if silent < threshold:
+            return
+        strength = 0.6 if silent >= 3.0 * threshold else 0.45
+        if team.users_regular > 20:
+            strength = min(strength, 0.3)
+        out.append(
+            Signal(
+                "champion_loss",
+                strength,
+                (
+                    Reason(
+                        "champion_inactive",
+                        f"the team's most active user has been away {silent:.0f} days "
+                        f"(usually every {champ.gap:.1f} days)",
+                        silent,
+                        champ.gap,
+                    ),
+                ),
+            )
+        )
+
+    def _user_decay(self, team: TeamState, out: list[Signal]) -> None:
+        decaying, regular = team.users_at_risk, max(1, team.users_regular)
+        if decaying < 2:
+            return
+        share = decaying / regular
+        if share < 0.3:
+            return
+        out.append(
+            Signal(
+                "user_decay",
+                0.6 if share >= 0.5 else 0.45,
+                (
+                    Reason(
+                        "users_decaying",
+                        f"{decaying} of {regular} regular users are decaying",
+                        float(decaying),
+                        float(regular),
+                    ),
+                ),
+            )
+        )
+
+    def _onboarding(self, team: TeamState, out: list[Signal]) -> None:
+        s = self.settings
+        reasons: list[Reason] = []
+        keep = 1.0
+        if team.active_days < 2:
+            keep *= 0.5
+            reasons.append(
+                Reason("few_active_days", f"{team.active_days} active day(s) since sign-up", float(team.active_days), 2.0)
+            )
+        if team.key_total == 0:
+            keep *= 0.6
+            reasons.append(Reason("no_key_action", "the key action was never reached", 0.0, 1.0))
+        if 0.0 <= team.first_session_s < s.short_first_session_s:
+            keep *= 0.75
+            reasons.append(
+                Reason(
+                    "short_first_session",
+                    f"first session lasted {team.first_session_s:.0f} s",
+                    team.first_session_s,
+                    s.short_first_session_s,
+                )
+            )
+        if reasons:
+            out.append(Signal("onboarding", round(1.0 - keep, 6), tuple(reasons)))
+
+    def _struggle(self, team: TeamState, day: int, out: list[Signal]) -> None:
+        win = team.window(day, 14)
+        tasks, failures = win[TASKS], win[TASK_FAILURES]
+        if tasks + failures < 3:
+            return
+        slow = tasks >= 3 and win[TASK_RATIO] / tasks >= 2.0
+        failing = failures >= 3 and failures >= 0.5 * tasks
+        if not (slow or failing):
+            return
+        reasons = []
+        if slow:
+            ratio = win[TASK_RATIO] / tasks
+            reasons.append(
+                Reason("slow_tasks", f"tasks take {ratio:.1f}x the usual time", ratio, 1.0)
+            )
+        if failing:
+            reasons.append(
+                Reason("repeated_failures", f"{failures:.0f} failed tasks in 14 days", failures, None)
+            )
+        out.append(Signal("struggle", 0.6 if slow and failing else 0.45, tuple(reasons)))
+
+    def _learn_team(
+        self, team: TeamState, today: list[float], win: list[float], pop_d: float, norm: float, mature: bool
+    ) -> None:
+        if pop_d < 0.7 or team.health in (hs.COOLING, hs.AT_RISK, hs.CHURNED):
+            return
+        alpha = max(self.settings.baseline_alpha, 1.0 / (team.base_days + 1))
+        if mature and norm < 0.85:
+            alpha *= 0.25
+        team.base_active += alpha * (today[ACTIVE_USERS] - team.base_active)
+        team.base_events += alpha * (today[EVENTS] - team.base_events)
+        team.base_key += alpha * (today[KEY_ACTIONS] - team.base_key)
+        if team.base_days >= self.settings.recent_window_days - 1:
+            team.base_breadth += alpha * (win[FEATURES] - team.base_breadth)
+        team.base_days += 1
+
+    # ------------------------------------------------------------------ users
+    def _check_users(self, day: int) -> None:
+        due = self.wheel.pop(day, None)
+        if not due:
+            return
+        for uid in due:
+            user = self.users.get(uid)
+            if user is not None and user.check_day == day:
+                self._check_user(uid, user, day)
+
+    def _check_user(self, uid: str, user: UserState, day: int) -> None:
+        s = self.settings
+        team = self.teams[user.team_id]
+        if team.health == hs.CHURNED:
+            user.check_day = -1
+            return
+        fold_user(user, day)
+        age = day - user.first_day + 1
+        mature = age >= s.min_history_days and user.active_days >= _REGULAR_USER_DAYS
+        silent = self.population.effective_days(user.last_day + 1, day) if user.last_day < day else 0.0
+        threshold = max(float(s.user_min_silence_days), 4.0 * user.gap)
+        signals: list[Signal] = []
+        slow = user.slow / (1.0 - (1.0 - SLOW_ALPHA) ** age)
+        if mature:
+            strength = silence_strength(silent, threshold)
+            if strength > 0.0:
+                signals.append(
+                    Signal(
+                        "silence",
+                        strength,
+                        (
+                            Reason(
+                                "user_silent",
+                                f"no activity for {silent:.0f} days; usually every {user.gap:.1f} days",
+                                silent,
+                                user.gap,
+                            ),
+                        ),
+                    )
+                )
+            fast = user.fast / (1.0 - (1.0 - FAST_ALPHA) ** age)
+            if slow >= 2.0 / 7.0 and fast < 0.4 * slow:
+                signals.append(
+                    Signal(
+                        "user_decay",
+                        0.6 if fast < 0.2 * slow else 0.45,
+                        (
+                            Reason(
+                                "user_activity_drop",
+                                f"active {fast * 7:.1f} days a week vs {slow * 7:.1f} usual",
+                                fast * 7,
+                                slow * 7,
+                            ),
+                        ),
+                    )
+                )
+        risk = combine(signals)
+        before = user.health
+        step = hs.step(
+            user.health,
+            user.hot_days,
+            user.calm_days,
+            user.cooldown_until,
+            day=day,
+            risk=risk,
+            mature=mature,
+            churned=mature and silent >= s.churn_silence_days,
+            active=user.last_day == day,
+            th=self.th,
+        )
+        user.health, user.hot_days, user.calm_days = step.state, step.hot_days, step.calm_days
+        user.cooldown_until = step.cooldown_until
+        was_bad = before in (hs.AT_RISK, hs.CHURNED)
+        is_bad = step.state in (hs.AT_RISK, hs.CHURNED)
+        if is_bad != was_bad:
+            team.users_at_risk += 1 if is_bad else -1
+        if step.alert is not None:
+            if step.alert == hs.RECOVERED:
+                signal = "recovery"
+                reasons = [Reason("activity_recovered", "the user is active again", None, None)]
+            elif step.alert == hs.STATE_NAMES[hs.CHURNED]:
+                signal = "silence"
+                reasons = [Reason("user_silent", f"no activity for {silent:.0f} days", silent, user.gap)]
+            else:
+                top = max(signals, key=lambda sig: sig.strength)
+                signal = top.name
+                reasons = [r for sig in sorted(signals, key=lambda x: -x.strength) for r in sig.reasons]
+            self._emit("user", uid, team, step.alert, before, signal, risk, reasons, day,
+                       (day + 1) * DAY_MS)
+        if mature and (team.champion == uid or slow > team.champion_rate):
+            team.champion, team.champion_rate = uid, slow
+        if step.state == hs.CHURNED:
+            user.check_day = -1
+            return
+        if step.state in (hs.COOLING, hs.AT_RISK) or signals:
+            self._schedule(uid, user, day + 1)
+        else:
+            due = user.last_day + math.ceil(0.6 * threshold)
+            self._schedule(uid, user, max(day + 1, due))
+
+    # ------------------------------------------------------------------ output
+    def _emit(
+        self,
+        entity_type: str,
+        entity_id: str,
+        team: TeamState,
+        state: str,
+        before: int,
+        signal: str,
+        risk: float,
+        reasons: list[Reason],
+        day: int,
+        event_time_ms: int,
+    ) -> None:
+        alert = build_alert(
+            entity_type=entity_type,
+            entity_id=entity_id,
+            team_id=team.team_id,
+            state=state,
+            previous_state=hs.STATE_NAMES[before],
+            signal=signal,
+            risk=risk,
+            reasons=reasons,
+            day=day,
+            event_time_ms=event_time_ms,
+            window_days=self.settings.recent_window_days,
+            plan=team.plan,
+            mrr=team.mrr,
+        )
+        key = (signal, alert["data"]["severity"], entity_type)
+        self.stats.alerts[key] = self.stats.alerts.get(key, 0) + 1
+        self.outbox.append(alert)
+
+    def drain_alerts(self) -> list[dict[str, Any]]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    # ------------------------------------------------------------------ queries
+    def health_counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for kind, entities in (("team", self.teams.values()), ("user", self.users.values())):
+            for entity in entities:
+                key = (kind, hs.STATE_NAMES[entity.health])
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+__all__ = ["EngineStats", "PartitionEngine", "local_day"]

@@ -1,0 +1,771 @@
+"""Score the detector's alerts against simulator ground truth, next to a naive baseline.
+
+Pure logic: every input is an iterable of already-decoded dicts (``load_jsonl`` is a small
+helper for the CLI). Three inputs:
+
+* ``events``: canonical usage events (one streaming pass, memory O(entities + gaps));
+* ``alerts``: CloudEvents 1.0 alert objects (only ``data`` matters; bare ``data`` dicts are
+  accepted too);
+* ``truth``: one record per entity from the simulator (``churned``, ``churned_at``, ``scenario``).
+
+Two methods are scored per level (team, user):
+
+* ``detector``: an entity is flagged by its ``at_risk`` alerts (``data.state == "at_risk"``);
+* ``baseline_inactive_{N}d``: the rule "inactive for N days" fires at ``last_activity + N days``
+  for every gap of at least N days without user activity, including the trailing gap up to the
+  end of the data (the max event timestamp).
+
+For churned entities only alerts strictly before ``churned_at`` count (neither TP nor FP
+otherwise). TP/FN are churned entities flagged/not flagged in time, FP are non-churned entities
+flagged. Lead time per TP is ``churned_at - first qualifying alert`` in days. False alarms per
+1,000 healthy entity-weeks count every alert (every firing for the baseline) on non-churned
+entities over the weeks from each non-churned entity's first event to the end of the data.
+
+Example (one team, one user, churned 30 days after an at_risk alert):
+
+>>> DAY = 86_400_000
+>>> events = [
+...     {"type": "login", "timestamp": 0, "user_id": "u1", "team_id": "t1"},
+...     {"type": "login", "timestamp": 40 * DAY, "user_id": "u1", "team_id": "t1"},
+... ]
+>>> alerts = [{"data": {"entity_type": "team", "entity_id": "t1", "signal": "activity_drop",
+...                     "state": "at_risk", "event_time": format_time_ms(10 * DAY)}}]
+>>> truth = [{"entity_type": "team", "entity_id": "t1", "team_id": "t1", "churned": True,
+...           "churned_at": format_time_ms(40 * DAY), "scenario": "team_decay"}]
+>>> report = evaluate(events, alerts, truth)
+>>> team = report.levels["team"]
+>>> (team.detector.tp, team.detector.lead_median_days)
+(1, 30.0)
+>>> (team.baseline.tp, team.baseline.lead_median_days)  # fired at day 14 (gap 0 -> 40)
+(1, 26.0)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "LEVELS",
+    "NON_ACTIVITY_TYPES",
+    "DataSummary",
+    "EvaluationReport",
+    "LevelComparison",
+    "LevelReport",
+    "ScenarioReport",
+    "SignalReport",
+    "evaluate",
+    "format_time_ms",
+    "load_jsonl",
+    "parse_time_ms",
+    "quantile",
+]
+
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+LEVELS: tuple[str, ...] = ("team", "user")
+#: Event types that are lifecycle/billing facts, not product usage: they never count as activity.
+NON_ACTIVITY_TYPES: frozenset[str] = frozenset(
+    {
+        "subscription.started",
+        "subscription.cancelled",
+        "payment.failed",
+        "payment.succeeded",
+        "trial.started",
+        "team.updated",
+    }
+)
+DETECTOR = "detector"
+UNDEFINED = "—"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_time_ms(value: str | int | float) -> int:
+    """Parse an RFC 3339 timestamp (``Z`` or offset) or epoch milliseconds into epoch ms.
+
+    Naive timestamps are taken as UTC; sub-millisecond digits are truncated.
+
+    >>> parse_time_ms("2026-03-01T09:15:02.123Z")
+    1772356502123
+    >>> parse_time_ms("2026-03-01T11:15:02.123+02:00")
+    1772356502123
+    >>> parse_time_ms("2026-03-01T09:15:02.123456789z")
+    1772356502123
+    >>> parse_time_ms(1772356502123), parse_time_ms("1772356502123"), parse_time_ms(1.5e3)
+    (1772356502123, 1772356502123, 1500)
+    >>> parse_time_ms("yesterday")
+    Traceback (most recent call last):
+    ...
+    ValueError: invalid timestamp: 'yesterday'
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"invalid timestamp: {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"invalid timestamp: {value!r}")
+        return int(value)
+    if not isinstance(value, str):
+        raise TypeError(f"invalid timestamp: {value!r}")
+    text = value.strip()
+    if text.isdigit() or (text[:1] == "-" and text[1:].isdigit()):
+        return int(text)
+    if text[-1:] == "z":
+        text = text[:-1] + "Z"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"invalid timestamp: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _ONE_MS
+
+
+def format_time_ms(ms: int) -> str:
+    """Format epoch milliseconds as RFC 3339 UTC with millisecond precision.
+
+    >>> format_time_ms(1772356502123)
+    '2026-03-01T09:15:02.123Z'
+    >>> parse_time_ms(format_time_ms(-1))
+    -1
+    """
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def quantile(values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (0 ≤ q ≤ 1) of ``values`` with linear interpolation between
+    order statistics at position ``q * (n - 1)`` (numpy's default, and
+    ``statistics.quantiles(method="inclusive")``). ``None`` for no values.
+
+    >>> quantile([4, 1, 3, 2], 0.25)
+    1.75
+    >>> quantile([1, 2, 3, 4], 0.5)
+    2.5
+    >>> quantile([7], 0.25), quantile([], 0.5)
+    (7.0, None)
+    >>> import statistics
+    >>> statistics.quantiles([1, 2, 3, 4, 10], n=4, method="inclusive")[0] == quantile(
+    ...     [1, 2, 3, 4, 10], 0.25)
+    True
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    fraction = position - low
+    return float(ordered[low] + (ordered[high] - ordered[low]) * fraction)
+
+
+def load_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield one decoded JSON object per non-blank line of a JSONL file (lazily).
+
+    Raises ``ValueError`` naming the file and line on malformed JSON or a non-object line.
+    """
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"{os.fspath(path)}:{number}: invalid JSON: {exc}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{os.fspath(path)}:{number}: expected a JSON object")
+            yield record
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+@dataclass(frozen=True, slots=True)
+class LevelReport:
+    """Scores of one method (detector or baseline) at one level (team or user)."""
+
+    method: str
+    entities: int  # evaluated entities: in truth and with at least one event
+    churned: int
+    tp: int
+    fp: int
+    fn: int
+    precision: float | None  # tp / (tp + fp); None when nothing was flagged
+    recall: float | None  # tp / (tp + fn); None when nothing churned
+    lead_median_days: float | None
+    lead_p25_days: float | None
+    lead_count: int  # TPs with a lead time (churned_at known)
+    alerts: int  # qualifying alerts (at_risk alerts / baseline firings) on evaluated entities
+    false_alarms: int  # alerts on non-churned entities
+    healthy_weeks: float  # non-churned entity-weeks, first event -> end of data
+    false_alarms_per_1000_weeks: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class LevelComparison:
+    """The detector and the baseline side by side for one level."""
+
+    level: str
+    detector: LevelReport
+    baseline: LevelReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {DETECTOR: self.detector.to_dict(), self.baseline.method: self.baseline.to_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReport:
+    """Detector at_risk alerts of one ``data.signal`` at one level.
+
+    ``tp``/``fp`` count entities whose *first* qualifying at_risk alert had this signal (so they
+    sum to the level's TP/FP); ``alerts`` counts every qualifying at_risk alert with this signal
+    and ``false_alarms`` those on non-churned entities.
+    """
+
+    signal: str
+    tp: int
+    fp: int
+    alerts: int
+    false_alarms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioReport:
+    """Detector and baseline outcomes for the entities of one truth ``scenario`` at one level."""
+
+    scenario: str
+    entities: int
+    churned: int
+    detector_tp: int
+    detector_lead_median_days: float | None
+    detector_fp: int
+    baseline_tp: int
+    baseline_lead_median_days: float | None
+    baseline_fp: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class DataSummary:
+    events: int  # events with a usable timestamp
+    first_event: str | None
+    last_event: str | None  # = end of data for trailing gaps and healthy weeks
+    skipped_events: int  # not a dict or no parseable timestamp
+    alerts: int  # alert records read (after de-duplication by CloudEvents id)
+    duplicate_alerts: int
+    at_risk_alerts: int
+    unmatched_alerts: int  # alerts whose entity is not in truth
+    truth_entities: dict[str, int]
+    evaluated_entities: dict[str, int]  # in truth and present in the events
+    inactivity_days: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    levels: dict[str, LevelComparison]
+    signals: dict[str, dict[str, SignalReport]]  # level -> signal -> report
+    scenarios: dict[str, dict[str, ScenarioReport]]  # level -> scenario -> report
+    data: DataSummary
+
+    @property
+    def baseline_name(self) -> str:
+        return _baseline_name(self.data.inactivity_days)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (only str keys, str/int/float/None/bool values)."""
+        return {
+            "levels": {level: comp.to_dict() for level, comp in self.levels.items()},
+            "signals": {
+                level: {name: sig.to_dict() for name, sig in by_signal.items()}
+                for level, by_signal in self.signals.items()
+            },
+            "scenarios": {
+                level: {name: sc.to_dict() for name, sc in by_scenario.items()}
+                for level, by_scenario in self.scenarios.items()
+            },
+            "data": self.data.to_dict(),
+        }
+
+    def to_text(self) -> str:
+        """A plain-text report with aligned tables; ``—`` marks undefined values."""
+        data = self.data
+        lines = [
+            "Churn detector evaluation",
+            f"events: {data.events} ({data.first_event or UNDEFINED} .. "
+            f"{data.last_event or UNDEFINED}), skipped: {data.skipped_events}; "
+            f"alerts: {data.alerts} ({data.at_risk_alerts} at_risk, "
+            f"{data.unmatched_alerts} not in truth)",
+            f"baseline {self.baseline_name}: fires {data.inactivity_days} days after the last "
+            "activity, once per gap; flagged = at_risk alert (detector) / firing (baseline) "
+            "before churned_at",
+        ]
+        for level, comp in self.levels.items():
+            det = comp.detector
+            lines += [
+                "",
+                f"{level.upper()} level: {det.entities} entities, {det.churned} churned, "
+                f"{_fmt(det.healthy_weeks, 1)} healthy entity-weeks",
+            ]
+            rows = [
+                [
+                    rep.method,
+                    _fmt(rep.precision, 3),
+                    _fmt(rep.recall, 3),
+                    str(rep.tp),
+                    str(rep.fp),
+                    str(rep.fn),
+                    _fmt(rep.lead_median_days, 1),
+                    _fmt(rep.lead_p25_days, 1),
+                    str(rep.false_alarms),
+                    _fmt(rep.false_alarms_per_1000_weeks, 2),
+                ]
+                for rep in (comp.detector, comp.baseline)
+            ]
+            header = [
+                "method",
+                "precision",
+                "recall",
+                "TP",
+                "FP",
+                "FN",
+                "lead median (d)",
+                "lead p25 (d)",
+                "false alarms",
+                "FA/1k healthy wk",
+            ]
+            lines += _table(header, rows)
+        for level, by_scenario in self.scenarios.items():
+            lines += ["", f"{level.upper()} level by scenario"]
+            header = [
+                "scenario",
+                "entities",
+                "churned",
+                "detector TP",
+                "detector lead (d)",
+                "detector FP",
+                "baseline TP",
+                "baseline lead (d)",
+                "baseline FP",
+            ]
+            rows = [
+                [
+                    sc.scenario,
+                    str(sc.entities),
+                    str(sc.churned),
+                    str(sc.detector_tp),
+                    _fmt(sc.detector_lead_median_days, 1),
+                    str(sc.detector_fp),
+                    str(sc.baseline_tp),
+                    _fmt(sc.baseline_lead_median_days, 1),
+                    str(sc.baseline_fp),
+                ]
+                for sc in by_scenario.values()
+            ]
+            lines += _table(header, rows) if rows else ["  (no entities)"]
+        for level, by_signal in self.signals.items():
+            lines += ["", f"{level.upper()} level detector signals (at_risk alerts)"]
+            header = ["signal", "TP (first alert)", "FP (first alert)", "alerts", "false alarms"]
+            rows = [
+                [s.signal, str(s.tp), str(s.fp), str(s.alerts), str(s.false_alarms)]
+                for s in by_signal.values()
+            ]
+            lines += _table(header, rows) if rows else ["  (no at_risk alerts)"]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return UNDEFINED if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """First column left-aligned, the others right-aligned, two spaces between columns.
+
+    >>> print("\\n".join(_table(["name", "n"], [["a", "1"], ["long name", "100"]])))
+      name         n
+      a            1
+      long name  100
+    """
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def render(row: Sequence[str]) -> str:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        return "  " + "  ".join(cells).rstrip()
+
+    return [render(header)] + [render(row) for row in rows]
+
+
+def _baseline_name(days: int) -> str:
+    return f"baseline_inactive_{days}d"
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(slots=True)
+class _Truth:
+    level: str
+    entity_id: str
+    churned: bool
+    churned_at: int | None
+    scenario: str
+
+
+class _Activity:
+    """Per-entity event state: first event, first/last activity and the inactivity gaps.
+
+    Events may arrive out of order: gaps are kept as ``[start, end)`` pairs of activity times and
+    an activity landing inside a recorded gap splits it, so the result is order-independent
+    with memory O(gaps).
+    """
+
+    __slots__ = ("first_event", "first_act", "last_act", "gaps")
+
+    def __init__(self) -> None:
+        self.first_event: int | None = None
+        self.first_act: int | None = None
+        self.last_act: int | None = None
+        self.gaps: list[tuple[int, int]] | None = None
+
+    def see(self, ts: int) -> None:
+        if self.first_event is None or ts < self.first_event:
+            self.first_event = ts
+
+    def activity(self, ts: int, window: int) -> None:
+        last = self.last_act
+        if last is None:
+            self.first_act = self.last_act = ts
+        elif ts >= last:
+            if ts - last >= window:
+                self._add_gap(last, ts)
+            self.last_act = ts
+        else:
+            first = self.first_act
+            assert first is not None
+            if ts < first:
+                if first - ts >= window:
+                    self._add_gap(ts, first)
+                self.first_act = ts
+            elif self.gaps:
+                for index, (start, end) in enumerate(self.gaps):
+                    if start < ts < end:
+                        pieces = [
+                            (a, b) for a, b in ((start, ts), (ts, end)) if b - a >= window
+                        ]
+                        self.gaps[index : index + 1] = pieces
+                        break
+
+    def _add_gap(self, start: int, end: int) -> None:
+        if self.gaps is None:
+            self.gaps = []
+        self.gaps.append((start, end))
+
+    def firings(self, window: int, end_of_data: int) -> list[int]:
+        """Baseline firing times: ``gap start + window`` per gap, including the trailing one."""
+        times = [start + window for start, _ in self.gaps or ()]
+        if self.last_act is not None and end_of_data - self.last_act >= window:
+            times.append(self.last_act + window)
+        times.sort()
+        return times
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """Qualifying alerts of one method on one entity."""
+
+    first_ms: int | None = None
+    first_signal: str | None = None
+    count: int = 0
+    by_signal: dict[str, int] = field(default_factory=dict)
+
+
+def _read_truth(truth: Iterable[dict[str, Any]]) -> dict[tuple[str, str], _Truth]:
+    table: dict[tuple[str, str], _Truth] = {}
+    for record in truth:
+        level = record.get("entity_type")
+        entity_id = record.get("entity_id")
+        if level not in LEVELS or entity_id is None:
+            continue
+        churned = bool(record.get("churned"))
+        churned_at_raw = record.get("churned_at")
+        churned_at = parse_time_ms(churned_at_raw) if churned and churned_at_raw else None
+        table[(level, str(entity_id))] = _Truth(
+            level=level,
+            entity_id=str(entity_id),
+            churned=churned,
+            churned_at=churned_at,
+            scenario=str(record.get("scenario") or "unknown"),
+        )
+    return table
+
+
+def evaluate(
+    events: Iterable[dict[str, Any]],
+    alerts: Iterable[dict[str, Any]],
+    truth: Iterable[dict[str, Any]],
+    inactivity_days: int = 14,
+) -> EvaluationReport:
+    """Score the detector's at_risk alerts and the "inactive for N days" rule against truth.
+
+    Consumes ``truth`` first, then ``alerts``, then ``events`` in a single pass.
+    """
+    if inactivity_days <= 0:
+        raise ValueError("inactivity_days must be positive")
+    window = inactivity_days * DAY_MS
+    table = _read_truth(truth)
+
+    # ---- alerts: keep the at_risk alerts of truth entities (alerts are few)
+    at_risk: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    seen_ids: set[str] = set()
+    n_alerts = duplicates = n_at_risk = unmatched = 0
+    for record in alerts:
+        alert_id = record.get("id")
+        if isinstance(alert_id, str):
+            if alert_id in seen_ids:
+                duplicates += 1
+                continue
+            seen_ids.add(alert_id)
+        n_alerts += 1
+        data = record.get("data")
+        if not isinstance(data, dict):
+            data = record  # accept a bare alert payload
+        key = (str(data.get("entity_type")), str(data.get("entity_id")))
+        if key not in table:
+            unmatched += 1
+        if data.get("state") != "at_risk":
+            continue
+        n_at_risk += 1
+        if key not in table:
+            continue
+        when = data.get("event_time") or record.get("time")
+        if when is None:
+            continue
+        at_risk.setdefault(key, []).append((parse_time_ms(when), str(data.get("signal"))))
+
+    # ---- events: one pass, state only for truth entities
+    users: dict[str, _Activity] = {
+        eid: _Activity() for (level, eid) in table if level == "user"
+    }
+    teams: dict[str, _Activity] = {
+        eid: _Activity() for (level, eid) in table if level == "team"
+    }
+    n_events = skipped = 0
+    first_ms: int | None = None
+    last_ms: int | None = None
+    for event in events:
+        try:
+            ts = parse_time_ms(event["timestamp"])
+        except (KeyError, TypeError, ValueError):
+            skipped += 1
+            continue
+        n_events += 1
+        if first_ms is None or ts < first_ms:
+            first_ms = ts
+        if last_ms is None or ts > last_ms:
+            last_ms = ts
+        user_id = event.get("user_id")
+        team_id = event.get("team_id")
+        is_activity = user_id is not None and event.get("type") not in NON_ACTIVITY_TYPES
+        if user_id is not None:
+            user = users.get(str(user_id))
+            if user is not None:
+                user.see(ts)
+                if is_activity:
+                    user.activity(ts, window)
+        if team_id is not None:
+            team = teams.get(str(team_id))
+            if team is not None:
+                team.see(ts)
+                if is_activity:
+                    team.activity(ts, window)
+
+    end = last_ms if last_ms is not None else 0
+    baseline = _baseline_name(inactivity_days)
+    levels: dict[str, LevelComparison] = {}
+    signals: dict[str, dict[str, SignalReport]] = {}
+    scenarios: dict[str, dict[str, ScenarioReport]] = {}
+    evaluated_counts: dict[str, int] = {}
+    for level, states in (("team", teams), ("user", users)):
+        evaluated = [
+            (truth_row, states[truth_row.entity_id])
+            for (lvl, _), truth_row in table.items()
+            if lvl == level and states[truth_row.entity_id].first_event is not None
+        ]
+        evaluated.sort(key=lambda pair: pair[0].entity_id)
+        evaluated_counts[level] = len(evaluated)
+        detector_outcomes: list[_Outcome] = []
+        baseline_outcomes: list[_Outcome] = []
+        for truth_row, state in evaluated:
+            cutoff = truth_row.churned_at if truth_row.churned else None
+            detector_alerts = at_risk.get((level, truth_row.entity_id), [])
+            detector_outcomes.append(_outcome(detector_alerts, cutoff))
+            firings = [(t, baseline) for t in state.firings(window, end)]
+            baseline_outcomes.append(_outcome(firings, cutoff))
+        truths = [truth_row for truth_row, _ in evaluated]
+        healthy_ms = [
+            (end - state.first_event if not truth_row.churned else 0)
+            for truth_row, state in evaluated
+            if state.first_event is not None
+        ]
+        healthy_weeks = sum(healthy_ms) / WEEK_MS
+        levels[level] = LevelComparison(
+            level=level,
+            detector=_score(DETECTOR, truths, detector_outcomes, healthy_weeks),
+            baseline=_score(baseline, truths, baseline_outcomes, healthy_weeks),
+        )
+        signals[level] = _signals(truths, detector_outcomes)
+        scenarios[level] = _scenarios(truths, detector_outcomes, baseline_outcomes)
+
+    truth_counts = {level: sum(1 for lvl, _ in table if lvl == level) for level in LEVELS}
+    data = DataSummary(
+        events=n_events,
+        first_event=format_time_ms(first_ms) if first_ms is not None else None,
+        last_event=format_time_ms(last_ms) if last_ms is not None else None,
+        skipped_events=skipped,
+        alerts=n_alerts,
+        duplicate_alerts=duplicates,
+        at_risk_alerts=n_at_risk,
+        unmatched_alerts=unmatched,
+        truth_entities=truth_counts,
+        evaluated_entities=evaluated_counts,
+        inactivity_days=inactivity_days,
+    )
+    return EvaluationReport(levels=levels, signals=signals, scenarios=scenarios, data=data)
+
+
+def _outcome(alerts: Iterable[tuple[int, str]], cutoff: int | None) -> _Outcome:
+    """Keep alerts strictly before ``cutoff`` (churned_at); first = earliest (ties: input order)."""
+    outcome = _Outcome()
+    for ts, signal in alerts:
+        if cutoff is not None and ts >= cutoff:
+            continue
+        outcome.count += 1
+        outcome.by_signal[signal] = outcome.by_signal.get(signal, 0) + 1
+        if outcome.first_ms is None or ts < outcome.first_ms:
+            outcome.first_ms, outcome.first_signal = ts, signal
+    return outcome
+
+
+def _leads(truths: Sequence[_Truth], outcomes: Sequence[_Outcome]) -> list[float]:
+    return [
+        (row.churned_at - out.first_ms) / DAY_MS
+        for row, out in zip(truths, outcomes, strict=True)
+        if row.churned and out.first_ms is not None and row.churned_at is not None
+    ]
+
+
+def _score(
+    method: str, truths: Sequence[_Truth], outcomes: Sequence[_Outcome], healthy_weeks: float
+) -> LevelReport:
+    tp = fp = fn = alerts = false_alarms = 0
+    for row, out in zip(truths, outcomes, strict=True):
+        flagged = out.first_ms is not None
+        alerts += out.count
+        if row.churned:
+            tp += flagged
+            fn += not flagged
+        else:
+            fp += flagged
+            false_alarms += out.count
+    leads = _leads(truths, outcomes)
+    return LevelReport(
+        method=method,
+        entities=len(truths),
+        churned=sum(1 for row in truths if row.churned),
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        precision=_ratio(tp, tp + fp),
+        recall=_ratio(tp, tp + fn),
+        lead_median_days=quantile(leads, 0.5),
+        lead_p25_days=quantile(leads, 0.25),
+        lead_count=len(leads),
+        alerts=alerts,
+        false_alarms=false_alarms,
+        healthy_weeks=healthy_weeks,
+        false_alarms_per_1000_weeks=(
+            false_alarms / healthy_weeks * 1000 if healthy_weeks > 0 else None
+        ),
+    )
+
+
+def _signals(truths: Sequence[_Truth], outcomes: Sequence[_Outcome]) -> dict[str, SignalReport]:
+    counts: dict[str, list[int]] = {}  # signal -> [tp, fp, alerts, false_alarms]
+    for row, out in zip(truths, outcomes, strict=True):
+        for signal, n in out.by_signal.items():
+            entry = counts.setdefault(signal, [0, 0, 0, 0])
+            entry[2] += n
+            if not row.churned:
+                entry[3] += n
+        if out.first_signal is not None:
+            counts[out.first_signal][0 if row.churned else 1] += 1
+    return {
+        signal: SignalReport(signal, tp, fp, alerts, false_alarms)
+        for signal, (tp, fp, alerts, false_alarms) in sorted(counts.items())
+    }
+
+
+def _scenarios(
+    truths: Sequence[_Truth], detector: Sequence[_Outcome], baseline: Sequence[_Outcome]
+) -> dict[str, ScenarioReport]:
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(truths):
+        groups.setdefault(row.scenario, []).append(index)
+    reports: dict[str, ScenarioReport] = {}
+    for scenario, indexes in sorted(groups.items()):
+        rows = [truths[i] for i in indexes]
+        det = [detector[i] for i in indexes]
+        base = [baseline[i] for i in indexes]
+        reports[scenario] = ScenarioReport(
+            scenario=scenario,
+            entities=len(rows),
+            churned=sum(1 for row in rows if row.churned),
+            detector_tp=_count(rows, det, churned=True),
+            detector_lead_median_days=quantile(_leads(rows, det), 0.5),
+            detector_fp=_count(rows, det, churned=False),
+            baseline_tp=_count(rows, base, churned=True),
+            baseline_lead_median_days=quantile(_leads(rows, base), 0.5),
+            baseline_fp=_count(rows, base, churned=False),
+        )
+    return reports
+
+
+def _count(rows: Sequence[_Truth], outcomes: Sequence[_Outcome], *, churned: bool) -> int:
+    return sum(
+        1
+        for row, out in zip(rows, outcomes, strict=True)
+        if row.churned == churned and out.first_ms is not None
+    )
+
+
+def _check_mapping(value: Mapping[str, Any]) -> None:  # pragma: no cover - reserved
+    del value

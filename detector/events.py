@@ -1,0 +1,279 @@
+"""Decode, validate and normalise raw usage events.
+
+Every input becomes either an :class:`Event` or an :class:`Invalid` with a reason code;
+nothing is raised, so one bad message can never stop a partition. Both the canonical
+event format and Segment/RudderStack spec messages are accepted (see schemas/README.md).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+MAX_EVENT_BYTES = 65_536
+MAX_ID_CHARS = 256
+MAX_TYPE_CHARS = 128
+MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+
+TRIAL_STARTED = "trial.started"
+SUBSCRIPTION_STARTED = "subscription.started"
+SUBSCRIPTION_CANCELLED = "subscription.cancelled"
+PAYMENT_FAILED = "payment.failed"
+PAYMENT_SUCCEEDED = "payment.succeeded"
+TEAM_UPDATED = "team.updated"
+USER_IDENTIFIED = "user.identified"
+
+#: Team-level types: they carry no user activity and may have no user_id.
+TEAM_LEVEL_TYPES = frozenset(
+    {
+        TRIAL_STARTED,
+        SUBSCRIPTION_STARTED,
+        SUBSCRIPTION_CANCELLED,
+        PAYMENT_FAILED,
+        PAYMENT_SUCCEEDED,
+        TEAM_UPDATED,
+    }
+)
+#: Types that are accepted but are not product usage (no activity counted).
+NON_ACTIVITY_TYPES = TEAM_LEVEL_TYPES | {USER_IDENTIFIED}
+
+SEGMENT_TYPES = frozenset({"track", "group", "page", "screen", "identify", "alias"})
+
+
+class Event(NamedTuple):
+    """A validated, normalised usage event."""
+
+    event_id: str
+    type: str
+    ts_ms: int
+    user_id: str | None
+    team_id: str
+    properties: dict[str, Any]
+
+
+class Invalid(NamedTuple):
+    """Input that cannot be used, with a stable reason code and a human detail."""
+
+    reason: str
+    detail: str
+
+
+def _number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS
+
+
+@lru_cache(maxsize=1024)
+def known_timezone(name: str) -> bool:
+    """True for an IANA zone name this machine knows.
+
+    >>> known_timezone("Europe/Berlin"), known_timezone("Mars/Olympus")
+    (True, False)
+    """
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _check_timezone(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64 and known_timezone(value)
+
+
+def _check_seats(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# Typed properties of known event types: property -> check. Only present keys are checked,
+# except where the schema requires them (checked by _REQUIRED_PROPERTIES).
+_PROPERTY_CHECKS: dict[str, Any] = {
+    "duration_s": _number,
+    "mrr": _number,
+    "amount": _number,
+    "seats": _check_seats,
+    "timezone": _check_timezone,
+    "feature": _nonempty_str,
+    "task": _nonempty_str,
+    "plan": lambda v: isinstance(v, str) and len(v) <= MAX_TYPE_CHARS,
+}
+_TYPED_PROPERTIES: dict[str, tuple[str, ...]] = {
+    "session.ended": ("duration_s",),
+    "feature.used": ("feature",),
+    "task.completed": ("task", "duration_s"),
+    "task.failed": ("task",),
+    TEAM_UPDATED: ("plan", "mrr", "seats", "timezone"),
+    SUBSCRIPTION_STARTED: ("plan", "mrr", "seats"),
+    TRIAL_STARTED: ("plan",),
+    PAYMENT_FAILED: ("amount",),
+    PAYMENT_SUCCEEDED: ("amount",),
+}
+_REQUIRED_PROPERTIES: dict[str, tuple[str, ...]] = {
+    "session.ended": ("duration_s",),
+    "feature.used": ("feature",),
+    "task.completed": ("task", "duration_s"),
+    "task.failed": ("task",),
+}
+
+
+def parse_timestamp(value: Any) -> int | Invalid:
+    """Epoch milliseconds from RFC 3339 text or epoch-ms integer.
+
+    >>> parse_timestamp("2026-03-01T09:15:02.123Z")
+    1772356502123
+    >>> parse_timestamp(1772356502123)
+    1772356502123
+    >>> parse_timestamp("yesterday").reason
+    'invalid_timestamp'
+    >>> parse_timestamp(0).reason
+    'timestamp_out_of_range'
+    """
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return Invalid("invalid_timestamp", f"not an RFC 3339 timestamp: {value[:64]!r}")
+        if parsed.tzinfo is None:
+            return Invalid("invalid_timestamp", "timestamp has no UTC offset")
+        ts_ms = int(parsed.timestamp() * 1000.0 + 0.5)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ts_ms = value
+    else:
+        return Invalid("invalid_timestamp", f"timestamp must be text or integer, not {type(value).__name__}")
+    if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
+        return Invalid("timestamp_out_of_range", f"timestamp {ts_ms} ms is outside 2000..2100")
+    return ts_ms
+
+
+def _missing(name: str) -> Invalid:
+    return Invalid(f"missing_field:{name}", f"required field {name!r} is absent or null")
+
+
+def _bad(name: str, why: str) -> Invalid:
+    return Invalid(f"invalid_field:{name}", f"field {name!r} {why}")
+
+
+def _from_segment(msg: dict[str, Any]) -> dict[str, Any] | Invalid:
+    """Map a Segment/RudderStack spec message to canonical field names."""
+    kind = msg.get("type")
+    context = msg.get("context")
+    group_id = context.get("groupId") if isinstance(context, dict) else None
+    user_id = msg.get("userId")
+    properties: Any
+    if kind == "track":
+        etype = msg.get("event")
+        properties = msg.get("properties", {})
+        if user_id is None and msg.get("anonymousId") is None:
+            return _missing("user_id")
+    elif kind == "group":
+        etype = TEAM_UPDATED
+        group_id = msg.get("groupId", group_id)
+        properties = msg.get("traits", {})
+    elif kind in ("page", "screen"):
+        etype = f"{kind}.viewed"
+        properties = msg.get("properties", {})
+    elif kind == "identify":
+        etype = USER_IDENTIFIED
+        properties = msg.get("traits", {})
+    else:
+        return Invalid("unknown_message_type", f"unsupported Segment message type {kind!r}")
+    return {
+        "event_id": msg.get("messageId"),
+        "type": etype,
+        "timestamp": msg.get("timestamp"),
+        "user_id": user_id,
+        "team_id": group_id,
+        "properties": properties,
+    }
+
+
+def validate_event(obj: Any) -> Event | Invalid:
+    """Validate an already-parsed object (canonical or Segment) and normalise it."""
+    if not isinstance(obj, dict):
+        return Invalid("not_an_object", f"event must be a JSON object, got {type(obj).__name__}")
+    if "messageId" in obj or obj.get("type") in SEGMENT_TYPES:
+        if obj.get("type") not in SEGMENT_TYPES or obj.get("type") == "alias":
+            return Invalid("unknown_message_type", f"unsupported message type {obj.get('type')!r}")
+        mapped = _from_segment(obj)
+        if isinstance(mapped, Invalid):
+            return mapped
+        obj = mapped
+
+    event_id = obj.get("event_id")
+    if event_id is None:
+        return _missing("event_id")
+    if not _nonempty_str(event_id):
+        return _bad("event_id", f"must be a string of 1..{MAX_ID_CHARS} characters")
+    etype = obj.get("type")
+    if etype is None:
+        return _missing("type")
+    if not isinstance(etype, str) or not 0 < len(etype) <= MAX_TYPE_CHARS:
+        return _bad("type", f"must be a string of 1..{MAX_TYPE_CHARS} characters")
+    raw_ts = obj.get("timestamp")
+    if raw_ts is None:
+        return _missing("timestamp")
+    ts_ms = parse_timestamp(raw_ts)
+    if isinstance(ts_ms, Invalid):
+        return ts_ms
+    team_id = obj.get("team_id")
+    if team_id is None:
+        return _missing("team_id")
+    if not _nonempty_str(team_id):
+        return _bad("team_id", f"must be a string of 1..{MAX_ID_CHARS} characters")
+    user_id = obj.get("user_id")
+    if user_id is None:
+        if etype not in TEAM_LEVEL_TYPES:
+            return _missing("user_id")
+    elif not _nonempty_str(user_id):
+        return _bad("user_id", f"must be a string of 1..{MAX_ID_CHARS} characters")
+    properties = obj.get("properties")
+    if properties is None:
+        properties = {}
+    elif not isinstance(properties, dict):
+        return _bad("properties", "must be an object")
+    typed = _TYPED_PROPERTIES.get(etype)
+    if typed is not None:
+        for name in _REQUIRED_PROPERTIES.get(etype, ()):
+            if name not in properties:
+                return Invalid(f"invalid_property:{name}", f"{etype} requires property {name!r}")
+        for name in typed:
+            if name in properties and not _PROPERTY_CHECKS[name](properties[name]):
+                return Invalid(
+                    f"invalid_property:{name}",
+                    f"property {name!r} of {etype} has an invalid value: {properties[name]!r:.80}",
+                )
+    return Event(event_id, etype, ts_ms, user_id, team_id, properties)
+
+
+def decode_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event | Invalid:
+    """Decode one raw message. Never raises.
+
+    >>> decode_event(b'{"event_id":"e1","type":"session.started","timestamp":1772356502123,'
+    ...              b'"user_id":"u1","team_id":"t1"}').team_id
+    't1'
+    >>> decode_event(b'{"event_id":').reason
+    'malformed_json'
+    >>> decode_event(b'[1]').reason
+    'not_an_object'
+    """
+    if len(raw) > max_bytes:
+        return Invalid("oversized", f"event is {len(raw)} bytes, limit is {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Invalid("malformed_json", f"not valid JSON: {str(exc)[:120]}")
+    return validate_event(obj)

@@ -1,0 +1,95 @@
+"""The alert state machine: healthy → cooling → at_risk → churned, and recovered.
+
+Hysteresis: escalation to ``at_risk`` needs the risk above its threshold on several
+consecutive scored days; recovery needs it below a lower threshold for several days. After
+a recovery a cooldown suppresses new cooling alerts. Each transition is one alert.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+NOT_ENOUGH_DATA = 0
+HEALTHY = 1
+COOLING = 2
+AT_RISK = 3
+CHURNED = 4
+
+STATE_NAMES = ("not_enough_data", "healthy", "cooling", "at_risk", "churned")
+RECOVERED = "recovered"
+
+
+class Thresholds(NamedTuple):
+    cooling: float
+    at_risk: float
+    recovered: float
+    at_risk_days: int
+    recovery_days: int
+    cooldown_days: int
+
+
+class Step(NamedTuple):
+    state: int
+    hot_days: int
+    calm_days: int
+    cooldown_until: int
+    #: the alert to emit: a state name, "recovered", or None
+    alert: str | None
+
+
+def step(
+    state: int,
+    hot_days: int,
+    calm_days: int,
+    cooldown_until: int,
+    *,
+    day: int,
+    risk: float,
+    mature: bool,
+    churned: bool,
+    active: bool,
+    th: Thresholds,
+) -> Step:
+    """Advance one scored day.
+
+    >>> th = Thresholds(0.4, 0.6, 0.25, 2, 3, 7)
+    >>> s = step(HEALTHY, 0, 0, 0, day=1, risk=0.7, mature=True, churned=False, active=True, th=th)
+    >>> STATE_NAMES[s.state], s.alert
+    ('cooling', 'cooling')
+    >>> s = step(s.state, s.hot_days, s.calm_days, s.cooldown_until, day=2, risk=0.7,
+    ...          mature=True, churned=False, active=True, th=th)
+    >>> STATE_NAMES[s.state], s.alert
+    ('at_risk', 'at_risk')
+    >>> for d in (3, 4, 5):
+    ...     s = step(s.state, s.hot_days, s.calm_days, s.cooldown_until, day=d, risk=0.1,
+    ...              mature=True, churned=False, active=True, th=th)
+    >>> STATE_NAMES[s.state], s.alert, s.cooldown_until
+    ('healthy', 'recovered', 12)
+    """
+    hot_days = hot_days + 1 if risk >= th.at_risk else 0
+    calm_days = calm_days + 1 if risk < th.recovered else 0
+
+    if churned:
+        if state != CHURNED:
+            return Step(CHURNED, 0, 0, cooldown_until, STATE_NAMES[CHURNED])
+        return Step(CHURNED, 0, 0, cooldown_until, None)
+    if state == CHURNED:
+        # Reactivation: activity came back after a churn.
+        if active and calm_days >= th.recovery_days:
+            return Step(HEALTHY, 0, 0, day + th.cooldown_days, RECOVERED)
+        return Step(CHURNED, hot_days, calm_days, cooldown_until, None)
+
+    if state in (NOT_ENOUGH_DATA, HEALTHY):
+        base = HEALTHY if mature else NOT_ENOUGH_DATA
+        if hot_days >= th.at_risk_days:
+            return Step(AT_RISK, hot_days, 0, cooldown_until, STATE_NAMES[AT_RISK])
+        if risk >= th.cooling and day >= cooldown_until:
+            return Step(COOLING, hot_days, 0, cooldown_until, STATE_NAMES[COOLING])
+        return Step(base, hot_days, calm_days, cooldown_until, None)
+
+    if state == COOLING and hot_days >= th.at_risk_days:
+        return Step(AT_RISK, hot_days, 0, cooldown_until, STATE_NAMES[AT_RISK])
+    if calm_days >= th.recovery_days:
+        next_state = HEALTHY if mature else NOT_ENOUGH_DATA
+        return Step(next_state, 0, 0, day + th.cooldown_days, RECOVERED)
+    return Step(state, hot_days, calm_days, cooldown_until, None)

@@ -1,0 +1,99 @@
+"""Population context for one partition: how active is everybody, compared with normal?
+
+A company-wide holiday or a tracking outage lowers every team at once; that is not churn.
+Activity is counted per UTC day for the whole partition and compared with a per-weekday
+baseline, giving a *day factor* (1.0 = a normal day). Team ratios are divided by the
+population's factor, and absence is counted in population-adjusted days.
+Task durations get a population norm per task, for the struggle signal.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .timemodel import DAY_MS
+
+_WEEKDAY_ALPHA = 0.25  # one update per weekday per week: ~4 weeks of memory
+_LEARN_FACTOR = 0.7  # days below this share of normal do not teach the baseline
+_TASK_ALPHA = 0.01
+_KEEP_DAYS = 120
+
+
+class Population:
+    __slots__ = ("closed_day", "counts", "factors", "first_day", "min_days", "task_log_norm", "weekday")
+
+    def __init__(self, min_days: int) -> None:
+        self.min_days = min_days
+        self.counts: dict[int, int] = {}
+        self.weekday: list[float] = [0.0] * 7
+        self.factors: dict[int, float] = {}
+        self.first_day: int | None = None
+        self.closed_day: int | None = None
+        self.task_log_norm: dict[str, float] = {}
+
+    def count(self, ts_ms: int) -> None:
+        day = ts_ms // DAY_MS
+        counts = self.counts
+        counts[day] = counts.get(day, 0) + 1
+
+    def close_until(self, utc_day: int) -> None:
+        """Close every UTC day before ``utc_day`` (idempotent)."""
+        if self.closed_day is None:
+            if not self.counts:
+                return
+            self.first_day = min(self.counts)
+            self.closed_day = self.first_day - 1
+        while self.closed_day < utc_day - 1:
+            self._close(self.closed_day + 1)
+
+    def _close(self, day: int) -> None:
+        self.closed_day = day
+        assert self.first_day is not None
+        observed = float(self.counts.pop(day, 0))
+        wd = day % 7
+        base = self.weekday[wd]
+        age = day - self.first_day
+        if age < self.min_days or base <= 0.0:
+            factor = 1.0
+            self.weekday[wd] = observed if base <= 0.0 else base + 0.5 * (observed - base)
+        else:
+            factor = observed / base
+            if factor >= _LEARN_FACTOR:
+                self.weekday[wd] = base + _WEEKDAY_ALPHA * (observed - base)
+        self.factors[day] = factor
+        self.factors.pop(day - _KEEP_DAYS, None)
+
+    def day_factor(self, day: int) -> float:
+        """Share of normal activity on a closed UTC day (1.0 when unknown)."""
+        return self.factors.get(day, 1.0)
+
+    def window_factor(self, last_day: int, days: int) -> float:
+        """Mean day factor over ``days`` days ending at ``last_day``, capped at 1."""
+        total = 0.0
+        for d in range(last_day - days + 1, last_day + 1):
+            total += min(1.0, self.factors.get(d, 1.0))
+        return total / days
+
+    def effective_days(self, first_day: int, last_day: int) -> float:
+        """Days from first_day to last_day inclusive, each weighted by its day factor."""
+        if last_day - first_day > _KEEP_DAYS:
+            return float(last_day - first_day + 1)
+        total = 0.0
+        for d in range(first_day, last_day + 1):
+            total += min(1.0, self.factors.get(d, 1.0))
+        return total
+
+    def observe_task(self, task: str, duration_s: float) -> float:
+        """Learn the task's norm and return this duration as a multiple of it."""
+        x = math.log1p(duration_s)
+        norm = self.task_log_norm.get(task)
+        if norm is None:
+            if len(self.task_log_norm) >= 256:
+                return 1.0
+            self.task_log_norm[task] = x
+            return 1.0
+        self.task_log_norm[task] = norm + _TASK_ALPHA * (x - norm)
+        return math.expm1(x) / max(1.0, math.expm1(norm))
+
+    def tracking_gap(self, day: int, ratio: float) -> bool:
+        return self.factors.get(day, 1.0) < ratio

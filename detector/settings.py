@@ -1,0 +1,213 @@
+"""One frozen settings object, built once at the entry point.
+
+Nothing below the entry point reads the environment: the CLI builds :class:`Settings`
+from defaults, an optional JSON config file and ``DETECTOR_*`` environment variables, and
+passes the pieces down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Detection thresholds and time model. Defaults are meant to work unchanged."""
+
+    #: events older than (max event time seen - lateness) go to the DLQ as ``late``
+    allowed_lateness_s: int = 2 * 3600
+    #: events further ahead of the partition's time than this go to the DLQ
+    max_future_skew_s: int = 7 * 24 * 3600
+    #: distinct teams that must confirm a jump in time before the watermark follows it
+    future_jump_confirmations: int = 3
+    #: event-time interval between sweeps (day close and silence detection)
+    sweep_interval_s: int = 3600
+    max_event_bytes: int = 65_536
+    #: event types that mean "the product delivered its value"
+    key_action_types: tuple[str, ...] = ("document.published",)
+    #: days of history before an entity is judged against its own baseline
+    min_history_days: int = 14
+    #: window compared with the baseline, in days (a whole week neutralises weekdays)
+    recent_window_days: int = 7
+    #: baseline learning rate per day (exponential moving average)
+    baseline_alpha: float = 1.0 / 42.0
+    #: risk at which an entity starts cooling / becomes at risk / counts as recovered
+    cooling_risk: float = 0.40
+    at_risk_risk: float = 0.60
+    recovered_risk: float = 0.25
+    #: consecutive scored days needed to escalate to at_risk, and to recover
+    at_risk_days: int = 2
+    recovery_days: int = 5
+    #: after a recovery, no new cooling alert for this many days
+    cooldown_days: int = 7
+    #: an entity silent this long (population-adjusted days) is considered churned
+    churn_silence_days: int = 45
+    #: significance level for "activity is lower than the baseline by chance"
+    decay_alpha: float = 0.01
+    #: a population day below this share of its baseline is a tracking gap, not churn
+    tracking_gap_ratio: float = 0.5
+    #: minimum days of population history before population normalisation applies
+    population_min_days: int = 7
+    #: onboarding window for early-life red flags
+    onboarding_days: int = 10
+    short_first_session_s: float = 120.0
+    #: users: a user silent for max(this, 4x their usual gap) days is decaying
+    user_min_silence_days: int = 10
+    #: partitions used by replay and the demo (mirror the Kafka topic)
+    partitions: int = 4
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    brokers: str = "127.0.0.1:9092"
+    events_topic: str = "usage-events"
+    dlq_topic: str = "usage-events-dlq"
+    alerts_topic: str = "churn-alerts"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    app_id: str = "churn-detector"
+    state_dir: str = ".state"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    metrics_port: int = 9464
+    batch_size: int = 5000
+    batch_timeout_s: float = 0.2
+    idle_sweep_s: float = 5.0
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+
+
+_SECTIONS = {"engine": EngineSettings, "kafka": KafkaSettings, "service": ServiceSettings}
+_PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+_MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+
+
+def _coerce(section: str, name: str, target: Any, value: Any) -> Any:
+    where = f"{section}.{name}"
+    kind = str(target)
+    try:
+        if kind.startswith("tuple"):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "str | None":
+            return None if value in (None, "") else str(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where}: cannot use {value!r} (expected {kind})") from None
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``DETECTOR_<SECTION>_<NAME>`` → {section: {name: value}}; unknown names are errors."""
+    out: dict[str, dict[str, str]] = {}
+    for key, value in environ.items():
+        if not key.startswith("DETECTOR_") or key == "DETECTOR_CONFIG":
+            continue
+        rest = key[len("DETECTOR_") :].lower()
+        section, _, name = rest.partition("_")
+        cls = _SECTIONS.get(section)
+        if cls is None or name not in {f.name for f in fields(cls)}:
+            raise SettingsError(
+                f"unknown environment variable {key}; expected DETECTOR_<ENGINE|KAFKA|SERVICE>_<NAME>"
+            )
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def build_settings(
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Defaults < config file (JSON) < environment < explicit overrides (CLI flags)."""
+    environ = os.environ if environ is None else environ
+    layers: list[Mapping[str, Mapping[str, Any]]] = []
+    config_file = config_file or environ.get("DETECTOR_CONFIG")
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SettingsError(f"config file {path} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict) or set(loaded) - set(_SECTIONS):
+            raise SettingsError(f"config file {path}: top level must be an object with {sorted(_SECTIONS)}")
+        layers.append(loaded)
+    layers.append(_env_overrides(environ))
+    if overrides:
+        layers.append(overrides)
+
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for layer in layers:
+            for name, value in (layer.get(section) or {}).items():
+                if name not in types:
+                    raise SettingsError(f"unknown setting {section}.{name}")
+                values[name] = _coerce(section, name, types[name], value)
+        sections[section] = cls(**values)
+    settings = Settings(**sections)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    e, k, s = settings.engine, settings.kafka, settings.service
+    checks = [
+        (e.partitions >= 1, "engine.partitions must be >= 1"),
+        (e.allowed_lateness_s >= 0, "engine.allowed_lateness_s must be >= 0"),
+        (e.sweep_interval_s >= 60, "engine.sweep_interval_s must be >= 60"),
+        (86400 % e.sweep_interval_s == 0, "engine.sweep_interval_s must divide a day"),
+        (0 < e.recovered_risk < e.cooling_risk < e.at_risk_risk < 1, "risk thresholds must satisfy 0 < recovered < cooling < at_risk < 1"),
+        (e.recent_window_days >= 1, "engine.recent_window_days must be >= 1"),
+        (0 < e.baseline_alpha < 1, "engine.baseline_alpha must be in (0, 1)"),
+        (k.security_protocol in _PROTOCOLS, f"kafka.security_protocol must be one of {sorted(_PROTOCOLS)}"),
+        (k.sasl_mechanism is None or k.sasl_mechanism in _MECHANISMS, f"kafka.sasl_mechanism must be one of {sorted(_MECHANISMS)}"),
+        (not k.security_protocol.startswith("SASL") or (k.sasl_mechanism and k.sasl_username and k.sasl_password), "SASL needs kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password"),
+        (0 < s.web_port < 65536 and 0 <= s.metrics_port < 65536, "service ports must be valid TCP ports"),
+        (s.batch_size >= 1, "service.batch_size must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SettingsError(message)
+    for path_name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(k, path_name)
+        if value and not Path(value).is_file():
+            raise SettingsError(f"kafka.{path_name}: file {value} does not exist")
+
+
+def replace_engine(settings: Settings, **changes: Any) -> Settings:
+    return dataclasses.replace(settings, engine=dataclasses.replace(settings.engine, **changes))

@@ -1,0 +1,184 @@
+"""Compact per-entity state: a fixed ring of daily buckets for teams, a few floats for users.
+
+Budget (DESIGN.md): ≤ 1 KB per user, ≤ 4 KB per team, measured by the benchmark.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from .health import NOT_ENOUGH_DATA
+
+#: days kept in a team's ring of daily buckets
+RING_DAYS = 16
+# fields of one daily bucket
+EVENTS, ACTIVE_USERS, KEY_ACTIONS, FEATURES, TASKS, TASK_RATIO, TASK_FAILURES = range(7)
+FIELDS = 7
+
+
+class TeamState:
+    """One team: traits, daily buckets, baselines, lifecycle and alert state."""
+
+    __slots__ = (
+        "active_days",
+        "base_active",
+        "base_breadth",
+        "base_days",
+        "base_events",
+        "base_key",
+        "calm_days",
+        "cancelled",
+        "champion",
+        "champion_rate",
+        "cooldown_until",
+        "first_day",
+        "first_session_s",
+        "gap",
+        "health",
+        "hot_days",
+        "is_new",
+        "key_total",
+        "last_active_day",
+        "last_scored_day",
+        "mrr",
+        "offset_ms",
+        "payment_failures",
+        "plan",
+        "reactivated",
+        "ring",
+        "ring_day",
+        "seats",
+        "team_id",
+        "trial",
+        "tz",
+        "users_at_risk",
+        "users_regular",
+    )
+
+    def __init__(self, team_id: str, first_day: int, is_new: bool) -> None:
+        self.team_id = team_id
+        self.tz = "UTC"
+        self.offset_ms = 0
+        self.plan: str | None = None
+        self.mrr: float | None = None
+        self.seats: int | None = None
+        self.trial = False
+        self.is_new = is_new
+        self.ring = array("d", bytes(8 * RING_DAYS * FIELDS))
+        self.ring_day = first_day
+        self.first_day = first_day
+        self.last_active_day = first_day - 1
+        self.last_scored_day = first_day - 1
+        self.active_days = 0
+        self.key_total = 0
+        self.first_session_s = -1.0
+        self.base_active = 0.0
+        self.base_events = 0.0
+        self.base_key = 0.0
+        self.base_breadth = 0.0
+        self.base_days = 0
+        self.gap = 1.0
+        self.payment_failures = 0
+        self.cancelled = False
+        self.reactivated = False
+        self.champion: str | None = None
+        self.champion_rate = 0.0
+        self.users_at_risk = 0
+        self.users_regular = 0
+        self.health = NOT_ENOUGH_DATA
+        self.hot_days = 0
+        self.calm_days = 0
+        self.cooldown_until = 0
+
+    def advance_ring(self, day: int) -> None:
+        """Make ``day`` the newest bucket, clearing the buckets of days that passed."""
+        ring_day = self.ring_day
+        if day <= ring_day:
+            return
+        ring = self.ring
+        for d in range(max(ring_day + 1, day - RING_DAYS + 1), day + 1):
+            base = (d % RING_DAYS) * FIELDS
+            ring[base : base + FIELDS] = _ZEROS
+        self.ring_day = day
+
+    def window(self, last_day: int, days: int) -> list[float]:
+        """Sums of each bucket field over ``days`` days ending at ``last_day``;
+        the FEATURES field is the union (bit-or) of feature masks."""
+        ring = self.ring
+        sums = [0.0] * FIELDS
+        mask = 0
+        for d in range(last_day - days + 1, last_day + 1):
+            if d > self.ring_day or d <= self.ring_day - RING_DAYS:
+                continue
+            base = (d % RING_DAYS) * FIELDS
+            for f in range(FIELDS):
+                sums[f] += ring[base + f]
+            mask |= int(ring[base + FEATURES])
+        sums[FEATURES] = float(mask.bit_count())
+        return sums
+
+
+_ZEROS = array("d", bytes(8 * FIELDS))
+
+
+class UserState:
+    """One user: activity cadence and recent-vs-usual activity as moving averages."""
+
+    __slots__ = (
+        "active_days",
+        "calm_days",
+        "check_day",
+        "cooldown_until",
+        "ewma_day",
+        "fast",
+        "first_day",
+        "gap",
+        "health",
+        "hot_days",
+        "last_day",
+        "slow",
+        "team_id",
+    )
+
+    def __init__(self, team_id: str, day: int) -> None:
+        self.team_id = team_id
+        self.first_day = day
+        self.last_day = day - 1
+        self.ewma_day = day - 1
+        self.active_days = 0
+        self.fast = 0.0
+        self.slow = 0.0
+        self.gap = 0.0
+        self.health = NOT_ENOUGH_DATA
+        self.hot_days = 0
+        self.calm_days = 0
+        self.cooldown_until = 0
+        self.check_day = -1
+
+
+FAST_ALPHA = 1.0 / 7.0
+SLOW_ALPHA = 1.0 / 42.0
+
+
+def fold_user(user: UserState, upto_day: int) -> None:
+    """Fold closed days into the user's active-day moving averages.
+
+    >>> u = UserState("t", 0)
+    >>> u.last_day = 0; fold_user(u, 0); round(u.fast, 3)
+    0.143
+    >>> fold_user(u, 7); round(u.fast, 3)
+    0.049
+    """
+    k = upto_day - user.ewma_day
+    if k <= 0:
+        return
+    fast, slow = user.fast, user.slow
+    keep_f, keep_s = 1.0 - FAST_ALPHA, 1.0 - SLOW_ALPHA
+    if user.ewma_day < user.last_day <= upto_day:
+        before = user.last_day - user.ewma_day - 1
+        fast = fast * keep_f**before * keep_f + FAST_ALPHA
+        slow = slow * keep_s**before * keep_s + SLOW_ALPHA
+        k = upto_day - user.last_day
+    user.fast = fast * keep_f**k
+    user.slow = slow * keep_s**k
+    user.ewma_day = upto_day

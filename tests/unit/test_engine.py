@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+
+from detector import health as hs
+from detector.engine import PartitionEngine
+from detector.events import Event
+from detector.settings import EngineSettings
+from detector.timemodel import DAY_MS, HOUR_MS
+
+from .streams import START_DAY, TeamSpec, healthy_teams, stream
+
+
+def run(events: Iterable[Event], settings: EngineSettings | None = None) -> tuple[PartitionEngine, list[dict]]:
+    engine = PartitionEngine(settings or EngineSettings(), clock=lambda: 0.0)
+    alerts: list[dict] = []
+    for ev in events:
+        assert engine.process(ev) is None
+        alerts.extend(engine.drain_alerts())
+    return engine, alerts
+
+
+def team_alerts(alerts: list[dict], team_id: str, state: str | None = None) -> list[dict]:
+    return [
+        a for a in alerts
+        if a["data"]["entity_type"] == "team" and a["data"]["entity_id"] == team_id
+        and (state is None or a["data"]["state"] == state)
+    ]
+
+
+def day_of(alert: dict) -> int:
+    from detector.evaluation import parse_time_ms
+
+    return (parse_time_ms(alert["data"]["event_time"]) - 1) // DAY_MS - START_DAY
+
+
+def test_steady_teams_raise_no_alerts():
+    _, alerts = run(stream(healthy_teams(30), days=120))
+    assert [a for a in alerts if a["data"]["entity_type"] == "team"] == []
+
+
+def test_team_that_goes_silent_is_flagged_without_any_event_of_its_own():
+    silent = TeamSpec("quiet", 6, level=lambda d: 1.0 if d < 60 else 0.0)
+    _, alerts = run(stream([*healthy_teams(25), silent], days=100))
+    at_risk = team_alerts(alerts, "quiet", "at_risk")
+    assert at_risk, "a silent team must be flagged by the sweep"
+    assert at_risk[0]["data"]["signal"] in {"silence", "team_decay"}
+    assert 60 < day_of(at_risk[0]) <= 70
+
+
+def test_gradual_decay_is_flagged_before_cancellation_with_reasons():
+    decaying = TeamSpec("fading", 10, level=lambda d: 1.0 if d < 60 else max(0.05, 1 - (d - 60) / 40),
+                        cancel_day=100)
+    engine, alerts = run(stream([*healthy_teams(25), decaying], days=110))
+    first = team_alerts(alerts, "fading", "at_risk")[0]
+    assert first["data"]["signal"] == "team_decay"
+    assert day_of(first) < 100
+    codes = {r["code"] for r in first["data"]["reasons"]}
+    assert "active_users_drop" in codes
+    churned = team_alerts(alerts, "fading", "churned")
+    assert churned and churned[0]["data"]["signal"] == "cancellation"
+    assert engine.teams["fading"].health == hs.CHURNED
+
+
+def test_population_wide_drop_is_not_churn():
+    holiday = lambda d: 0.3 if 70 <= d < 80 else 1.0  # noqa: E731
+    teams = [TeamSpec(f"h{i}", 6, level=holiday) for i in range(30)]
+    _, alerts = run(stream(teams, days=110))
+    assert [a for a in alerts if a["data"]["entity_type"] == "team" and a["data"]["state"] == "at_risk"] == []
+
+
+def test_one_team_dropping_during_a_holiday_is_still_flagged():
+    holiday = lambda d: 0.5 if 70 <= d < 84 else 1.0  # noqa: E731
+    teams = [TeamSpec(f"h{i}", 8, level=holiday) for i in range(30)]
+    teams.append(TeamSpec("gone", 8, level=lambda d: 1.0 if d < 68 else 0.08))
+    _, alerts = run(stream(teams, days=100))
+    assert team_alerts(alerts, "gone", "at_risk")
+    others = [a for a in alerts if a["data"]["entity_type"] == "team" and a["data"]["entity_id"] != "gone"
+              and a["data"]["state"] == "at_risk"]
+    assert others == []
+
+
+def test_payment_failures_raise_involuntary_churn_risk():
+    payer = TeamSpec("card", 5, payment_failures=(70, 73))
+    _, alerts = run(stream([*healthy_teams(20), payer], days=90))
+    at_risk = team_alerts(alerts, "card", "at_risk")
+    assert at_risk and at_risk[0]["data"]["signal"] == "payment_failure"
+
+
+def test_recovery_after_a_dip_emits_one_recovered_alert_and_cooldown():
+    dip = TeamSpec("dip", 10, level=lambda d: 0.1 if 60 <= d < 74 else 1.0)
+    engine, alerts = run(stream([*healthy_teams(25), dip], days=120))
+    states = [a["data"]["state"] for a in team_alerts(alerts, "dip")]
+    assert "at_risk" in states
+    assert states[-1] == "recovered"
+    assert engine.teams["dip"].health == hs.HEALTHY
+    assert len(states) == len(set(states)), "one alert per state change"
+
+
+def test_same_input_gives_identical_alerts():
+    teams = [*healthy_teams(10), TeamSpec("q", 4, level=lambda d: 1.0 if d < 50 else 0.0)]
+    _, first = run(stream(teams, days=80, seed=3))
+    _, second = run(stream(teams, days=80, seed=3))
+    assert first == second and first
+
+
+def test_out_of_order_within_lateness_gives_the_same_alerts():
+    teams = [*healthy_teams(10), TeamSpec("q", 4, level=lambda d: 1.0 if d < 50 else 0.0)]
+    events = list(stream(teams, days=80, seed=3))
+    shuffled = list(events)
+    # swap neighbours that are less than 30 minutes apart: still inside the allowed lateness
+    for i in range(0, len(shuffled) - 1, 2):
+        if shuffled[i + 1].ts_ms - shuffled[i].ts_ms < 30 * 60_000:
+            shuffled[i], shuffled[i + 1] = shuffled[i + 1], shuffled[i]
+    assert shuffled != events
+    _, in_order = run(events)
+    _, disordered = run(shuffled)
+    assert sorted(a["id"] for a in in_order) == sorted(a["id"] for a in disordered)
+
+
+def test_late_and_future_events_are_rejected_with_reasons():
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    t0 = START_DAY * DAY_MS + 12 * HOUR_MS
+    ok = Event("a", "feature.used", t0, "u", "t", {"feature": "x"})
+    assert engine.process(ok) is None
+    late = engine.process(ok._replace(event_id="b", ts_ms=t0 - 3 * HOUR_MS))
+    assert late is not None and late.reason == "late"
+    future = engine.process(ok._replace(event_id="c", ts_ms=t0 + 400 * DAY_MS))
+    assert future is not None and future.reason == "future_timestamp"
+    assert engine.watermark.value == t0 - 2 * HOUR_MS
+    assert engine.stats.invalid == {"late": 1, "future_timestamp": 1}
+
+
+def test_idle_clock_advance_flags_silence_in_live_mode():
+    engine, _ = run(stream(healthy_teams(3, users=5), days=60))
+    alerts: list[dict] = []
+    for _ in range(30 * 24):  # thirty idle days, an hour at a time
+        engine.advance_idle(HOUR_MS)
+        alerts.extend(engine.drain_alerts())
+    assert {a["data"]["entity_id"] for a in alerts if a["data"]["state"] == "at_risk"
+            and a["data"]["entity_type"] == "team"} == {"h0", "h1", "h2"}
+
+
+def test_vacation_of_a_one_person_team_is_not_at_risk():
+    away = TeamSpec("tiny", 1, level=lambda d: 0.0 if 70 <= d < 80 else 1.0)
+    _, alerts = run(stream([*healthy_teams(20), away], days=110))
+    assert team_alerts(alerts, "tiny", "at_risk") == []
+
+
+def test_trial_that_never_activates_is_flagged_early():
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    events = list(stream(healthy_teams(20), days=60))
+    t_start = (START_DAY + 40) * DAY_MS + 10 * HOUR_MS
+    events.append(Event("trial", "trial.started", t_start, None, "trial-team", {"plan": "trial"}))
+    events.append(Event("s1", "session.started", t_start + 60_000, "tu", "trial-team", {}))
+    events.append(Event("s2", "session.ended", t_start + 120_000, "tu", "trial-team", {"duration_s": 60.0}))
+    events.sort(key=lambda e: e.ts_ms)
+    alerts = []
+    for ev in events:
+        engine.process(ev)
+        alerts.extend(engine.drain_alerts())
+    flagged = team_alerts(alerts, "trial-team", "at_risk")
+    assert flagged and flagged[0]["data"]["signal"] == "onboarding"
+    codes = {r["code"] for r in flagged[0]["data"]["reasons"]}
+    assert {"few_active_days", "no_key_action", "short_first_session"} <= codes
+    assert day_of(flagged[0]) <= 40 + 10
