@@ -205,9 +205,10 @@ def validate_event(obj: Any) -> Event | Invalid:
     """Validate an already-parsed object (canonical or Segment) and normalise it."""
     if not isinstance(obj, dict):
         return Invalid("not_an_object", f"event must be a JSON object, got {type(obj).__name__}")
-    if "messageId" in obj or obj.get("type") in SEGMENT_TYPES:
-        if obj.get("type") not in SEGMENT_TYPES or obj.get("type") == "alias":
-            return Invalid("unknown_message_type", f"unsupported message type {obj.get('type')!r}")
+    kind = obj.get("type")
+    if "messageId" in obj or (isinstance(kind, str) and kind in SEGMENT_TYPES):
+        if not isinstance(kind, str) or kind not in SEGMENT_TYPES or kind == "alias":
+            return Invalid("unknown_message_type", f"unsupported message type {kind!r:.80}")
         mapped = _from_segment(obj)
         if isinstance(mapped, Invalid):
             return mapped
