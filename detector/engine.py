@@ -59,7 +59,7 @@ from .state import (
 )
 from .timemodel import DAY_MS, Watermark, day_end_ms, local_day, utc_offset_ms
 
-_NEW_TEAM_GRACE_DAYS = 2  # a team first seen this long after the partition started is new
+_NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
 
 
@@ -217,6 +217,8 @@ class PartitionEngine:
                 team.is_new = True
             elif etype == SUBSCRIPTION_STARTED:
                 team.trial = False
+                if ev.ts_ms // DAY_MS - team.first_day <= 1:
+                    team.is_new = True
                 if team.cancelled:
                     team.cancelled = False
                     team.reactivated = True
@@ -327,10 +329,10 @@ class PartitionEngine:
 
         silent_days = pop.effective_days(team.last_active_day + 1, day)
         if mature:
-            norm = self._team_decay(team, win, pop_w, signals)
+            norm = self._team_decay(team, day, pop_w, signals)
             self._team_silence(team, silent_days, signals)
-            self._key_action(team, win, pop_w, norm, signals)
-            self._champion(team, day, signals)
+            self._key_action(team, day, win, pop_w, norm, signals)
+            self._champion(team, day, norm, signals)
             self._user_decay(team, signals)
         if team.is_new and s.onboarding_days - 3 <= age <= s.onboarding_days + 7:
             self._onboarding(team, signals)
@@ -394,54 +396,69 @@ class PartitionEngine:
                        day_end_ms(day, team.offset_ms))
         self._learn_team(team, today, win, pop_d, norm, mature)
 
-    def _team_decay(self, team: TeamState, win: list[float], pop_w: float, out: list[Signal]) -> float:
+    def _team_decay(self, team: TeamState, day: int, pop_w: float, out: list[Signal]) -> float:
+        """Activity, active seats and feature breadth against the team's own baseline.
+
+        One week answers fast for big teams; two weeks give small teams (few events, where a
+        week of quiet is often a vacation) the evidence they need. The stronger one counts.
+        """
         w = self.settings.recent_window_days
-        exp_active = w * team.base_active * pop_w
-        exp_events = w * team.base_events * pop_w
-        if exp_active <= 0.0 or exp_events <= 0.0:
-            return 1.0
-        n_active = min(1.5, win[ACTIVE_USERS] / exp_active)
-        n_events = min(1.5, win[EVENTS] / exp_events)
-        if team.base_breadth >= 3.0:
-            n_breadth = min(1.5, win[FEATURES] / team.base_breadth)
-            norm = 0.5 * n_active + 0.3 * n_events + 0.2 * n_breadth
-        else:
-            n_breadth = 1.0
-            norm = 0.6 * n_active + 0.4 * n_events
-        p_value = low_activity_p_value(win[ACTIVE_USERS], exp_active)
-        strength = decay_strength(norm, p_value, self.settings.decay_alpha)
+        best: tuple[float, float, list[float], int] | None = None
+        norm_week = 1.0
+        for days in (w, 2 * w):
+            win = team.window(day, days)
+            exp_active = days * team.base_active * pop_w
+            exp_events = days * team.base_events * pop_w
+            if exp_active <= 0.0 or exp_events <= 0.0:
+                return 1.0
+            n_active = min(1.5, win[ACTIVE_USERS] / exp_active)
+            n_events = min(1.5, win[EVENTS] / exp_events)
+            if team.base_breadth >= 3.0:
+                n_breadth = min(1.5, win[FEATURES] / team.base_breadth)
+                norm = 0.5 * n_active + 0.3 * n_events + 0.2 * n_breadth
+            else:
+                norm = 0.6 * n_active + 0.4 * n_events
+            if days == w:
+                norm_week = norm
+            p_value = low_activity_p_value(win[ACTIVE_USERS], exp_active)
+            strength = decay_strength(norm, p_value, self.settings.decay_alpha)
+            if best is None or strength > best[0]:
+                best = (strength, norm, win, days)
+        assert best is not None
+        strength, norm, win, days = best
         if strength > 0.0:
             reasons = [
                 Reason(
                     "active_users_drop",
-                    f"{win[ACTIVE_USERS] / w:.1f} active users a day vs {team.base_active:.1f} usual",
-                    win[ACTIVE_USERS] / w,
+                    f"{win[ACTIVE_USERS] / days:.1f} active users a day over {days} days "
+                    f"vs {team.base_active:.1f} usual",
+                    win[ACTIVE_USERS] / days,
                     team.base_active,
                 ),
                 Reason(
                     "team_activity_drop",
-                    f"{win[EVENTS] / w:.0f} events a day vs {team.base_events:.0f} usual",
-                    win[EVENTS] / w,
+                    f"{win[EVENTS] / days:.0f} events a day vs {team.base_events:.0f} usual",
+                    win[EVENTS] / days,
                     team.base_events,
                 ),
             ]
             if team.seats:
-                share = win[ACTIVE_USERS] / w / team.seats
+                share = win[ACTIVE_USERS] / days / team.seats
                 usual = team.base_active / team.seats
                 reasons.append(
                     Reason("seats_active_drop", f"{share:.0%} of seats active a day vs {usual:.0%}", share, usual)
                 )
-            if n_breadth < 0.7:
+            if team.base_breadth >= 3.0 and win[FEATURES] < 0.7 * team.base_breadth:
                 reasons.append(
                     Reason(
                         "feature_breadth_drop",
-                        f"{win[FEATURES]:.0f} features used this week vs {team.base_breadth:.0f}",
+                        f"{win[FEATURES]:.0f} features used vs {team.base_breadth:.0f} usual",
                         win[FEATURES],
                         team.base_breadth,
                     )
                 )
             out.append(Signal("team_decay", strength, tuple(reasons)))
-        return norm
+        return norm_week
 
     def _silence_threshold(self, team: TeamState) -> float:
         floor = 7.0 if team.base_active >= 1.5 else 14.0
@@ -467,7 +484,7 @@ class PartitionEngine:
             )
 
     def _key_action(
-        self, team: TeamState, win: list[float], pop_w: float, norm: float, out: list[Signal]
+        self, team: TeamState, day: int, win: list[float], pop_w: float, norm: float, out: list[Signal]
     ) -> None:
         w = self.settings.recent_window_days
         if team.base_key < 2.0 / w or norm < 0.7:
@@ -475,7 +492,7 @@ class PartitionEngine:
         expected = w * team.base_key * pop_w
         ratio = win[KEY_ACTIONS] / expected
         if ratio < 0.3 and low_activity_p_value(win[KEY_ACTIONS], expected) <= self.settings.decay_alpha:
-            strength = 0.6 if win[KEY_ACTIONS] == 0 else 0.45
+            strength = 0.6 if team.window(day, 2 * w)[KEY_ACTIONS] == 0 else 0.45
             out.append(
                 Signal(
                     "key_action_stopped",
@@ -492,7 +509,7 @@ class PartitionEngine:
                 )
             )
 
-    def _champion(self, team: TeamState, day: int, out: list[Signal]) -> None:
+    def _champion(self, team: TeamState, day: int, norm: float, out: list[Signal]) -> None:
         if team.champion is None or team.users_regular < 3:
             return
         champ = self.users.get(team.champion)
@@ -502,7 +519,7 @@ class PartitionEngine:
         threshold = max(7.0, 3.0 * champ.gap)
         if silent < threshold:
             return
-        strength = 0.6 if silent >= 3.0 * threshold else 0.45
+        strength = 0.6 if silent >= 2.0 * threshold and norm < 0.8 else 0.45
         if team.users_regular > 20:
             strength = min(strength, 0.3)
         out.append(
@@ -523,15 +540,13 @@ class PartitionEngine:
 
     def _user_decay(self, team: TeamState, out: list[Signal]) -> None:
         decaying, regular = team.users_at_risk, max(1, team.users_regular)
-        if decaying < 2:
-            return
         share = decaying / regular
-        if share < 0.3:
+        if decaying < 2 or share < 0.3:
             return
         out.append(
             Signal(
                 "user_decay",
-                0.6 if share >= 0.5 else 0.45,
+                0.6 if share >= 0.5 and decaying >= 3 else 0.45,
                 (
                     Reason(
                         "users_decaying",

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -324,7 +324,7 @@ class EvaluationReport:
             f"{data.last_event or UNDEFINED}), skipped: {data.skipped_events}; "
             f"alerts: {data.alerts} ({data.at_risk_alerts} at_risk, "
             f"{data.unmatched_alerts} not in truth)",
-            f"baseline {self.baseline_name}: fires {data.inactivity_days} days after the last "
+            f"{self.baseline_name}: fires {data.inactivity_days} days after the last "
             "activity, once per gap; flagged = at_risk alert (detector) / firing (baseline) "
             "before churned_at",
         ]
@@ -448,7 +448,7 @@ class _Activity:
     with memory O(gaps).
     """
 
-    __slots__ = ("first_event", "first_act", "last_act", "gaps")
+    __slots__ = ("first_act", "first_event", "gaps", "last_act")
 
     def __init__(self) -> None:
         self.first_event: int | None = None
@@ -478,9 +478,7 @@ class _Activity:
             elif self.gaps:
                 for index, (start, end) in enumerate(self.gaps):
                     if start < ts < end:
-                        pieces = [
-                            (a, b) for a, b in ((start, ts), (ts, end)) if b - a >= window
-                        ]
+                        pieces = [(a, b) for a, b in ((start, ts), (ts, end)) if b - a >= window]
                         self.gaps[index : index + 1] = pieces
                         break
 
@@ -572,12 +570,8 @@ def evaluate(
         at_risk.setdefault(key, []).append((parse_time_ms(when), str(data.get("signal"))))
 
     # ---- events: one pass, state only for truth entities
-    users: dict[str, _Activity] = {
-        eid: _Activity() for (level, eid) in table if level == "user"
-    }
-    teams: dict[str, _Activity] = {
-        eid: _Activity() for (level, eid) in table if level == "team"
-    }
+    users: dict[str, _Activity] = {eid: _Activity() for (level, eid) in table if level == "user"}
+    teams: dict[str, _Activity] = {eid: _Activity() for (level, eid) in table if level == "team"}
     n_events = skipped = 0
     first_ms: int | None = None
     last_ms: int | None = None
@@ -631,12 +625,12 @@ def evaluate(
             firings = [(t, baseline) for t in state.firings(window, end)]
             baseline_outcomes.append(_outcome(firings, cutoff))
         truths = [truth_row for truth_row, _ in evaluated]
-        healthy_ms = [
-            (end - state.first_event if not truth_row.churned else 0)
+        healthy_ms = sum(
+            end - state.first_event
             for truth_row, state in evaluated
-            if state.first_event is not None
-        ]
-        healthy_weeks = sum(healthy_ms) / WEEK_MS
+            if not truth_row.churned and state.first_event is not None
+        )
+        healthy_weeks = healthy_ms / WEEK_MS
         levels[level] = LevelComparison(
             level=level,
             detector=_score(DETECTOR, truths, detector_outcomes, healthy_weeks),
@@ -765,7 +759,3 @@ def _count(rows: Sequence[_Truth], outcomes: Sequence[_Outcome], *, churned: boo
         for row, out in zip(rows, outcomes, strict=True)
         if row.churned == churned and out.first_ms is not None
     )
-
-
-def _check_mapping(value: Mapping[str, Any]) -> None:  # pragma: no cover - reserved
-    del value

@@ -34,7 +34,7 @@ class Signal(NamedTuple):
 
 #: Signals that measure the same thing (how much the entity is still active) are one
 #: piece of evidence: within this family only the strongest counts.
-ACTIVITY_FAMILY = frozenset({"team_decay", "silence", "user_decay"})
+ACTIVITY_FAMILY = frozenset({"team_decay", "silence", "user_decay", "champion_loss"})
 
 
 def combine(signals: list[Signal]) -> float:
@@ -122,22 +122,24 @@ def silence_strength(effective_days: float, threshold_days: float) -> float:
 def payment_strength(failures: int) -> float:
     """Involuntary churn risk from consecutive failed payments.
 
+    One failure that a retry fixes is common; repeated failures are not.
+
     >>> payment_strength(0), payment_strength(1), payment_strength(2), payment_strength(4)
-    (0.0, 0.45, 0.65, 0.8)
+    (0.0, 0.35, 0.6, 0.8)
     """
-    return (0.0, 0.45, 0.65)[failures] if failures < 3 else 0.8
+    return (0.0, 0.35, 0.6)[failures] if failures < 3 else 0.8
 
 
 #: Activity is clustered (a user away is away for days; teams share holidays), so counts
 #: vary more than a Poisson model says. Scaling both sides by this dispersion keeps a
 #: one-person team's vacation week from looking significant.
-DISPERSION = 2.0
+DISPERSION = 1.5
 
 
 def low_activity_p_value(observed: float, expected: float) -> float:
     """One-sided p-value of seeing ``observed`` or less when ``expected`` is usual.
 
     >>> round(low_activity_p_value(0, 4.0), 3), low_activity_p_value(0, 60.0) < 1e-6
-    (0.135, True)
+    (0.069, True)
     """
     return poisson_cdf(observed / DISPERSION, expected / DISPERSION)

@@ -1,0 +1,355 @@
+"""Tests for detector.evaluation: tiny hand-built scenarios with hand-computed numbers.
+
+Main fixture (days from T0 = 2026-01-01T00:00:00Z; end of data = day 100):
+
+team       user  truth                      login days          detector at_risk alerts
+t_churn    u1    churned d60, team_decay    0, 5, 10, 15, 20    d30 drop, d65 other (post-churn)
+t_healthy  u2    healthy                    0, 7, ..., 98 (*)   d50 drop, d70 + d80 key_action
+t_cool     u3    healthy                    0, 10, ..., 100     d40 *cooling* only
+t_gap      u4    healthy, seasonal          0, 20, 30           none
+t_ghost    -     churned, team_decay        no events (not evaluated)
+(*) plus a team.updated event on day 100 (not activity)
+
+Baseline (14 d): t_churn trailing gap from d20 fires d34 (< d60: TP, lead 26); t_gap fires d14
+(gap 0->20) and d44 (trailing from d30): FP with 2 firings; the others never fire.
+Healthy weeks (team and user): 3 healthy entities x 100 days = 300/7 weeks.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from detector.evaluation import (
+    DAY_MS,
+    evaluate,
+    format_time_ms,
+    load_jsonl,
+    parse_time_ms,
+)
+
+T0 = parse_time_ms("2026-01-01T00:00:00Z")
+HEALTHY_WEEKS = 300 / 7
+
+
+def at(day: float) -> int:
+    return T0 + round(day * DAY_MS)
+
+
+def ev(day: float, user: str | None, team: str, type_: str = "login", rfc: bool = True) -> dict:
+    ts: Any = format_time_ms(at(day)) if rfc else at(day)
+    return {
+        "event_id": f"{team}-{user}-{day}-{type_}",
+        "type": type_,
+        "timestamp": ts,
+        "user_id": user,
+        "team_id": team,
+        "properties": {},
+    }
+
+
+def alert(
+    level: str,
+    entity: str,
+    day: float,
+    signal: str = "team_activity_drop",
+    state: str = "at_risk",
+    alert_id: str | None = None,
+) -> dict:
+    return {
+        "specversion": "1.0",
+        "id": alert_id or f"{level}-{entity}-{day}-{signal}-{state}",
+        "source": "churn-detector",
+        "type": "com.example.churn.alert",
+        "data": {
+            "entity_type": level,
+            "entity_id": entity,
+            "team_id": entity if level == "team" else "t?",
+            "signal": signal,
+            "severity": "high",
+            "state": state,
+            "previous_state": "cooling",
+            "risk_score": 0.9,
+            "reasons": [],
+            "event_time": format_time_ms(at(day)),
+        },
+    }
+
+
+def truth_row(
+    level: str,
+    entity: str,
+    team: str,
+    churned_day: float | None = None,
+    scenario: str = "healthy",
+) -> dict:
+    return {
+        "entity_type": level,
+        "entity_id": entity,
+        "team_id": team,
+        "churned": churned_day is not None,
+        "decay_start": None,
+        "churned_at": format_time_ms(at(churned_day)) if churned_day is not None else None,
+        "scenario": scenario,
+    }
+
+
+def main_events() -> list[dict]:
+    events = [ev(d, "u1", "t_churn") for d in (0, 5, 10, 15, 20)]
+    events.append(ev(60, None, "t_churn", "subscription.cancelled"))
+    events += [ev(d, "u2", "t_healthy", rfc=d % 2 == 0) for d in range(0, 99, 7)]
+    events.append(ev(100, None, "t_healthy", "team.updated"))
+    events += [ev(d, "u3", "t_cool") for d in range(0, 101, 10)]
+    events += [ev(d, "u4", "t_gap") for d in (0, 20, 30)]
+    events.append(ev(50, "u9", "t_unknown"))  # not in truth: ignored
+    return events
+
+
+def main_alerts() -> list[dict]:
+    return [
+        alert("team", "t_churn", 30),
+        alert("team", "t_churn", 65, signal="other_signal"),  # after cancellation
+        alert("team", "t_healthy", 50),
+        alert("team", "t_healthy", 70, signal="key_action_stopped"),
+        alert("team", "t_healthy", 80, signal="key_action_stopped"),
+        alert("team", "t_cool", 40, state="cooling"),
+        alert("user", "u1", 25, signal="user_inactive", state="cooling"),
+        alert("team", "t_nobody", 10),  # not in truth
+    ]
+
+
+def main_truth() -> list[dict]:
+    return [
+        truth_row("team", "t_churn", "t_churn", 60, "team_decay"),
+        truth_row("team", "t_healthy", "t_healthy"),
+        truth_row("team", "t_cool", "t_cool"),
+        truth_row("team", "t_gap", "t_gap", scenario="seasonal"),
+        truth_row("team", "t_ghost", "t_ghost", 50, "team_decay"),
+        truth_row("user", "u1", "t_churn", 60, "team_decay"),
+        truth_row("user", "u2", "t_healthy"),
+        truth_row("user", "u3", "t_cool"),
+        truth_row("user", "u4", "t_gap", scenario="seasonal"),
+    ]
+
+
+@pytest.fixture
+def report():
+    return evaluate(main_events(), main_alerts(), main_truth())
+
+
+def test_team_detector_scores(report):
+    det = report.levels["team"].detector
+    assert det.method == "detector"
+    assert (det.entities, det.churned) == (4, 1)  # t_ghost has no events
+    assert (det.tp, det.fp, det.fn) == (1, 1, 0)
+    assert det.precision == 0.5
+    assert det.recall == 1.0
+    # flagged at day 30, cancelled at day 60; the day-65 alert does not count
+    assert det.lead_median_days == 30.0
+    assert det.lead_p25_days == 30.0
+    assert det.lead_count == 1
+    assert det.alerts == 4  # t_churn d30 + three on t_healthy
+    assert det.false_alarms == 3
+    assert det.healthy_weeks == pytest.approx(HEALTHY_WEEKS)
+    assert det.false_alarms_per_1000_weeks == pytest.approx(70.0)
+
+
+def test_team_baseline_scores(report):
+    base = report.levels["team"].baseline
+    assert base.method == "baseline_inactive_14d"
+    assert (base.tp, base.fp, base.fn) == (1, 1, 0)
+    assert base.lead_median_days == 26.0  # trailing gap from day 20 fires day 34
+    assert base.false_alarms == 2  # t_gap: gap 0->20 fires d14, trailing from d30 fires d44
+    assert base.false_alarms_per_1000_weeks == pytest.approx(2 / HEALTHY_WEEKS * 1000)
+
+
+def test_user_level_undefined_precision_without_flags(report):
+    det = report.levels["user"].detector
+    assert det.entities == 4
+    assert (det.tp, det.fp, det.fn) == (0, 0, 1)  # u1's only alert is cooling
+    assert det.precision is None
+    assert det.recall == 0.0
+    assert det.lead_median_days is None and det.lead_p25_days is None
+    assert det.false_alarms_per_1000_weeks == 0.0
+    base = report.levels["user"].baseline
+    # team-level lifecycle events carry no user: u1's last activity is day 20
+    assert (base.tp, base.fp, base.fn, base.false_alarms) == (1, 1, 0, 2)
+    assert base.lead_median_days == 26.0
+    assert base.healthy_weeks == pytest.approx(HEALTHY_WEEKS)
+
+
+def test_alert_after_cancellation_not_counted():
+    events = [ev(0, "u1", "t1"), ev(10, "u1", "t1"), ev(12, None, "t1", "subscription.cancelled")]
+    alerts = [alert("team", "t1", 12), alert("team", "t1", 20)]  # at and after churned_at
+    rep = evaluate(events, alerts, [truth_row("team", "t1", "t1", 12, "sudden")])
+    det = rep.levels["team"].detector
+    assert (det.tp, det.fp, det.fn, det.alerts, det.false_alarms) == (0, 0, 1, 0, 0)
+    assert det.precision is None and det.recall == 0.0
+    assert rep.signals["team"] == {}
+    assert det.healthy_weeks == 0.0 and det.false_alarms_per_1000_weeks is None
+
+
+def test_cooling_only_team_is_not_flagged(report):
+    healthy = report.scenarios["team"]["healthy"]
+    # t_healthy (FP) and t_cool (cooling only: not flagged)
+    assert (healthy.entities, healthy.churned, healthy.detector_fp) == (2, 0, 1)
+
+
+def test_baseline_gap_boundary_and_trailing_gap():
+    events = [ev(0, "a", "t_exact"), ev(14, "a", "t_exact"), ev(20, "a", "t_exact")]
+    events += [ev(0, "b", "t_short"), ev(13.9, "b", "t_short"), ev(20, "b", "t_short")]
+    events += [ev(0, "c", "t_tail"), ev(6, "c", "t_tail")]  # silent from day 6 to day 20
+    truth = [truth_row("team", t, t) for t in ("t_exact", "t_short", "t_tail")]
+    rep = evaluate(events, [], truth)
+    base = rep.levels["team"].baseline
+    # t_exact: a gap of exactly 14 days fires (at day 14); t_tail: trailing 14 days fires (day 20)
+    assert (base.fp, base.false_alarms) == (2, 2)
+    rep5 = evaluate(events, [], truth, inactivity_days=5)
+    # 5 days: t_exact gaps 14 and 6 -> 2; t_short 13.9 and 6.1 -> 2; t_tail 6 and 14 -> 2
+    assert rep5.levels["team"].baseline.false_alarms == 6
+    assert rep5.levels["team"].baseline.method == "baseline_inactive_5d"
+
+
+def test_lifecycle_events_are_not_activity():
+    events = [ev(0, "u1", "t1"), ev(10, "u1", "t1", "payment.failed"), ev(15, "u1", "t1")]
+    rep = evaluate(events, [], [truth_row("team", "t1", "t1")])
+    assert rep.levels["team"].baseline.fp == 1  # gap 0 -> 15 ignores the payment event
+
+
+def test_inactivity_days_parameter(report):
+    rep = evaluate(main_events(), main_alerts(), main_truth(), inactivity_days=30)
+    team = rep.to_dict()["levels"]["team"]
+    base = team["baseline_inactive_30d"]
+    assert base["lead_median_days"] == 10.0  # trailing from day 20 fires day 50
+    assert base["false_alarms"] == 1  # t_gap: gap 0->20 too short, trailing from 30 fires d60
+    assert team["detector"] == report.to_dict()["levels"]["team"]["detector"]
+
+
+def test_lead_quantiles_over_several_teams():
+    events, alerts, truth = [], [], []
+    for i, lead in enumerate((10, 20, 30, 40)):
+        team = f"t{i}"
+        events += [ev(d, f"u{i}", team) for d in range(0, 61, 5)]
+        alerts.append(alert("team", team, 60 - lead))
+        truth.append(truth_row("team", team, team, 60, "decay"))
+    rep = evaluate(events, alerts, truth)
+    det = rep.levels["team"].detector
+    assert (det.tp, det.lead_count, det.lead_median_days, det.lead_p25_days) == (
+        4,
+        4,
+        25.0,
+        17.5,
+    )
+    assert rep.scenarios["team"]["decay"].detector_lead_median_days == 25.0
+
+
+def test_per_signal_breakdown(report):
+    signals = report.to_dict()["signals"]["team"]
+    assert signals == {
+        "key_action_stopped": {
+            "signal": "key_action_stopped",
+            "tp": 0,
+            "fp": 0,
+            "alerts": 2,
+            "false_alarms": 2,
+        },
+        "team_activity_drop": {
+            "signal": "team_activity_drop",
+            "tp": 1,
+            "fp": 1,
+            "alerts": 2,
+            "false_alarms": 1,
+        },
+    }
+    assert report.signals["user"] == {}
+
+
+def test_per_scenario_breakdown(report):
+    scen = report.scenarios["team"]
+    assert set(scen) == {"healthy", "seasonal", "team_decay"}
+    decay = scen["team_decay"]
+    assert (decay.entities, decay.churned, decay.detector_tp, decay.baseline_tp) == (1, 1, 1, 1)
+    assert (decay.detector_lead_median_days, decay.baseline_lead_median_days) == (30.0, 26.0)
+    seasonal = scen["seasonal"]
+    assert (seasonal.detector_fp, seasonal.baseline_fp) == (0, 1)
+    assert seasonal.detector_lead_median_days is None
+    user = report.scenarios["user"]["team_decay"]
+    assert (user.detector_tp, user.baseline_tp, user.baseline_lead_median_days) == (0, 1, 26.0)
+
+
+def test_data_summary(report):
+    data = report.data
+    assert data.events == len(main_events())
+    assert data.first_event == "2026-01-01T00:00:00.000Z"
+    assert data.last_event == format_time_ms(at(100))
+    assert (data.alerts, data.at_risk_alerts, data.unmatched_alerts) == (8, 6, 1)
+    assert data.truth_entities == {"team": 5, "user": 4}
+    assert data.evaluated_entities == {"team": 4, "user": 4}
+
+
+def test_event_order_does_not_matter(report):
+    events = main_events()
+    random.Random(7).shuffle(events)
+    assert evaluate(events, main_alerts(), main_truth()).to_dict() == report.to_dict()
+
+
+def test_bad_events_skipped_and_duplicate_alerts_dropped():
+    events = [ev(0, "u1", "t1"), {"type": "login", "user_id": "u1", "team_id": "t1"}]
+    events.append({**ev(1, "u1", "t1"), "timestamp": "not a time"})
+    dup = alert("team", "t1", 0.5, alert_id="same")
+    rep = evaluate(events, [dup, dup], [truth_row("team", "t1", "t1")])
+    assert (rep.data.events, rep.data.skipped_events) == (1, 2)
+    assert (rep.data.alerts, rep.data.duplicate_alerts) == (1, 1)
+    assert rep.levels["team"].detector.false_alarms == 1
+
+
+def test_to_dict_round_trips_through_orjson(report):
+    as_dict = report.to_dict()
+    assert set(as_dict) == {"levels", "signals", "scenarios", "data"}
+    assert set(as_dict["levels"]["team"]) == {"detector", "baseline_inactive_14d"}
+    assert orjson.loads(orjson.dumps(as_dict)) == as_dict
+    assert as_dict["levels"]["user"]["detector"]["precision"] is None
+
+
+def test_to_text_contains_rows(report):
+    text = report.to_text()
+    lines = text.splitlines()
+    assert any(line.startswith("  detector ") and "0.500" in line for line in lines)
+    baseline_rows = [line for line in lines if line.startswith("  baseline_inactive_14d ")]
+    assert len(baseline_rows) == 2  # team and user
+    assert "TEAM level" in text and "USER level" in text
+    assert "—" in text  # undefined user-level precision
+    for name in ("team_decay", "seasonal", "team_activity_drop", "key_action_stopped"):
+        assert name in text
+    # the level table is aligned: header and rows have equal width up to the last column
+    header = next(i for i, line in enumerate(lines) if line.strip().startswith("method"))
+    assert len({len(lines[header + k]) for k in range(3)}) == 1
+
+
+def test_empty_inputs():
+    rep = evaluate([], [], [])
+    assert rep.data.events == 0 and rep.data.first_event is None
+    assert rep.levels["team"].detector.precision is None
+    assert "TEAM level" in rep.to_text()
+
+
+def test_load_jsonl(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n  \n{"b": [2]}\n')
+    assert list(load_jsonl(path)) == [{"a": 1}, {"b": [2]}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"a": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+        list(load_jsonl(bad))
+
+
+def test_parse_time_ms_forms():
+    ms = parse_time_ms("2026-03-01T09:15:02.123Z")
+    assert parse_time_ms("2026-03-01T04:15:02.123-05:00") == ms
+    assert parse_time_ms(ms) == ms
+    assert parse_time_ms(format_time_ms(ms)) == ms
+    with pytest.raises(TypeError):
+        parse_time_ms(True)
