@@ -34,8 +34,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         n = write_jsonl(args.out, events, progress=lambda k: bar.update(k - bar.n))
         bar.update(n - bar.n)
     truth = write_jsonl(args.truth, sim.truth()) if args.truth else 0
-    print(f"wrote {n:,} events to {args.out}" + (f" and {truth:,} truth records to {args.truth}" if args.truth else ""),
-          file=sys.stderr)
+    print(
+        f"wrote {n:,} events to {args.out}"
+        + (f" and {truth:,} truth records to {args.truth}" if args.truth else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -45,7 +48,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(args, {"partitions": args.partitions})
     if not args.events.is_file():
         raise SettingsError(f"events file {args.events} does not exist")
-    result = replay_file(args.events, args.alerts, args.dlq, settings.engine, show_progress=not args.quiet)
+    result = replay_file(
+        args.events, args.alerts, args.dlq, settings.engine, show_progress=not args.quiet
+    )
     print(
         f"{result.lines:,} lines: {result.valid:,} applied, {sum(result.invalid.values()):,} to {args.dlq} "
         f"{dict(sorted(result.invalid.items()))}; {result.alerts:,} alerts to {args.alerts} "
@@ -61,10 +66,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in (args.events, args.alerts, args.truth):
         if not path.is_file():
             raise SettingsError(f"file {path} does not exist")
-    report = evaluate(load_jsonl(args.events), load_jsonl(args.alerts), load_jsonl(args.truth),
-                      inactivity_days=args.inactivity_days)
+    report = evaluate(
+        load_jsonl(args.events),
+        load_jsonl(args.alerts),
+        load_jsonl(args.truth),
+        inactivity_days=args.inactivity_days,
+    )
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps(report.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        sys.stdout.buffer.write(
+            orjson.dumps(report.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        )
     else:
         print(report.to_text())
     return 0
@@ -92,47 +103,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("simulate", help="write simulated product usage events and the churn truth",
-                       description="Simulate a SaaS product (teams, users, sessions, holidays, churn scenarios). "
-                       "Deterministic by seed.")
+    p = sub.add_parser(
+        "simulate",
+        help="write simulated product usage events and the churn truth",
+        description="Simulate a SaaS product (teams, users, sessions, holidays, churn scenarios). "
+        "Deterministic by seed.",
+    )
     p.add_argument("--teams", type=int, default=300, help="number of teams (default 300)")
     p.add_argument("--days", type=int, default=180, help="days simulated (default 180)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--out", type=Path, required=True, help="events JSONL output")
     p.add_argument("--truth", type=Path, help="truth JSONL output (one line per team and user)")
-    p.add_argument("--format", choices=["canonical", "segment"], default="canonical",
-                   help="event format: canonical (default) or Segment spec messages")
+    p.add_argument(
+        "--format",
+        choices=["canonical", "segment"],
+        default="canonical",
+        help="event format: canonical (default) or Segment spec messages",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("replay", help="run the engine over an events file",
-                       description="Replay a JSONL (or .parquet) events file through the engine, one engine per "
-                       "partition as in Kafka. Same input gives byte-identical alerts.")
+    p = sub.add_parser(
+        "replay",
+        help="run the engine over an events file",
+        description="Replay a JSONL (or .parquet) events file through the engine, one engine per "
+        "partition as in Kafka. Same input gives byte-identical alerts.",
+    )
     p.add_argument("events", type=Path, help="events file (.jsonl or .parquet)")
     p.add_argument("--alerts", type=Path, required=True, help="alerts JSONL output")
-    p.add_argument("--dlq", type=Path, required=True, help="dead-letter JSONL output (bad events with reasons)")
-    p.add_argument("--partitions", type=int, help="partitions to mirror (default: engine.partitions = 4)")
+    p.add_argument(
+        "--dlq", type=Path, required=True, help="dead-letter JSONL output (bad events with reasons)"
+    )
+    p.add_argument(
+        "--partitions", type=int, help="partitions to mirror (default: engine.partitions = 4)"
+    )
     p.add_argument("--config", type=Path, help="JSON config file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("evaluate", help="score alerts against the truth, next to the 14-day-inactivity rule")
-    p.add_argument("--events", type=Path, required=True, help="the events file the alerts came from")
+    p = sub.add_parser(
+        "evaluate", help="score alerts against the truth, next to the 14-day-inactivity rule"
+    )
+    p.add_argument(
+        "--events", type=Path, required=True, help="the events file the alerts came from"
+    )
     p.add_argument("--alerts", type=Path, required=True, help="alerts JSONL")
     p.add_argument("--truth", type=Path, required=True, help="truth JSONL from the simulator")
-    p.add_argument("--inactivity-days", type=int, default=14, help="days of the baseline rule (default 14)")
+    p.add_argument(
+        "--inactivity-days", type=int, default=14, help="days of the baseline rule (default 14)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="simulator -> engine in-process, no Kafka; prints a summary",
-                       description="Run the simulator into the engine in-process, serve metrics on 127.0.0.1, "
-                       "write JSONL files and print alerts and the evaluation against the truth.")
+    p = sub.add_parser(
+        "demo",
+        help="simulator -> engine in-process, no Kafka; prints a summary",
+        description="Run the simulator into the engine in-process, serve metrics on 127.0.0.1, "
+        "write JSONL files and print alerts and the evaluation against the truth.",
+    )
     p.add_argument("--teams", type=int, default=300)
     p.add_argument("--days", type=int, default=180)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--partitions", type=int, help="partitions to mirror (default 4)")
-    p.add_argument("--out-dir", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus port on 127.0.0.1 (0: off)")
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("demo-out"), help="output folder (default demo-out)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=9464, help="Prometheus port on 127.0.0.1 (0: off)"
+    )
     p.add_argument("--config", type=Path, help="JSON config file")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -61,11 +61,16 @@ def run_demo(options: DemoOptions, settings: EngineSettings) -> str:
     if options.metrics_port:
         try:
             start_http_server(options.metrics_port, addr=options.metrics_host, registry=registry)
-            metrics_note = f"metrics on http://{options.metrics_host}:{options.metrics_port}/metrics"
+            metrics_note = (
+                f"metrics on http://{options.metrics_host}:{options.metrics_port}/metrics"
+            )
         except OSError as exc:
             metrics_note = f"metrics not served ({exc.strerror}); pass --metrics-port 0 to silence"
-    print(f"churn-detector demo: {options.simulation.teams} teams, {options.simulation.days} days, "
-          f"seed {options.simulation.seed}, {settings.partitions} partitions; {metrics_note}", flush=True)
+    print(
+        f"churn-detector demo: {options.simulation.teams} teams, {options.simulation.days} days, "
+        f"seed {options.simulation.seed}, {settings.partitions} partitions; {metrics_note}",
+        flush=True,
+    )
 
     started = time.perf_counter()
     sim = simulate(options.simulation)
@@ -92,15 +97,21 @@ def run_demo(options: DemoOptions, settings: EngineSettings) -> str:
         "",
         "Alerts by level and signal:",
     ]
-    by_signal = Counter((a["data"]["entity_type"], a["data"]["state"], a["data"]["signal"]) for a in alerts)
+    by_signal = Counter(
+        (a["data"]["entity_type"], a["data"]["state"], a["data"]["signal"]) for a in alerts
+    )
     for (level, state, signal), n in sorted(by_signal.items()):
         lines.append(f"  {level:5} {state:10} {signal:20} {n:6}")
     lines += ["", report.to_text(), "", "Example at-risk team alerts:"]
-    examples = [a for a in alerts if a["data"]["entity_type"] == "team" and a["data"]["state"] == "at_risk"]
+    examples = [
+        a for a in alerts if a["data"]["entity_type"] == "team" and a["data"]["state"] == "at_risk"
+    ]
     for alert in examples[: options.examples]:
         d = alert["data"]
-        lines.append(f"  {d['event_time'][:10]} team {d['entity_id']} ({d['plan']}, MRR {d['mrr']}) "
-                     f"signal={d['signal']} risk={d['risk_score']}")
+        lines.append(
+            f"  {d['event_time'][:10]} team {d['entity_id']} ({d['plan']}, MRR {d['mrr']}) "
+            f"signal={d['signal']} risk={d['risk_score']}"
+        )
         for reason in d["reasons"][:4]:
             lines.append(f"      - {reason['code']}: {reason['message']}")
     lines += ["", f"Files: {events_path}, {truth_path}, {alerts_path}, {dlq_path}"]

@@ -36,23 +36,23 @@ from .scoring import (
     Signal,
     combine,
     decay_strength,
-    payment_strength,
     low_activity_p_value,
+    payment_strength,
     silence_strength,
 )
 from .settings import EngineSettings
 from .state import (
     ACTIVE_USERS,
     EVENTS,
+    FAST_ALPHA,
     FEATURES,
     FIELDS,
     KEY_ACTIONS,
     RING_DAYS,
+    SLOW_ALPHA,
     TASK_FAILURES,
     TASK_RATIO,
     TASKS,
-    FAST_ALPHA,
-    SLOW_ALPHA,
     TeamState,
     UserState,
     fold_user,
@@ -181,11 +181,15 @@ class PartitionEngine:
         elif etype == "feature.used":
             feature = ev.properties.get("feature")
             if isinstance(feature, str):
-                ring[slot + FEATURES] = float(int(ring[slot + FEATURES]) | self._feature_bit(feature))
+                ring[slot + FEATURES] = float(
+                    int(ring[slot + FEATURES]) | self._feature_bit(feature)
+                )
         elif etype == "task.completed":
             props = ev.properties
             ring[slot + TASKS] += 1.0
-            ring[slot + TASK_RATIO] += self.population.observe_task(props["task"], props["duration_s"])
+            ring[slot + TASK_RATIO] += self.population.observe_task(
+                props["task"], props["duration_s"]
+            )
         elif etype == "task.failed":
             ring[slot + TASK_FAILURES] += 1.0
         elif etype == "session.ended" and team.first_session_s < 0.0:
@@ -331,7 +335,7 @@ class PartitionEngine:
         if mature:
             norm = self._team_decay(team, day, pop_w, signals)
             self._team_silence(team, silent_days, signals)
-            self._key_action(team, day, win, pop_w, norm, signals)
+            self._key_action(team, day, pop_w, norm, signals)
             self._champion(team, day, norm, signals)
             self._user_decay(team, signals)
         if team.is_new and s.onboarding_days - 3 <= age <= s.onboarding_days + 7:
@@ -391,9 +395,21 @@ class PartitionEngine:
             else:
                 top = max(signals, key=lambda sig: sig.strength)
                 signal = top.name
-                reasons = [r for sig in sorted(signals, key=lambda x: -x.strength) for r in sig.reasons]
-            self._emit("team", team.team_id, team, step.alert, before, signal, risk, reasons, day,
-                       day_end_ms(day, team.offset_ms))
+                reasons = [
+                    r for sig in sorted(signals, key=lambda x: -x.strength) for r in sig.reasons
+                ]
+            self._emit(
+                "team",
+                team.team_id,
+                team,
+                step.alert,
+                before,
+                signal,
+                risk,
+                reasons,
+                day,
+                day_end_ms(day, team.offset_ms),
+            )
         self._learn_team(team, today, win, pop_d, norm, mature)
 
     def _team_decay(self, team: TeamState, day: int, pop_w: float, out: list[Signal]) -> float:
@@ -446,7 +462,12 @@ class PartitionEngine:
                 share = win[ACTIVE_USERS] / days / team.seats
                 usual = team.base_active / team.seats
                 reasons.append(
-                    Reason("seats_active_drop", f"{share:.0%} of seats active a day vs {usual:.0%}", share, usual)
+                    Reason(
+                        "seats_active_drop",
+                        f"{share:.0%} of seats active a day vs {usual:.0%}",
+                        share,
+                        usual,
+                    )
                 )
             if team.base_breadth >= 3.0 and win[FEATURES] < 0.7 * team.base_breadth:
                 reasons.append(
@@ -484,23 +505,29 @@ class PartitionEngine:
             )
 
     def _key_action(
-        self, team: TeamState, day: int, win: list[float], pop_w: float, norm: float, out: list[Signal]
+        self, team: TeamState, day: int, pop_w: float, norm: float, out: list[Signal]
     ) -> None:
-        w = self.settings.recent_window_days
-        if team.base_key < 2.0 / w or norm < 0.7:
+        """Logins go on but the key action (the product's value) stopped, for two weeks."""
+        w = 2 * self.settings.recent_window_days
+        if team.base_key < 3.0 / self.settings.recent_window_days or norm < 0.7:
             return
+        win = team.window(day, w)
+        if win[ACTIVE_USERS] < 0.7 * w * team.base_active * pop_w:
+            return  # activity fell too: that is decay, not a stopped key action
         expected = w * team.base_key * pop_w
         ratio = win[KEY_ACTIONS] / expected
-        if ratio < 0.3 and low_activity_p_value(win[KEY_ACTIONS], expected) <= self.settings.decay_alpha:
-            strength = 0.6 if team.window(day, 2 * w)[KEY_ACTIONS] == 0 else 0.45
+        if (
+            ratio < 0.3
+            and low_activity_p_value(win[KEY_ACTIONS], expected) <= self.settings.decay_alpha
+        ):
             out.append(
                 Signal(
                     "key_action_stopped",
-                    strength,
+                    0.6 if win[KEY_ACTIONS] == 0 else 0.45,
                     (
                         Reason(
                             "key_action_drop",
-                            f"{win[KEY_ACTIONS]:.0f} key actions this week vs {team.base_key * w:.1f} usual, "
+                            f"{win[KEY_ACTIONS]:.0f} key actions in {w} days vs {team.base_key * w:.1f} usual, "
                             "while logins go on",
                             win[KEY_ACTIONS] / w,
                             team.base_key,
@@ -565,7 +592,12 @@ class PartitionEngine:
         if team.active_days < 2:
             keep *= 0.5
             reasons.append(
-                Reason("few_active_days", f"{team.active_days} active day(s) since sign-up", float(team.active_days), 2.0)
+                Reason(
+                    "few_active_days",
+                    f"{team.active_days} active day(s) since sign-up",
+                    float(team.active_days),
+                    2.0,
+                )
             )
         if team.key_total == 0:
             keep *= 0.6
@@ -600,12 +632,20 @@ class PartitionEngine:
             )
         if failing:
             reasons.append(
-                Reason("repeated_failures", f"{failures:.0f} failed tasks in 14 days", failures, None)
+                Reason(
+                    "repeated_failures", f"{failures:.0f} failed tasks in 14 days", failures, None
+                )
             )
         out.append(Signal("struggle", 0.6 if slow and failing else 0.45, tuple(reasons)))
 
     def _learn_team(
-        self, team: TeamState, today: list[float], win: list[float], pop_d: float, norm: float, mature: bool
+        self,
+        team: TeamState,
+        today: list[float],
+        win: list[float],
+        pop_d: float,
+        norm: float,
+        mature: bool,
     ) -> None:
         if pop_d < 0.7 or team.health in (hs.COOLING, hs.AT_RISK, hs.CHURNED):
             return
@@ -638,7 +678,9 @@ class PartitionEngine:
         fold_user(user, day)
         age = day - user.first_day + 1
         mature = age >= s.min_history_days and user.active_days >= _REGULAR_USER_DAYS
-        silent = self.population.effective_days(user.last_day + 1, day) if user.last_day < day else 0.0
+        silent = (
+            self.population.effective_days(user.last_day + 1, day) if user.last_day < day else 0.0
+        )
         threshold = max(float(s.user_min_silence_days), 4.0 * user.gap)
         signals: list[Signal] = []
         slow = user.slow / (1.0 - (1.0 - SLOW_ALPHA) ** age)
@@ -701,13 +743,27 @@ class PartitionEngine:
                 reasons = [Reason("activity_recovered", "the user is active again", None, None)]
             elif step.alert == hs.STATE_NAMES[hs.CHURNED]:
                 signal = "silence"
-                reasons = [Reason("user_silent", f"no activity for {silent:.0f} days", silent, user.gap)]
+                reasons = [
+                    Reason("user_silent", f"no activity for {silent:.0f} days", silent, user.gap)
+                ]
             else:
                 top = max(signals, key=lambda sig: sig.strength)
                 signal = top.name
-                reasons = [r for sig in sorted(signals, key=lambda x: -x.strength) for r in sig.reasons]
-            self._emit("user", uid, team, step.alert, before, signal, risk, reasons, day,
-                       (day + 1) * DAY_MS)
+                reasons = [
+                    r for sig in sorted(signals, key=lambda x: -x.strength) for r in sig.reasons
+                ]
+            self._emit(
+                "user",
+                uid,
+                team,
+                step.alert,
+                before,
+                signal,
+                risk,
+                reasons,
+                day,
+                (day + 1) * DAY_MS,
+            )
         if mature and (team.champion == uid or slow > team.champion_rate):
             team.champion, team.champion_rate = uid, slow
         if step.state == hs.CHURNED:

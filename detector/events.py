@@ -153,7 +153,9 @@ def parse_timestamp(value: Any) -> int | Invalid:
     elif isinstance(value, int) and not isinstance(value, bool):
         ts_ms = value
     else:
-        return Invalid("invalid_timestamp", f"timestamp must be text or integer, not {type(value).__name__}")
+        return Invalid(
+            "invalid_timestamp", f"timestamp must be text or integer, not {type(value).__name__}"
+        )
     if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
         return Invalid("timestamp_out_of_range", f"timestamp {ts_ms} ms is outside 2000..2100")
     return ts_ms

@@ -26,26 +26,37 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         engines = list(self._engines())
-        consumed = CounterMetricFamily(f"{PREFIX}_events_processed", "Valid events applied to state")
+        consumed = CounterMetricFamily(
+            f"{PREFIX}_events_processed", "Valid events applied to state"
+        )
         invalid = CounterMetricFamily(
-            f"{PREFIX}_events_invalid", "Events sent to the dead-letter output, by reason", labels=["reason"]
+            f"{PREFIX}_events_invalid",
+            "Events sent to the dead-letter output, by reason",
+            labels=["reason"],
         )
         alerts = CounterMetricFamily(
             f"{PREFIX}_alerts", "Alerts emitted", labels=["entity_type", "signal", "severity"]
         )
         entities = GaugeMetricFamily(
-            f"{PREFIX}_entities", "Tracked entities by health state", labels=["entity_type", "state"]
+            f"{PREFIX}_entities",
+            "Tracked entities by health state",
+            labels=["entity_type", "state"],
         )
         mrr = GaugeMetricFamily(
             f"{PREFIX}_mrr_at_risk", "MRR of teams cooling or at risk, by plan", labels=["plan"]
         )
         sweeps = CounterMetricFamily(f"{PREFIX}_sweeps", "Scoring sweeps run")
-        sweep_seconds = CounterMetricFamily(f"{PREFIX}_sweep_seconds", "Time spent in scoring sweeps")
+        sweep_seconds = CounterMetricFamily(
+            f"{PREFIX}_sweep_seconds", "Time spent in scoring sweeps"
+        )
         watermark = GaugeMetricFamily(
-            f"{PREFIX}_watermark_timestamp_seconds", "Event-time watermark per partition", labels=["partition"]
+            f"{PREFIX}_watermark_timestamp_seconds",
+            "Event-time watermark per partition",
+            labels=["partition"],
         )
         gap = CounterMetricFamily(
-            f"{PREFIX}_tracking_gap_team_days", "Team-days scored while the population was far below normal"
+            f"{PREFIX}_tracking_gap_team_days",
+            "Team-days scored while the population was far below normal",
         )
         processed = 0
         by_reason: dict[str, int] = {}
@@ -60,8 +71,8 @@ class EngineCollector(Collector):
                 by_reason[reason] = by_reason.get(reason, 0) + n
             for key, n in st.alerts.items():
                 by_alert[key] = by_alert.get(key, 0) + n
-            for key, n in engine.health_counts().items():
-                by_state[key] = by_state.get(key, 0) + n
+            for state_key, n in engine.health_counts().items():
+                by_state[state_key] = by_state.get(state_key, 0) + n
             for team in engine.teams.values():
                 if team.health in (hs.COOLING, hs.AT_RISK) and team.mrr:
                     plan = team.plan or "unknown"

@@ -20,7 +20,15 @@ _KEEP_DAYS = 120
 
 
 class Population:
-    __slots__ = ("closed_day", "counts", "factors", "first_day", "min_days", "task_log_norm", "weekday")
+    __slots__ = (
+        "closed_day",
+        "counts",
+        "factors",
+        "first_day",
+        "min_days",
+        "task_log_norm",
+        "weekday",
+    )
 
     def __init__(self, min_days: int) -> None:
         self.min_days = min_days

@@ -61,7 +61,9 @@ def _parquet_rows(path: Path, progress: Callable[[int], None] | None) -> Iterato
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
-        raise SystemExit("reading Parquet needs pyarrow: pip install 'churn-detector[parquet]'") from exc
+        raise SystemExit(
+            "reading Parquet needs pyarrow: pip install 'churn-detector[parquet]'"
+        ) from exc
     table = pq.ParquetFile(path)
     for batch in table.iter_batches(batch_size=50_000):
         for row in batch.to_pylist():
@@ -109,10 +111,13 @@ def replay_file(
     alerts.parent.mkdir(parents=True, exist_ok=True)
     dlq.parent.mkdir(parents=True, exist_ok=True)
     with (
-        tqdm(total=size, unit="B", unit_scale=True, desc="replay", disable=not show_progress) as bar,
+        tqdm(
+            total=size, unit="B", unit_scale=True, desc="replay", disable=not show_progress
+        ) as bar,
         alerts.open("wb") as alerts_fh,
         dlq.open("wb") as dlq_fh,
     ):
+
         def tick(n: int, _acc: list[int] = [0]) -> None:  # noqa: B006 - batch the bar updates
             _acc[0] += n
             if _acc[0] >= 1 << 20:

@@ -163,7 +163,9 @@ def build_settings(
         except json.JSONDecodeError as exc:
             raise SettingsError(f"config file {path} is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict) or set(loaded) - set(_SECTIONS):
-            raise SettingsError(f"config file {path}: top level must be an object with {sorted(_SECTIONS)}")
+            raise SettingsError(
+                f"config file {path}: top level must be an object with {sorted(_SECTIONS)}"
+            )
         layers.append(loaded)
     layers.append(_env_overrides(environ))
     if overrides:
@@ -191,13 +193,29 @@ def validate(settings: Settings) -> None:
         (e.allowed_lateness_s >= 0, "engine.allowed_lateness_s must be >= 0"),
         (e.sweep_interval_s >= 60, "engine.sweep_interval_s must be >= 60"),
         (86400 % e.sweep_interval_s == 0, "engine.sweep_interval_s must divide a day"),
-        (0 < e.recovered_risk < e.cooling_risk < e.at_risk_risk < 1, "risk thresholds must satisfy 0 < recovered < cooling < at_risk < 1"),
+        (
+            0 < e.recovered_risk < e.cooling_risk < e.at_risk_risk < 1,
+            "risk thresholds must satisfy 0 < recovered < cooling < at_risk < 1",
+        ),
         (e.recent_window_days >= 1, "engine.recent_window_days must be >= 1"),
         (0 < e.baseline_alpha < 1, "engine.baseline_alpha must be in (0, 1)"),
-        (k.security_protocol in _PROTOCOLS, f"kafka.security_protocol must be one of {sorted(_PROTOCOLS)}"),
-        (k.sasl_mechanism is None or k.sasl_mechanism in _MECHANISMS, f"kafka.sasl_mechanism must be one of {sorted(_MECHANISMS)}"),
-        (not k.security_protocol.startswith("SASL") or (k.sasl_mechanism and k.sasl_username and k.sasl_password), "SASL needs kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password"),
-        (0 < s.web_port < 65536 and 0 <= s.metrics_port < 65536, "service ports must be valid TCP ports"),
+        (
+            k.security_protocol in _PROTOCOLS,
+            f"kafka.security_protocol must be one of {sorted(_PROTOCOLS)}",
+        ),
+        (
+            k.sasl_mechanism is None or k.sasl_mechanism in _MECHANISMS,
+            f"kafka.sasl_mechanism must be one of {sorted(_MECHANISMS)}",
+        ),
+        (
+            not k.security_protocol.startswith("SASL")
+            or (k.sasl_mechanism and k.sasl_username and k.sasl_password),
+            "SASL needs kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password",
+        ),
+        (
+            0 < s.web_port < 65536 and 0 <= s.metrics_port < 65536,
+            "service ports must be valid TCP ports",
+        ),
         (s.batch_size >= 1, "service.batch_size must be >= 1"),
     ]
     for ok, message in checks:

@@ -8,8 +8,9 @@ payments that recover, teams arriving throughout the window as trials, seat grow
 upgrades, and nine team scenarios (three healthy, six churn types).
 
 Everything is pure standard library, driven by ``random.Random`` seeded from strings derived
-from ``SimulationConfig.seed``: the same config gives byte-identical output. Each team has its
-own random streams, so a team's behaviour does not depend on the other teams.
+from ``SimulationConfig.seed``: the same config gives byte-identical output. Each team draws
+from its own random streams (seed + team number); scenarios are dealt by quota (largest
+remainder of ``scenario_mix``, every scenario at least once when there are enough teams).
 
 Window and time: the window is ``days`` *local* calendar days from ``start`` for every team
 (its local day 0 begins at local midnight, so Asian teams' first events precede ``start``
@@ -45,16 +46,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo
 
-try:  # orjson is a project dependency; the fallback keeps the module importable anywhere.
-    import orjson
-
-    _dumps: Callable[[Any], bytes] = orjson.dumps
-except ImportError:  # pragma: no cover
-    import json
-
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
+import orjson
 
 __all__ = [
     "CHURN_SCENARIOS",
@@ -124,8 +116,12 @@ FEATURES = (
 _FEATURE_POPULARITY = (100, 60, 55, 35, 45, 25, 18, 15, 30, 20, 10, 6)
 TASKS = ("import_data", "setup_integration", "publish_document", "invite_member")
 #: Median seconds a task takes in a healthy team.
-_TASK_NORM_S = {"import_data": 95.0, "setup_integration": 240.0, "publish_document": 35.0,
-                "invite_member": 22.0}
+_TASK_NORM_S = {
+    "import_data": 95.0,
+    "setup_integration": 240.0,
+    "publish_document": 35.0,
+    "invite_member": 22.0,
+}
 _TASK_ERRORS = {
     "import_data": ("invalid_file_format", "timeout", "file_too_large", "encoding_error"),
     "setup_integration": ("auth_failed", "timeout", "permission_denied", "rate_limited"),
@@ -282,37 +278,97 @@ def public_holidays(region: str, year: int) -> frozenset[_dt.date]:
     td = _dt.timedelta
     days: list[_dt.date] = []
     if region == "us":
-        days = [d(year, 1, 1), _nth_weekday(year, 1, 0, 3), _nth_weekday(year, 2, 0, 3),
-                _nth_weekday(year, 5, 0, -1), d(year, 6, 19), d(year, 7, 4),
-                _nth_weekday(year, 9, 0, 1), _nth_weekday(year, 11, 3, 4),
-                _nth_weekday(year, 11, 3, 4) + td(days=1), d(year, 12, 25)]
+        days = [
+            d(year, 1, 1),
+            _nth_weekday(year, 1, 0, 3),
+            _nth_weekday(year, 2, 0, 3),
+            _nth_weekday(year, 5, 0, -1),
+            d(year, 6, 19),
+            d(year, 7, 4),
+            _nth_weekday(year, 9, 0, 1),
+            _nth_weekday(year, 11, 3, 4),
+            _nth_weekday(year, 11, 3, 4) + td(days=1),
+            d(year, 12, 25),
+        ]
     elif region == "ca":
         victoria = d(year, 5, 24) - td(days=d(year, 5, 24).weekday())
-        days = [d(year, 1, 1), e - td(days=2), victoria, d(year, 7, 1),
-                _nth_weekday(year, 9, 0, 1), _nth_weekday(year, 10, 0, 2), d(year, 12, 25),
-                d(year, 12, 26)]
+        days = [
+            d(year, 1, 1),
+            e - td(days=2),
+            victoria,
+            d(year, 7, 1),
+            _nth_weekday(year, 9, 0, 1),
+            _nth_weekday(year, 10, 0, 2),
+            d(year, 12, 25),
+            d(year, 12, 26),
+        ]
     elif region == "br":
-        days = [d(year, 1, 1), e - td(days=48), e - td(days=47), e - td(days=2), d(year, 4, 21),
-                d(year, 5, 1), d(year, 9, 7), d(year, 10, 12), d(year, 11, 2), d(year, 11, 15),
-                d(year, 12, 25)]
+        days = [
+            d(year, 1, 1),
+            e - td(days=48),
+            e - td(days=47),
+            e - td(days=2),
+            d(year, 4, 21),
+            d(year, 5, 1),
+            d(year, 9, 7),
+            d(year, 10, 12),
+            d(year, 11, 2),
+            d(year, 11, 15),
+            d(year, 12, 25),
+        ]
     elif region == "uk":
-        days = [d(year, 1, 1), e - td(days=2), e + td(days=1), _nth_weekday(year, 5, 0, 1),
-                _nth_weekday(year, 5, 0, -1), _nth_weekday(year, 8, 0, -1), d(year, 12, 25),
-                d(year, 12, 26)]
+        days = [
+            d(year, 1, 1),
+            e - td(days=2),
+            e + td(days=1),
+            _nth_weekday(year, 5, 0, 1),
+            _nth_weekday(year, 5, 0, -1),
+            _nth_weekday(year, 8, 0, -1),
+            d(year, 12, 25),
+            d(year, 12, 26),
+        ]
     elif region == "eu":
-        days = [d(year, 1, 1), e - td(days=2), e + td(days=1), d(year, 5, 1), e + td(days=39),
-                e + td(days=50), d(year, 12, 25), d(year, 12, 26)]
+        days = [
+            d(year, 1, 1),
+            e - td(days=2),
+            e + td(days=1),
+            d(year, 5, 1),
+            e + td(days=39),
+            e + td(days=50),
+            d(year, 12, 25),
+            d(year, 12, 26),
+        ]
     elif region == "jp":
-        days = [d(year, 1, 1), d(year, 1, 2), d(year, 1, 3), _nth_weekday(year, 1, 0, 2),
-                d(year, 2, 11), d(year, 4, 29), d(year, 5, 3), d(year, 5, 4), d(year, 5, 5),
-                _nth_weekday(year, 7, 0, 3), d(year, 8, 11), d(year, 11, 3), d(year, 11, 23)]
+        days = [
+            d(year, 1, 1),
+            d(year, 1, 2),
+            d(year, 1, 3),
+            _nth_weekday(year, 1, 0, 2),
+            d(year, 2, 11),
+            d(year, 4, 29),
+            d(year, 5, 3),
+            d(year, 5, 4),
+            d(year, 5, 5),
+            _nth_weekday(year, 7, 0, 3),
+            d(year, 8, 11),
+            d(year, 11, 3),
+            d(year, 11, 23),
+        ]
     elif region == "sg":
         days = [d(year, 1, 1), e - td(days=2), d(year, 5, 1), d(year, 8, 9), d(year, 12, 25)]
     elif region == "in":
         days = [d(year, 1, 26), d(year, 8, 15), d(year, 10, 2), d(year, 12, 25)]
     elif region == "au":
-        days = [d(year, 1, 1), d(year, 1, 26), e - td(days=2), e + td(days=1), d(year, 4, 25),
-                _nth_weekday(year, 6, 0, 2), d(year, 12, 25), d(year, 12, 26)]
+        days = [
+            d(year, 1, 1),
+            d(year, 1, 26),
+            e - td(days=2),
+            e + td(days=1),
+            d(year, 4, 25),
+            _nth_weekday(year, 6, 0, 2),
+            d(year, 12, 25),
+            d(year, 12, 26),
+        ]
     return frozenset(days)
 
 
@@ -345,8 +401,11 @@ def to_segment(event: dict) -> dict:
     """
     user_id = event.get("user_id")
     if event["type"] == "team.updated":
-        msg: dict[str, Any] = {"type": "group", "messageId": event["event_id"],
-                               "groupId": event["team_id"]}
+        msg: dict[str, Any] = {
+            "type": "group",
+            "messageId": event["event_id"],
+            "groupId": event["team_id"],
+        }
         if user_id is not None:
             msg["userId"] = user_id
         else:
@@ -391,23 +450,24 @@ def write_jsonl(
         return _write_lines(fh, records, progress)
 
 
-def _write_lines(fh: BinaryIO, records: Iterable[dict], progress: Callable[[int], object] | None
-                 ) -> int:
-    dumps = _dumps
+def _write_lines(
+    fh: BinaryIO, records: Iterable[dict], progress: Callable[[int], object] | None
+) -> int:
+    dumps = orjson.dumps
+    opt = orjson.OPT_APPEND_NEWLINE
     buf: list[bytes] = []
+    add = buf.append
     n = 0
     for rec in records:
-        buf.append(dumps(rec))
+        add(dumps(rec, option=opt))
         n += 1
         if not n % 10_000:
-            buf.append(b"")
-            fh.write(b"\n".join(buf))
+            fh.write(b"".join(buf))
             buf.clear()
             if progress is not None:
                 progress(n)
     if buf:
-        buf.append(b"")
-        fh.write(b"\n".join(buf))
+        fh.write(b"".join(buf))
     fh.flush()
     if progress is not None:
         progress(n)
@@ -734,13 +794,17 @@ class _Planner:
             for y in range(min(years), max(years) + 1):
                 hol |= public_holidays(t.region, y)
             t.hol_days = frozenset(
-                (h - cfg.start).days for h in hol if 0 <= (h - cfg.start).days < D)
+                (h - cfg.start).days for h in hol if 0 <= (h - cfg.start).days < D
+            )
 
         # arrival
         trial_never = scenario == "trial_never_activates"
         if trial_never:
-            t.arrival = r.randint(1, max(1, D - _TRIAL_DAYS - 2)) if r.random() < 0.9 else \
-                r.randint(max(1, D - _TRIAL_DAYS), max(1, D - 1))
+            t.arrival = (
+                r.randint(1, max(1, D - _TRIAL_DAYS - 2))
+                if r.random() < 0.9
+                else r.randint(max(1, D - _TRIAL_DAYS), max(1, D - 1))
+            )
         elif scenario in HEALTHY_SCENARIOS:
             t.arrival = r.randint(1, max(1, D - 10)) if r.random() < p_new_healthy else 0
         else:
@@ -859,8 +923,11 @@ class _Planner:
         s = t.scenario
         if s == "healthy_seasonal":
             length = r.randint(14, 21)
-            summer = [i for i in range(max(t.arrival + 21, 14), D - length)
-                      if (self.start + _dt.timedelta(days=i)).month in (6, 7, 8)]
+            summer = [
+                i
+                for i in range(max(t.arrival + 21, 14), D - length)
+                if (self.start + _dt.timedelta(days=i)).month in (6, 7, 8)
+            ]
             lo, hi = max(t.arrival + 21, int(0.3 * D)), int(0.85 * D) - length
             if summer:
                 begin = r.choice(summer)
@@ -879,8 +946,12 @@ class _Planner:
             return
         if s == "involuntary":
             return  # planned with the billing calendar in _lifecycle
-        lo_hi = {"gradual_decay": (14, 70), "champion_leaves": (21, 56), "sudden_drop": (14, 28),
-                 "struggling": (21, 56)}[s]
+        lo_hi = {
+            "gradual_decay": (14, 70),
+            "champion_leaves": (21, 56),
+            "sudden_drop": (14, 28),
+            "struggling": (21, 56),
+        }[s]
         dur = r.randint(*lo_hi)
         dc = int(r.triangular(0.3 * D, 1.15 * D, 0.8 * D))
         ds = dc - dur
@@ -895,9 +966,15 @@ class _Planner:
             t.struggle_mult = r.uniform(2.0, 5.0)
             t.struggle_fail = r.uniform(0.3, 0.55)
 
-    def _lifecycle(self, r: random.Random, t: _Team, first: tuple[int, int, str],
-                   timeline: list[tuple[int, str, Any]], price_factor: float,
-                   convert_day: int | None) -> None:
+    def _lifecycle(
+        self,
+        r: random.Random,
+        t: _Team,
+        first: tuple[int, int, str],
+        timeline: list[tuple[int, str, Any]],
+        price_factor: float,
+        convert_day: int | None,
+    ) -> None:
         D = self.D
         admin = t.admin
         assert admin is not None
@@ -943,11 +1020,17 @@ class _Planner:
 
         cancel_day = t.dc
         # involuntary: payment failures at a billing date, retries, then cancellation
-        billing_day = min(28, (self.start + _dt.timedelta(days=max(0, convert_day or 0))).day) \
-            if convert_day else r.randint(1, 28)
+        billing_day = (
+            min(28, (self.start + _dt.timedelta(days=max(0, convert_day or 0))).day)
+            if convert_day
+            else r.randint(1, 28)
+        )
         paid_from = convert_day if convert_day is not None else 0
-        bill_days = [i for i in range(paid_from, D + 62)
-                     if (self.start + _dt.timedelta(days=i)).day == billing_day]
+        bill_days = [
+            i
+            for i in range(paid_from, D + 62)
+            if (self.start + _dt.timedelta(days=i)).day == billing_day
+        ]
         fail_days: list[int] = []
         if t.scenario == "involuntary":
             span = r.randint(7, 21)
@@ -963,18 +1046,32 @@ class _Planner:
         if t.scenario == "trial_never_activates":
             cancel_day = t.arrival + _TRIAL_DAYS
 
-        if convert_day is not None and t.scenario != "trial_never_activates" and convert_day < D \
-                and convert_day < cancel_day:
+        if (
+            convert_day is not None
+            and t.scenario != "trial_never_activates"
+            and convert_day < D
+            and convert_day < cancel_day
+        ):
             _, mrr, s2, p2 = next(x for x in reversed(mrr_at) if x[0] <= convert_day)
-            add(convert_day, work_time(), "subscription.started", aid,
-                {"plan": p2, "mrr": mrr, "seats": s2})
+            add(
+                convert_day,
+                work_time(),
+                "subscription.started",
+                aid,
+                {"plan": p2, "mrr": mrr, "seats": s2},
+            )
 
         for day, mrr, s2, p2 in mrr_at:
             if day > cancel_day or day >= D:
                 continue
             local = first_local if day == t.arrival else work_time()
-            add(day, local, "team.updated", aid,
-                {"plan": p2, "mrr": mrr, "seats": s2, "timezone": t.tz})
+            add(
+                day,
+                local,
+                "team.updated",
+                aid,
+                {"plan": p2, "mrr": mrr, "seats": s2, "timezone": t.tz},
+            )
 
         def mrr_on(day: int) -> float:
             return next((x[1] for x in reversed(mrr_at) if x[0] <= day), mrr_at[0][1])
@@ -990,17 +1087,27 @@ class _Planner:
             if b == convert_day:
                 when = 23.5 * 3600  # first charge right after conversion
             if r.random() < 0.06 and b > 0:
-                add(b, when, "payment.failed", None,
-                    {"amount": amount, "reason": _weighted(
-                        r, ("card_expired", "insufficient_funds", "card_declined"), (3, 4, 3))})
+                add(
+                    b,
+                    when,
+                    "payment.failed",
+                    None,
+                    {
+                        "amount": amount,
+                        "reason": _weighted(
+                            r, ("card_expired", "insufficient_funds", "card_declined"), (3, 4, 3)
+                        ),
+                    },
+                )
                 retry = b + r.randint(1, 3)
                 if retry < min(D, cancel_day):
                     add(retry, when, "payment.succeeded", None, {"amount": amount})
             else:
                 add(b, when, "payment.succeeded", None, {"amount": amount})
         if fail_days:
-            reason = _weighted(r, ("card_expired", "insufficient_funds", "card_declined"),
-                               (6, 2, 2))
+            reason = _weighted(
+                r, ("card_expired", "insufficient_funds", "card_declined"), (6, 2, 2)
+            )
             when = r.uniform(3.0, 5.0) * 3600
             amount = mrr_on(fail_days[0])
             last = 0
@@ -1008,29 +1115,51 @@ class _Planner:
                 last = add(fd, when, "payment.failed", None, {"amount": amount, "reason": reason})
             t.decay_rel = self.rel(t, fail_days[0], when)
             t.cancel_rel = last + 3_600_000
-            add(fail_days[-1], when + 3600, "subscription.cancelled", None,
-                {"reason": "payment_failed"})
+            add(
+                fail_days[-1],
+                when + 3600,
+                "subscription.cancelled",
+                None,
+                {"reason": "payment_failed"},
+            )
         elif t.scenario == "trial_never_activates":
             t.decay_rel = trial_rel
             t.cancel_rel = trial_rel + _TRIAL_DAYS * DAY_MS
             if cancel_day < D:
                 sched.setdefault(cancel_day, []).append(
-                    (t.cancel_rel, "subscription.cancelled", None, {"reason": "trial_expired"}))
+                    (t.cancel_rel, "subscription.cancelled", None, {"reason": "trial_expired"})
+                )
         elif t.scenario not in HEALTHY_SCENARIOS:
             t.decay_rel = self.rel(t, t.ds, 0)
             reasons = {
-                "gradual_decay": (("not_using_enough", 5), ("too_expensive", 3),
-                                  ("switched_to_competitor", 2), ("other", 1)),
-                "champion_leaves": (("team_disbanded", 3), ("not_using_enough", 4),
-                                    ("switched_to_competitor", 2), ("other", 1)),
-                "sudden_drop": (("switched_to_competitor", 5), ("budget_cuts", 3),
-                                ("team_disbanded", 2)),
+                "gradual_decay": (
+                    ("not_using_enough", 5),
+                    ("too_expensive", 3),
+                    ("switched_to_competitor", 2),
+                    ("other", 1),
+                ),
+                "champion_leaves": (
+                    ("team_disbanded", 3),
+                    ("not_using_enough", 4),
+                    ("switched_to_competitor", 2),
+                    ("other", 1),
+                ),
+                "sudden_drop": (
+                    ("switched_to_competitor", 5),
+                    ("budget_cuts", 3),
+                    ("team_disbanded", 2),
+                ),
                 "struggling": (("too_difficult", 5), ("missing_features", 4), ("other", 1)),
             }[t.scenario]
             reason = r.choices([x[0] for x in reasons], [x[1] for x in reasons])[0]
             canceller = admin if not admin.champion or t.scenario != "champion_leaves" else None
-            t.cancel_rel = add(cancel_day, work_time(), "subscription.cancelled",
-                               canceller.uid if canceller else None, {"reason": reason})
+            t.cancel_rel = add(
+                cancel_day,
+                work_time(),
+                "subscription.cancelled",
+                canceller.uid if canceller else None,
+                {"reason": reason},
+            )
         if t.cancel_rel is not None and 0 <= cancel_day < D:
             t.end_day = cancel_day
             t.end_rel = t.cancel_rel
@@ -1053,8 +1182,9 @@ class _Planner:
                 t.forced[a].append((u, first[1] + int(r.uniform(600, 20000)), r.uniform(40, 300)))
         if r.random() < 0.35:  # one late visit before the trial ends
             day = a + r.randint(10, _TRIAL_DAYS - 1)
-            t.forced.setdefault(day, []).append((admin, int(r.uniform(9, 17) * 3600),
-                                                 r.uniform(40, 500)))
+            t.forced.setdefault(day, []).append(
+                (admin, int(r.uniform(9, 17) * 3600), r.uniform(40, 500))
+            )
 
 
 # --------------------------------------------------------------------------- simulation
@@ -1062,8 +1192,9 @@ class _Planner:
 
 @lru_cache(maxsize=1)
 def _hms_table() -> tuple[str, ...]:
-    return tuple(f"{h:02d}:{m:02d}:{s:02d}"
-                 for h in range(24) for m in range(60) for s in range(60))
+    return tuple(
+        f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60)
+    )
 
 
 _MS_TABLE = tuple(f".{i:03d}Z" for i in range(1000))
@@ -1114,10 +1245,15 @@ class Simulation:
         for t in self._teams:
             churned = t.cancel_rel is not None and t.end_day < D
             decay = t.decay_rel if t.decay_rel is not None and t.ds < D else None
-            team_rec = {"entity_type": "team", "entity_id": t.tid, "team_id": t.tid,
-                        "churned": churned, "decay_start": ts(decay),
-                        "churned_at": ts(t.cancel_rel) if churned else None,
-                        "scenario": t.scenario}
+            team_rec = {
+                "entity_type": "team",
+                "entity_id": t.tid,
+                "team_id": t.tid,
+                "churned": churned,
+                "decay_start": ts(decay),
+                "churned_at": ts(t.cancel_rel) if churned else None,
+                "scenario": t.scenario,
+            }
             out.append(team_rec)
             for u in t.users:
                 rec = dict(team_rec, entity_type="user", entity_id=u.uid)
@@ -1187,9 +1323,14 @@ class Simulation:
                     pfx = (base_date + _dt.timedelta(days=day)).isoformat() + "T"
                 rest = rel - day_lo
                 n += 1
-                yield {"event_id": f"{id_prefix}{n:x}", "type": typ,
-                       "timestamp": f"{pfx}{hms[rest // 1000]}{mst[rest % 1000]}",
-                       "user_id": uid, "team_id": tid, "properties": props}
+                yield {
+                    "event_id": f"{id_prefix}{n:x}",
+                    "type": typ,
+                    "timestamp": f"{pfx}{hms[rest // 1000]}{mst[rest % 1000]}",
+                    "user_id": uid,
+                    "team_id": tid,
+                    "properties": props,
+                }
 
 
 def _bisect_key(items: list[tuple], key: int) -> int:
@@ -1203,13 +1344,22 @@ def _bisect_key(items: list[tuple], key: int) -> int:
     return lo
 
 
-def _team_day(t: _Team, d: int, dow: int, company_holiday: bool, r: random.Random,
-              ar: list[float], out: list[tuple], seq: int) -> int:
+def _team_day(
+    t: _Team,
+    d: int,
+    dow: int,
+    company_holiday: bool,
+    r: random.Random,
+    ar: list[float],
+    out: list[tuple],
+    seq: int,
+) -> int:
     """Append one team's events for its local day ``d``; returns the next sequence number."""
     tid = t.tid
     end_rel = t.end_rel
+    emit = out.append
     for rel, typ, uid, props in t.sched.get(d, ()):
-        out.append(((rel << 32) | seq, typ, uid, tid, dict(props)))
+        emit(((rel << 32) | seq, typ, uid, tid, dict(props)))
         seq += 1
     day0 = (d + 1) * DAY_MS - t.offsets[d + 1]  # rel ms of local midnight
     rnd = r.random
@@ -1275,7 +1425,7 @@ def _team_day(t: _Team, d: int, dow: int, company_holiday: bool, r: random.Rando
         if s_rel >= end_rel:
             return seq
         dur_ms = int(dur_s * 1000)
-        out.append(((s_rel << 32) | seq, "session.started", uid, tid, {}))
+        emit(((s_rel << 32) | seq, "session.started", uid, tid, {}))
         seq += 1
         n_act = int(dur_s / u.spa * (0.5 + rnd()))
         if n_act > 80:
@@ -1292,14 +1442,21 @@ def _team_day(t: _Team, d: int, dow: int, company_holiday: bool, r: random.Rando
                 return seq
             x = rnd()
             if x >= wt:
-                out.append(((at << 32) | seq, "feature.used", uid, tid,
-                            {"feature": feats[int(rnd() ** 1.6 * k)]}))
+                emit(
+                    (
+                        (at << 32) | seq,
+                        "feature.used",
+                        uid,
+                        tid,
+                        {"feature": feats[int(rnd() ** 1.6 * k)]},
+                    )
+                )
                 seq += 1
                 continue
             if x < wp:
                 task = "publish_document"
                 if can_publish and rnd() >= instr:
-                    out.append(((at << 32) | seq, "document.published", uid, tid, {}))
+                    emit(((at << 32) | seq, "document.published", uid, tid, {}))
                     seq += 1
                     continue
             else:
@@ -1315,18 +1472,32 @@ def _team_day(t: _Team, d: int, dow: int, company_holiday: bool, r: random.Rando
                     last = at
                 if rnd() < fail or not (can_publish or task != "publish_document"):
                     errs = _TASK_ERRORS[task]
-                    out.append(((at << 32) | seq, "task.failed", uid, tid,
-                                {"task": task, "error": errs[int(rnd() * len(errs))]}))
+                    emit(
+                        (
+                            (at << 32) | seq,
+                            "task.failed",
+                            uid,
+                            tid,
+                            {"task": task, "error": errs[int(rnd() * len(errs))]},
+                        )
+                    )
                     seq += 1
                     if rnd() >= retry_p:
                         break
                     at += int(rnd() * 20000)
                 else:
-                    out.append(((at << 32) | seq, "task.completed", uid, tid,
-                                {"task": task, "duration_s": round(took, 3)}))
+                    emit(
+                        (
+                            (at << 32) | seq,
+                            "task.completed",
+                            uid,
+                            tid,
+                            {"task": task, "duration_s": round(took, 3)},
+                        )
+                    )
                     seq += 1
                     if task == "publish_document":
-                        out.append((((at + 1) << 32) | seq, "document.published", uid, tid, {}))
+                        emit((((at + 1) << 32) | seq, "document.published", uid, tid, {}))
                         seq += 1
                     break
         e_rel = s_rel + dur_ms
@@ -1334,8 +1505,7 @@ def _team_day(t: _Team, d: int, dow: int, company_holiday: bool, r: random.Rando
             e_rel = last + 1000 + int(rnd() * 30000)
             dur_s = (e_rel - s_rel) / 1000.0
         if e_rel < end_rel:
-            out.append(((e_rel << 32) | seq, "session.ended", uid, tid,
-                        {"duration_s": round(dur_s, 3)}))
+            emit(((e_rel << 32) | seq, "session.ended", uid, tid, {"duration_s": round(dur_s, 3)}))
             seq += 1
         return seq
 
@@ -1414,7 +1584,8 @@ def simulate(config: SimulationConfig | None = None) -> Simulation:
         config=cfg,
         _teams=teams,
         holiday_dates=tuple(start + _dt.timedelta(days=i) for i in sorted(planner.holiday_days)),
-        outage_date=None if planner.outage_day is None
+        outage_date=None
+        if planner.outage_day is None
         else start + _dt.timedelta(days=planner.outage_day),
     )
 

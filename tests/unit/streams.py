@@ -28,9 +28,7 @@ def stream(teams: list[TeamSpec], days: int, seed: int = 1) -> Iterator[Event]:
     """Events of all teams, in time order: weekday-heavy, each user with own habits."""
     rng = random.Random(seed)
     counter = 0
-    habits = {
-        (t.team_id, u): 0.75 + 0.2 * rng.random() for t in teams for u in range(t.users)
-    }
+    habits = {(t.team_id, u): 0.75 + 0.2 * rng.random() for t in teams for u in range(t.users)}
     for day in range(days):
         todays: list[Event] = []
         weekday = (START_DAY + day + 3) % 7  # 0 = Monday
@@ -40,12 +38,28 @@ def stream(teams: list[TeamSpec], days: int, seed: int = 1) -> Iterator[Event]:
             base_ts = (START_DAY + day) * DAY_MS
             if day in t.payment_failures:
                 counter += 1
-                todays.append(Event(f"e{counter}", "payment.failed", base_ts + 8 * HOUR_MS, None,
-                                    t.team_id, {"amount": 10.0}))
+                todays.append(
+                    Event(
+                        f"e{counter}",
+                        "payment.failed",
+                        base_ts + 8 * HOUR_MS,
+                        None,
+                        t.team_id,
+                        {"amount": 10.0},
+                    )
+                )
             if t.cancel_day == day:
                 counter += 1
-                todays.append(Event(f"e{counter}", "subscription.cancelled", base_ts + 20 * HOUR_MS,
-                                    None, t.team_id, {}))
+                todays.append(
+                    Event(
+                        f"e{counter}",
+                        "subscription.cancelled",
+                        base_ts + 20 * HOUR_MS,
+                        None,
+                        t.team_id,
+                        {},
+                    )
+                )
             level = t.level(day) * (1.0 if weekday < 5 else 0.15)
             for u in range(t.users):
                 if rng.random() >= habits[(t.team_id, u)] * level:
@@ -54,8 +68,16 @@ def stream(teams: list[TeamSpec], days: int, seed: int = 1) -> Iterator[Event]:
                     counter += 1
                     ts = base_ts + 9 * HOUR_MS + rng.randrange(8 * HOUR_MS)
                     etype = "document.published" if k % t.key_every == 0 else "feature.used"
-                    todays.append(Event(f"e{counter}", etype, ts, f"{t.team_id}-u{u}", t.team_id,
-                                        {"feature": f"f{k % 5}"}))
+                    todays.append(
+                        Event(
+                            f"e{counter}",
+                            etype,
+                            ts,
+                            f"{t.team_id}-u{u}",
+                            t.team_id,
+                            {"feature": f"f{k % 5}"},
+                        )
+                    )
         todays.sort(key=lambda e: e.ts_ms)
         yield from todays
 

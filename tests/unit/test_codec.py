@@ -15,8 +15,11 @@ from .streams import TeamSpec, healthy_teams, stream
 
 
 def test_state_restored_from_records_continues_exactly_like_an_uninterrupted_run():
-    teams = [*healthy_teams(12), TeamSpec("q", 5, level=lambda d: 1.0 if d < 50 else 0.0),
-             TeamSpec("f", 8, level=lambda d: 1.0 if d < 45 else 0.2, cancel_day=75)]
+    teams = [
+        *healthy_teams(12),
+        TeamSpec("q", 5, level=lambda d: 1.0 if d < 50 else 0.0),
+        TeamSpec("f", 8, level=lambda d: 1.0 if d < 45 else 0.2, cancel_day=75),
+    ]
     events = list(stream(teams, days=90, seed=5))
     cut = len(events) // 2
 
@@ -35,7 +38,8 @@ def test_state_restored_from_records_continues_exactly_like_an_uninterrupted_run
 
     second = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
     offset = restore_partition(
-        second, meta,
+        second,
+        meta,
         {k: decode_team(v) for k, v in records_t.items()},
         {k: decode_user(v) for k, v in records_u.items()},
     )

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import pytest
-
 from detector import health as hs
 from detector.engine import PartitionEngine
 from detector.events import Event
@@ -13,7 +11,9 @@ from detector.timemodel import DAY_MS, HOUR_MS
 from .streams import START_DAY, TeamSpec, healthy_teams, stream
 
 
-def run(events: Iterable[Event], settings: EngineSettings | None = None) -> tuple[PartitionEngine, list[dict]]:
+def run(
+    events: Iterable[Event], settings: EngineSettings | None = None
+) -> tuple[PartitionEngine, list[dict]]:
     engine = PartitionEngine(settings or EngineSettings(), clock=lambda: 0.0)
     alerts: list[dict] = []
     for ev in events:
@@ -24,8 +24,10 @@ def run(events: Iterable[Event], settings: EngineSettings | None = None) -> tupl
 
 def team_alerts(alerts: list[dict], team_id: str, state: str | None = None) -> list[dict]:
     return [
-        a for a in alerts
-        if a["data"]["entity_type"] == "team" and a["data"]["entity_id"] == team_id
+        a
+        for a in alerts
+        if a["data"]["entity_type"] == "team"
+        and a["data"]["entity_id"] == team_id
         and (state is None or a["data"]["state"] == state)
     ]
 
@@ -51,8 +53,12 @@ def test_team_that_goes_silent_is_flagged_without_any_event_of_its_own():
 
 
 def test_gradual_decay_is_flagged_before_cancellation_with_reasons():
-    decaying = TeamSpec("fading", 10, level=lambda d: 1.0 if d < 60 else max(0.05, 1 - (d - 60) / 40),
-                        cancel_day=100)
+    decaying = TeamSpec(
+        "fading",
+        10,
+        level=lambda d: 1.0 if d < 60 else max(0.05, 1 - (d - 60) / 40),
+        cancel_day=100,
+    )
     engine, alerts = run(stream([*healthy_teams(25), decaying], days=110))
     first = team_alerts(alerts, "fading", "at_risk")[0]
     assert first["data"]["signal"] == "team_decay"
@@ -68,7 +74,9 @@ def test_population_wide_drop_is_not_churn():
     holiday = lambda d: 0.3 if 70 <= d < 80 else 1.0  # noqa: E731
     teams = [TeamSpec(f"h{i}", 6, level=holiday) for i in range(30)]
     _, alerts = run(stream(teams, days=110))
-    assert [a for a in alerts if a["data"]["entity_type"] == "team" and a["data"]["state"] == "at_risk"] == []
+    assert [
+        a for a in alerts if a["data"]["entity_type"] == "team" and a["data"]["state"] == "at_risk"
+    ] == []
 
 
 def test_one_team_dropping_during_a_holiday_is_still_flagged():
@@ -77,8 +85,13 @@ def test_one_team_dropping_during_a_holiday_is_still_flagged():
     teams.append(TeamSpec("gone", 8, level=lambda d: 1.0 if d < 68 else 0.08))
     _, alerts = run(stream(teams, days=100))
     assert team_alerts(alerts, "gone", "at_risk")
-    others = [a for a in alerts if a["data"]["entity_type"] == "team" and a["data"]["entity_id"] != "gone"
-              and a["data"]["state"] == "at_risk"]
+    others = [
+        a
+        for a in alerts
+        if a["data"]["entity_type"] == "team"
+        and a["data"]["entity_id"] != "gone"
+        and a["data"]["state"] == "at_risk"
+    ]
     assert others == []
 
 
@@ -139,8 +152,11 @@ def test_idle_clock_advance_flags_silence_in_live_mode():
     for _ in range(30 * 24):  # thirty idle days, an hour at a time
         engine.advance_idle(HOUR_MS)
         alerts.extend(engine.drain_alerts())
-    assert {a["data"]["entity_id"] for a in alerts if a["data"]["state"] == "at_risk"
-            and a["data"]["entity_type"] == "team"} == {"h0", "h1", "h2"}
+    assert {
+        a["data"]["entity_id"]
+        for a in alerts
+        if a["data"]["state"] == "at_risk" and a["data"]["entity_type"] == "team"
+    } == {"h0", "h1", "h2"}
 
 
 def test_vacation_of_a_one_person_team_is_not_at_risk():
@@ -155,7 +171,9 @@ def test_trial_that_never_activates_is_flagged_early():
     t_start = (START_DAY + 40) * DAY_MS + 10 * HOUR_MS
     events.append(Event("trial", "trial.started", t_start, None, "trial-team", {"plan": "trial"}))
     events.append(Event("s1", "session.started", t_start + 60_000, "tu", "trial-team", {}))
-    events.append(Event("s2", "session.ended", t_start + 120_000, "tu", "trial-team", {"duration_s": 60.0}))
+    events.append(
+        Event("s2", "session.ended", t_start + 120_000, "tu", "trial-team", {"duration_s": 60.0})
+    )
     events.sort(key=lambda e: e.ts_ms)
     alerts = []
     for ev in events:

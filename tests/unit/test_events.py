@@ -31,15 +31,36 @@ def test_offset_timestamp_and_epoch_ms_agree():
 
 
 def test_segment_track_and_group_are_mapped():
-    track = {"type": "track", "messageId": "m1", "event": "document.published", "userId": "u1",
-             "timestamp": "2026-03-01T09:15:02Z", "context": {"groupId": "t9"}, "properties": {}}
+    track = {
+        "type": "track",
+        "messageId": "m1",
+        "event": "document.published",
+        "userId": "u1",
+        "timestamp": "2026-03-01T09:15:02Z",
+        "context": {"groupId": "t9"},
+        "properties": {},
+    }
     ev = decode_event(enc(track))
     assert isinstance(ev, Event)
-    assert (ev.event_id, ev.type, ev.user_id, ev.team_id) == ("m1", "document.published", "u1", "t9")
-    group = {"type": "group", "messageId": "m2", "groupId": "t9", "timestamp": "2026-03-01T09:15:02Z",
-             "traits": {"plan": "pro", "mrr": 99.0, "seats": 5, "timezone": "Europe/Paris"}}
+    assert (ev.event_id, ev.type, ev.user_id, ev.team_id) == (
+        "m1",
+        "document.published",
+        "u1",
+        "t9",
+    )
+    group = {
+        "type": "group",
+        "messageId": "m2",
+        "groupId": "t9",
+        "timestamp": "2026-03-01T09:15:02Z",
+        "traits": {"plan": "pro", "mrr": 99.0, "seats": 5, "timezone": "Europe/Paris"},
+    }
     ev = decode_event(enc(group))
-    assert isinstance(ev, Event) and ev.type == "team.updated" and ev.properties["timezone"] == "Europe/Paris"
+    assert (
+        isinstance(ev, Event)
+        and ev.type == "team.updated"
+        and ev.properties["timezone"] == "Europe/Paris"
+    )
 
 
 @pytest.mark.parametrize(
@@ -60,9 +81,14 @@ def test_segment_track_and_group_are_mapped():
         (enc({**BASE, "timestamp": True}), "invalid_timestamp"),
         (enc({**BASE, "timestamp": "1970-01-01T00:00:00Z"}), "timestamp_out_of_range"),
         (enc({**BASE, "properties": {}}), "invalid_property:feature"),
-        (enc({**BASE, "type": "session.ended", "properties": {"duration_s": -1}}), "invalid_property:duration_s"),
-        (enc({**BASE, "type": "team.updated", "properties": {"timezone": "Nowhere/City"}}),
-         "invalid_property:timezone"),
+        (
+            enc({**BASE, "type": "session.ended", "properties": {"duration_s": -1}}),
+            "invalid_property:duration_s",
+        ),
+        (
+            enc({**BASE, "type": "team.updated", "properties": {"timezone": "Nowhere/City"}}),
+            "invalid_property:timezone",
+        ),
         (enc({"type": "alias", "messageId": "m", "userId": "u"}), "unknown_message_type"),
     ],
 )
@@ -74,7 +100,9 @@ def test_bad_input_gets_a_specific_reason(raw, reason):
 
 
 def test_lifecycle_events_need_no_user():
-    ev = validate_event({**BASE, "type": "subscription.cancelled", "user_id": None, "properties": {}})
+    ev = validate_event(
+        {**BASE, "type": "subscription.cancelled", "user_id": None, "properties": {}}
+    )
     assert isinstance(ev, Event) and ev.user_id is None
 
 

@@ -2,15 +2,29 @@ from __future__ import annotations
 
 from detector import health as hs
 
-TH = hs.Thresholds(cooling=0.4, at_risk=0.6, recovered=0.25, at_risk_days=2, recovery_days=3, cooldown_days=7)
+TH = hs.Thresholds(
+    cooling=0.4, at_risk=0.6, recovered=0.25, at_risk_days=2, recovery_days=3, cooldown_days=7
+)
 
 
-def run(risks: list[float], state: int = hs.HEALTHY, churn_at: int | None = None) -> tuple[int, list[str]]:
+def run(
+    risks: list[float], state: int = hs.HEALTHY, churn_at: int | None = None
+) -> tuple[int, list[str]]:
     hot = calm = cooldown = 0
     alerts = []
     for day, risk in enumerate(risks):
-        s = hs.step(state, hot, calm, cooldown, day=day, risk=risk, mature=True,
-                    churned=churn_at is not None and day >= churn_at, active=risk < 0.25, th=TH)
+        s = hs.step(
+            state,
+            hot,
+            calm,
+            cooldown,
+            day=day,
+            risk=risk,
+            mature=True,
+            churned=churn_at is not None and day >= churn_at,
+            active=risk < 0.25,
+            th=TH,
+        )
         state, hot, calm, cooldown = s.state, s.hot_days, s.calm_days, s.cooldown_until
         if s.alert:
             alerts.append(s.alert)
@@ -37,5 +51,16 @@ def test_churn_is_one_alert_and_final_until_activity_returns():
 
 
 def test_not_enough_data_never_alerts_on_low_risk():
-    s = hs.step(hs.NOT_ENOUGH_DATA, 0, 0, 0, day=1, risk=0.1, mature=False, churned=False, active=True, th=TH)
+    s = hs.step(
+        hs.NOT_ENOUGH_DATA,
+        0,
+        0,
+        0,
+        day=1,
+        risk=0.1,
+        mature=False,
+        churned=False,
+        active=True,
+        th=TH,
+    )
     assert s.state == hs.NOT_ENOUGH_DATA and s.alert is None

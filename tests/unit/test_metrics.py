@@ -22,7 +22,10 @@ def test_metrics_reflect_engine_state_without_ids_in_labels():
     assert get("churn_detector_events_invalid_total", {"reason": "malformed_json"}) == 1
     assert get("churn_detector_entities", {"entity_type": "team", "state": "healthy"}) == 10
     critical = [
-        s.value for m in registry.collect() if m.name == "churn_detector_alerts" for s in m.samples
+        s.value
+        for m in registry.collect()
+        if m.name == "churn_detector_alerts"
+        for s in m.samples
         if s.labels.get("entity_type") == "team" and s.labels.get("severity") == "critical"
     ]
     assert sum(critical) >= 1

@@ -5,7 +5,11 @@ from detector.partitioning import partition_for
 
 def test_murmur2_matches_the_java_client_reference_values():
     # Values from Kafka's own UtilsTest.testMurmur2 (signed 32-bit in Java).
-    for key, java in ((b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-long-string", -985981536)):
+    for key, java in (
+        (b"21", -973932308),
+        (b"foobar", -790332482),
+        (b"a-little-bit-long-string", -985981536),
+    ):
         assert murmur2(key) == java & 0xFFFFFFFF
 
 

@@ -15,9 +15,13 @@ def test_defaults_bind_to_loopback():
 
 def test_layers_file_then_env_then_overrides(tmp_path):
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"engine": {"partitions": 2, "cooling_risk": 0.35}, "kafka": {"brokers": "b:1"}}))
-    s = build_settings(environ={"DETECTOR_ENGINE_PARTITIONS": "3", "DETECTOR_CONFIG": str(cfg)},
-                       overrides={"engine": {"key_action_types": "a,b"}})
+    cfg.write_text(
+        json.dumps({"engine": {"partitions": 2, "cooling_risk": 0.35}, "kafka": {"brokers": "b:1"}})
+    )
+    s = build_settings(
+        environ={"DETECTOR_ENGINE_PARTITIONS": "3", "DETECTOR_CONFIG": str(cfg)},
+        overrides={"engine": {"key_action_types": "a,b"}},
+    )
     assert s.engine.partitions == 3 and s.engine.cooling_risk == 0.35 and s.kafka.brokers == "b:1"
     assert s.engine.key_action_types == ("a", "b")
 

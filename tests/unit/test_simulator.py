@@ -57,7 +57,9 @@ def team_truth(truth):
 
 @pytest.fixture(scope="module")
 def timezones(events):
-    return {e["team_id"]: e["properties"]["timezone"] for e in events if e["type"] == "team.updated"}
+    return {
+        e["team_id"]: e["properties"]["timezone"] for e in events if e["type"] == "team.updated"
+    }
 
 
 def local_date(ts: str, tz: str) -> dt.date:
@@ -123,7 +125,10 @@ def test_every_type_appears_with_its_properties(events):
     assert all(set(p) == {"plan", "mrr", "seats"} for p in by_type["subscription.started"])
     assert all(p["reason"] for p in by_type["subscription.cancelled"])
     assert {p["reason"] for p in by_type["payment.failed"]} <= {
-        "card_expired", "insufficient_funds", "card_declined"}
+        "card_expired",
+        "insufficient_funds",
+        "card_declined",
+    }
     assert all(p["amount"] > 0 for p in by_type["payment.succeeded"])
     for p in by_type["team.updated"]:
         assert set(p) == {"plan", "mrr", "seats", "timezone"}
@@ -140,7 +145,8 @@ def test_sessions_start_and_end(events):
             open_sessions[e["user_id"]] -= 1
     # outage losses and cancellations leave a few sessions unbalanced, not more
     assert sum(abs(v) for v in open_sessions.values()) < 0.05 * sum(
-        1 for e in events if e["type"] == "session.started")
+        1 for e in events if e["type"] == "session.started"
+    )
 
 
 # --------------------------------------------------------------------------- truth & scenarios
@@ -153,8 +159,15 @@ def test_truth_has_one_record_per_entity(events, truth, team_truth):
     users = {r["entity_id"] for r in truth if r["entity_type"] == "user"}
     assert {e["user_id"] for e in events if e["user_id"]} <= users
     for r in truth:
-        assert set(r) == {"entity_type", "entity_id", "team_id", "churned", "decay_start",
-                          "churned_at", "scenario"}
+        assert set(r) == {
+            "entity_type",
+            "entity_id",
+            "team_id",
+            "churned",
+            "decay_start",
+            "churned_at",
+            "scenario",
+        }
         if r["churned"]:
             assert TS_RE.match(r["churned_at"]) and TS_RE.match(r["decay_start"])
             assert r["decay_start"] <= r["churned_at"]
@@ -175,13 +188,17 @@ def test_scenario_mix_is_mostly_healthy():
 
 
 def test_cancellations_match_truth_and_nothing_follows(events, truth, team_truth):
-    cancelled = {e["team_id"]: e["timestamp"] for e in events
-                 if e["type"] == "subscription.cancelled"}
+    cancelled = {
+        e["team_id"]: e["timestamp"] for e in events if e["type"] == "subscription.cancelled"
+    }
     churned = {t: r["churned_at"] for t, r in team_truth.items() if r["churned"]}
     assert cancelled == churned
     assert churned
-    user_end = {r["entity_id"]: r["churned_at"] for r in truth
-                if r["entity_type"] == "user" and r["churned"]}
+    user_end = {
+        r["entity_id"]: r["churned_at"]
+        for r in truth
+        if r["entity_type"] == "user" and r["churned"]
+    }
     for e in events:
         end = churned.get(e["team_id"])
         assert end is None or e["timestamp"] <= end, e
@@ -195,9 +212,11 @@ def test_cancellations_match_truth_and_nothing_follows(events, truth, team_truth
 def test_churn_mostly_in_second_half():
     sim = simulate(SimulationConfig(teams=600, days=180, seed=11))
     start = ms("2026-01-05T00:00:00.000Z")
-    days = [(ms(r["churned_at"]) - start) / 86_400_000 for r in sim.truth()
-            if r["entity_type"] == "team" and r["churned"]
-            and r["scenario"] != "trial_never_activates"]
+    days = [
+        (ms(r["churned_at"]) - start) / 86_400_000
+        for r in sim.truth()
+        if r["entity_type"] == "team" and r["churned"] and r["scenario"] != "trial_never_activates"
+    ]
     assert len(days) > 100
     assert sum(d < 45 for d in days) <= 0.02 * len(days)
     assert statistics.median(days) > 90
@@ -223,8 +242,9 @@ def test_trials_never_activate(events, team_truth, timezones):
         begin = local_date(team_truth[t]["decay_start"], timezones[t])
         first10 = [d for d in active_days[t] if (d - begin).days < 10]
         assert len(first10) < 2
-        if team_truth[t]["churned"]:
-            assert ms(team_truth[t]["churned_at"]) - ms(team_truth[t]["decay_start"]) == 14 * 86_400_000
+        r = team_truth[t]
+        if r["churned"]:  # the trial expires 14 days after it started
+            assert ms(r["churned_at"]) - ms(r["decay_start"]) == 14 * 86_400_000
 
 
 def test_trial_teams_that_convert_start_a_subscription(events):
@@ -237,16 +257,25 @@ def test_involuntary_churn_follows_failed_payments(events, team_truth):
     inv = {t for t, r in team_truth.items() if r["scenario"] == "involuntary" and r["churned"]}
     assert inv
     fails = collections.Counter(e["team_id"] for e in events if e["type"] == "payment.failed")
-    reasons = {e["team_id"]: e["properties"]["reason"] for e in events
-               if e["type"] == "subscription.cancelled"}
+    reasons = {
+        e["team_id"]: e["properties"]["reason"]
+        for e in events
+        if e["type"] == "subscription.cancelled"
+    }
     for t in inv:
         assert fails[t] >= 2
         assert reasons[t] == "payment_failed"
 
 
 def test_champion_goes_silent_first(events, truth):
-    champs = [r for r in truth if r["entity_type"] == "user" and r["scenario"] == "champion_leaves"
-              and r["churned"] and r["churned_at"] == r["decay_start"]]
+    champs = [
+        r
+        for r in truth
+        if r["entity_type"] == "user"
+        and r["scenario"] == "champion_leaves"
+        and r["churned"]
+        and r["churned_at"] == r["decay_start"]
+    ]
     assert champs
     last = {}
     for e in events:
@@ -291,8 +320,11 @@ def test_holiday_outage_and_weekends_visible_in_daily_totals(sim, events):
     assert total(outage) < 0.25 * normal
     hol_weekdays = [total(i) for i in holiday if (start + dt.timedelta(days=i)).weekday() < 5]
     assert statistics.mean(hol_weekdays) < 0.5 * normal
-    weekend = [total(i) for i in range(7, SMALL.days - 7)
-               if (start + dt.timedelta(days=i)).weekday() >= 5 and i not in holiday]
+    weekend = [
+        total(i)
+        for i in range(7, SMALL.days - 7)
+        if (start + dt.timedelta(days=i)).weekday() >= 5 and i not in holiday
+    ]
     assert statistics.median(weekend) < 0.3 * normal
 
 
@@ -303,9 +335,13 @@ def test_year_end_holiday_used_when_in_window():
 
 
 def test_sessions_happen_in_local_working_hours(events, timezones):
-    hours = [dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
-             .astimezone(ZoneInfo(timezones[e["team_id"]])).hour
-             for e in events if e["type"] == "session.started"]
+    hours = [
+        dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
+        .astimezone(ZoneInfo(timezones[e["team_id"]]))
+        .hour
+        for e in events
+        if e["type"] == "session.started"
+    ]
     assert sum(7 <= h < 20 for h in hours) / len(hours) > 0.85
 
 
