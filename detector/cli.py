@@ -95,6 +95,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from .service import run_worker
+
+    settings = _settings(args)
+    logging.basicConfig(level=settings.service.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_worker(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="churn-detector",
@@ -173,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="JSON config file")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "worker",
+        help="run the streaming service (Faust worker) on Kafka",
+        description="Consume usage events from Kafka, keep durable per-user and per-team state, publish "
+        "alerts and dead letters. Configure with DETECTOR_KAFKA_* / DETECTOR_SERVICE_* / DETECTOR_ENGINE_* "
+        "environment variables or --config (JSON with sections engine, kafka, service).",
+    )
+    p.add_argument("--config", type=Path, help="JSON config file")
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

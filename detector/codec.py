@@ -69,6 +69,8 @@ def encode_partition(engine: PartitionEngine, source_offset: int) -> bytes:
             pop.first_day,
             pop.closed_day,
             pop.task_log_norm,
+            {str(k): v for k, v in pop.team_counts.items()},
+            pop.weekday_teams,
         ],
         "group_closed": {str(k): v for k, v in engine.group_closed.items()},
         "user_day_closed": engine.user_day_closed,
@@ -100,8 +102,10 @@ def restore_partition(
     m = orjson.loads(meta)
     wm, pop = engine.watermark, engine.population
     wm.max_seen, wm.top_team, wm.top_ts, wm.single, wm.pending = m["wm"]
-    counts, weekday, factors, first_day, closed_day, tasks = m["pop"]
+    counts, weekday, factors, first_day, closed_day, tasks, team_counts, weekday_teams = m["pop"]
     pop.counts = {int(k): v for k, v in counts.items()}
+    pop.team_counts = {int(k): v for k, v in team_counts.items()}
+    pop.weekday_teams = weekday_teams
     pop.weekday = weekday
     pop.factors = {int(k): v for k, v in factors.items()}
     pop.first_day, pop.closed_day, pop.task_log_norm = first_day, closed_day, tasks

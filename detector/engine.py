@@ -111,6 +111,19 @@ class PartitionEngine:
         self.feature_bits: dict[str, int] = {}
         self.outbox: list[dict[str, Any]] = []
         self.stats = EngineStats()
+        #: ids whose state changed since the last flush (None: not tracked, as in replay)
+        self.dirty_teams: set[str] | None = None
+        self.dirty_users: set[str] | None = None
+
+    def track_changes(self) -> None:
+        """Record which entities change, so a durable store writes each once per batch."""
+        self.dirty_teams, self.dirty_users = set(), set()
+
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        teams, users = self.dirty_teams or set(), self.dirty_users or set()
+        if self.dirty_teams is not None:
+            self.dirty_teams, self.dirty_users = set(), set()
+        return teams, users
 
     # ------------------------------------------------------------------ hot path
     def process_raw(self, raw: bytes) -> Invalid | None:
@@ -131,11 +144,16 @@ class PartitionEngine:
         team = self.teams.get(ev.team_id)
         if team is None:
             team = self._new_team(ev.team_id, ts)
+        team.events_total += 1
         etype = ev.type
         if etype in NON_ACTIVITY_TYPES:
             self._lifecycle(team, ev)
         else:
             self._activity(team, ev, etype, ts)
+        if self.dirty_teams is not None:
+            self.dirty_teams.add(ev.team_id)
+            if ev.user_id is not None and self.dirty_users is not None:
+                self.dirty_users.add(ev.user_id)
         if self.next_sweep_ms is None:
             self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
         wm = self.watermark.value
@@ -154,6 +172,7 @@ class PartitionEngine:
         slot = (day % RING_DAYS) * FIELDS
         ring[slot + EVENTS] += 1.0
         if day > team.last_active_day:
+            self.population.count_team(ts)
             if team.last_active_day >= team.first_day:
                 team.gap += 0.2 * ((day - team.last_active_day) - team.gap)
             team.last_active_day = day
@@ -165,6 +184,7 @@ class PartitionEngine:
         user = self.users.get(uid)
         if user is None:
             user = self._new_user(uid, team, day)
+        user.events_total += 1
         if day > user.last_day:
             if user.last_day >= user.first_day:
                 fold_user(user, day - 1)
@@ -305,6 +325,8 @@ class PartitionEngine:
 
     # ------------------------------------------------------------------ teams
     def _close_team(self, team: TeamState, upto: int) -> None:
+        if self.dirty_teams is not None:
+            self.dirty_teams.add(team.team_id)
         for day in range(team.last_scored_day + 1, upto + 1):
             if day >= team.first_day:
                 self._score_team(team, day)
@@ -672,6 +694,9 @@ class PartitionEngine:
     def _check_user(self, uid: str, user: UserState, day: int) -> None:
         s = self.settings
         team = self.teams[user.team_id]
+        if self.dirty_users is not None and self.dirty_teams is not None:
+            self.dirty_users.add(uid)
+            self.dirty_teams.add(user.team_id)
         if team.health == hs.CHURNED:
             user.check_day = -1
             return

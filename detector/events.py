@@ -8,6 +8,7 @@ event format and Segment/RudderStack spec messages are accepted (see schemas/REA
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -42,6 +43,18 @@ TEAM_LEVEL_TYPES = frozenset(
 )
 #: Types that are accepted but are not product usage (no activity counted).
 NON_ACTIVITY_TYPES = TEAM_LEVEL_TYPES | {USER_IDENTIFIED}
+
+TYPE_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*")
+_KNOWN_GOOD_TYPES: set[str] = set()  # types that passed TYPE_RE (bounded cache)
+_SPACES = re.compile(r"\s+")
+
+
+def segment_event_type(name: Any) -> Any:
+    """'Feature Used' -> 'feature.used' (trim, lowercase, whitespace runs -> '.', '-' -> '_')."""
+    if not isinstance(name, str):
+        return name
+    return _SPACES.sub(".", name.strip().lower()).replace("-", "_")
+
 
 SEGMENT_TYPES = frozenset({"track", "group", "page", "screen", "identify", "alias"})
 
@@ -109,17 +122,20 @@ _PROPERTY_CHECKS: dict[str, Any] = {
     "timezone": _check_timezone,
     "feature": _nonempty_str,
     "task": _nonempty_str,
+    "error": lambda v: isinstance(v, str),
+    "reason": lambda v: isinstance(v, str),
     "plan": lambda v: isinstance(v, str) and len(v) <= MAX_TYPE_CHARS,
 }
 _TYPED_PROPERTIES: dict[str, tuple[str, ...]] = {
     "session.ended": ("duration_s",),
     "feature.used": ("feature",),
     "task.completed": ("task", "duration_s"),
-    "task.failed": ("task",),
+    "task.failed": ("task", "error"),
+    SUBSCRIPTION_CANCELLED: ("reason",),
     TEAM_UPDATED: ("plan", "mrr", "seats", "timezone"),
     SUBSCRIPTION_STARTED: ("plan", "mrr", "seats"),
     TRIAL_STARTED: ("plan",),
-    PAYMENT_FAILED: ("amount",),
+    PAYMENT_FAILED: ("amount", "reason"),
     PAYMENT_SUCCEEDED: ("amount",),
 }
 _REQUIRED_PROPERTIES: dict[str, tuple[str, ...]] = {
@@ -177,10 +193,10 @@ def _from_segment(msg: dict[str, Any]) -> dict[str, Any] | Invalid:
     user_id = msg.get("userId")
     properties: Any
     if kind == "track":
-        etype = msg.get("event")
+        etype = segment_event_type(msg.get("event"))
         properties = msg.get("properties", {})
-        if user_id is None and msg.get("anonymousId") is None:
-            return _missing("user_id")
+        if user_id is None:
+            user_id = msg.get("anonymousId")
     elif kind == "group":
         etype = TEAM_UPDATED
         group_id = msg.get("groupId", group_id)
@@ -226,6 +242,11 @@ def validate_event(obj: Any) -> Event | Invalid:
         return _missing("type")
     if not isinstance(etype, str) or not 0 < len(etype) <= MAX_TYPE_CHARS:
         return _bad("type", f"must be a string of 1..{MAX_TYPE_CHARS} characters")
+    if etype not in _KNOWN_GOOD_TYPES:
+        if not TYPE_RE.fullmatch(etype):
+            return _bad("type", "must be lowercase words joined by '.' or '_'")
+        if len(_KNOWN_GOOD_TYPES) < 4096:
+            _KNOWN_GOOD_TYPES.add(etype)
     raw_ts = obj.get("timestamp")
     if raw_ts is None:
         return _missing("timestamp")

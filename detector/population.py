@@ -17,6 +17,8 @@ _WEEKDAY_ALPHA = 0.25  # one update per weekday per week: ~4 weeks of memory
 _LEARN_FACTOR = 0.7  # days below this share of normal do not teach the baseline
 _TASK_ALPHA = 0.01
 _KEEP_DAYS = 120
+#: below this many active teams on a usual day, a partition is too small to be a population
+MIN_TEAMS = 8
 
 
 class Population:
@@ -27,13 +29,17 @@ class Population:
         "first_day",
         "min_days",
         "task_log_norm",
+        "team_counts",
         "weekday",
+        "weekday_teams",
     )
 
     def __init__(self, min_days: int) -> None:
         self.min_days = min_days
         self.counts: dict[int, int] = {}
+        self.team_counts: dict[int, int] = {}
         self.weekday: list[float] = [0.0] * 7
+        self.weekday_teams: list[float] = [0.0] * 7
         self.factors: dict[int, float] = {}
         self.first_day: int | None = None
         self.closed_day: int | None = None
@@ -43,6 +49,11 @@ class Population:
         day = ts_ms // DAY_MS
         counts = self.counts
         counts[day] = counts.get(day, 0) + 1
+
+    def count_team(self, ts_ms: int) -> None:
+        """A team's first activity of its day."""
+        day = ts_ms // DAY_MS
+        self.team_counts[day] = self.team_counts.get(day, 0) + 1
 
     def close_until(self, utc_day: int) -> None:
         """Close every UTC day before ``utc_day`` (idempotent)."""
@@ -58,10 +69,13 @@ class Population:
         self.closed_day = day
         assert self.first_day is not None
         observed = float(self.counts.pop(day, 0))
+        teams = float(self.team_counts.pop(day, 0))
         wd = day % 7
         base = self.weekday[wd]
+        base_teams = self.weekday_teams[wd]
+        self.weekday_teams[wd] = teams if base_teams <= 0.0 else base_teams + _WEEKDAY_ALPHA * (teams - base_teams)
         age = day - self.first_day
-        if age < self.min_days or base <= 0.0:
+        if age < self.min_days or base <= 0.0 or base_teams < MIN_TEAMS:
             factor = 1.0
             self.weekday[wd] = observed if base <= 0.0 else base + 0.5 * (observed - base)
         else:

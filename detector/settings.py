@@ -91,7 +91,11 @@ class ServiceSettings:
     metrics_port: int = 9464
     batch_size: int = 5000
     batch_timeout_s: float = 0.2
+    #: a partition without new events for this long lets its clock run by the idle time
     idle_sweep_s: float = 5.0
+    #: event-time milliseconds per idle wall-clock millisecond (1 in production; tests and
+    #: demos of live silence detection speed the clock up)
+    idle_clock_scale: float = 1.0
     log_level: str = "INFO"
 
 

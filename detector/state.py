@@ -31,6 +31,7 @@ class TeamState:
         "champion",
         "champion_rate",
         "cooldown_until",
+        "events_total",
         "first_day",
         "first_session_s",
         "gap",
@@ -70,6 +71,7 @@ class TeamState:
         self.last_active_day = first_day - 1
         self.last_scored_day = first_day - 1
         self.active_days = 0
+        self.events_total = 0
         self.key_total = 0
         self.first_session_s = -1.0
         self.base_active = 0.0
@@ -129,6 +131,7 @@ class UserState:
         "calm_days",
         "check_day",
         "cooldown_until",
+        "events_total",
         "ewma_day",
         "fast",
         "first_day",
@@ -146,6 +149,7 @@ class UserState:
         self.last_day = day - 1
         self.ewma_day = day - 1
         self.active_days = 0
+        self.events_total = 0
         self.fast = 0.0
         self.slow = 0.0
         self.gap = 0.0

@@ -4,9 +4,11 @@ from detector.population import Population
 from detector.timemodel import DAY_MS
 
 
-def fill(pop: Population, day: int, n: int) -> None:
+def fill(pop: Population, day: int, n: int, teams: int = 20) -> None:
     for _ in range(n):
         pop.count(day * DAY_MS + 1000)
+    for _ in range(teams):
+        pop.count_team(day * DAY_MS + 1000)
 
 
 def test_holiday_lowers_the_day_factor_and_does_not_teach_the_baseline():
@@ -37,3 +39,11 @@ def test_task_norm_scales_durations():
     for _ in range(500):
         pop.observe_task("import", 60.0)
     assert 2.5 < pop.observe_task("import", 180.0) < 3.5
+
+
+def test_a_partition_with_few_teams_is_not_a_population():
+    pop = Population(min_days=7)
+    for day in range(28):
+        fill(pop, day, 100 if day < 20 else 0, teams=3 if day < 20 else 0)
+    pop.close_until(28)
+    assert pop.day_factor(25) == 1.0, "one silent team must not look like an outage"
