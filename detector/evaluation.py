@@ -15,6 +15,8 @@ Two methods are scored per level (team, user):
   for every gap of at least N days without user activity, including the trailing gap up to the
   end of the data (the max event timestamp).
 
+Entities whose decline began inside the data but that had not cancelled by its end
+(``churned`` false with a ``decay_start``) are right-censored and left out.
 For churned entities only alerts strictly before ``churned_at`` count (neither TP nor FP
 otherwise). TP/FN are churned entities flagged/not flagged in time, FP are non-churned entities
 flagged. Lead time per TP is ``churned_at - first qualifying alert`` in days. False alarms per
@@ -514,6 +516,10 @@ def _read_truth(truth: Iterable[dict[str, Any]]) -> dict[tuple[str, str], _Truth
         if level not in LEVELS or entity_id is None:
             continue
         churned = bool(record.get("churned"))
+        if not churned and record.get("decay_start"):
+            # Right-censored: the decline began inside the data but the cancellation (if
+            # any) comes after it. Neither a churn to catch nor a healthy entity.
+            continue
         churned_at_raw = record.get("churned_at")
         churned_at = parse_time_ms(churned_at_raw) if churned and churned_at_raw else None
         table[(level, str(entity_id))] = _Truth(

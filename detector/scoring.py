@@ -88,15 +88,15 @@ def poisson_cdf(k: float, lam: float) -> float:
 def decay_strength(normalised_ratio: float, p_value: float, alpha: float) -> float:
     """Strength of "activity fell below the own baseline", gated by significance.
 
-    A drop to 45% of the baseline is at-risk level; a drop that chance explains as well
+    A drop to half the baseline is at-risk level; a drop that chance explains as well
     (small teams, few events) is capped below the alert thresholds.
 
-    >>> decay_strength(0.45, 0.001, 0.01), decay_strength(0.45, 0.2, 0.01)
+    >>> decay_strength(0.5, 0.001, 0.01), decay_strength(0.5, 0.2, 0.01)
     (0.6, 0.3)
     >>> decay_strength(0.9, 0.001, 0.01)
     0.0
     """
-    strength = clip01((0.75 - normalised_ratio) / 0.5)
+    strength = clip01((0.8 - normalised_ratio) / 0.5)
     if p_value > 0.05:
         return min(strength, 0.3)
     if p_value > alpha:
