@@ -61,7 +61,7 @@ def encode_partition(engine: PartitionEngine, source_offset: int) -> bytes:
     wm, pop = engine.watermark, engine.population
     meta: dict[str, Any] = {
         "offset": source_offset,
-        "wm": [wm.max_seen, wm.top_team, wm.top_ts, wm.single, wm.pending],
+        "wm": [wm.max_seen, wm.pending],
         "pop": [
             {str(k): v for k, v in pop.counts.items()},
             pop.weekday,
@@ -101,7 +101,7 @@ def restore_partition(
         return -1
     m = orjson.loads(meta)
     wm, pop = engine.watermark, engine.population
-    wm.max_seen, wm.top_team, wm.top_ts, wm.single, wm.pending = m["wm"]
+    wm.max_seen, wm.pending = m["wm"]
     counts, weekday, factors, first_day, closed_day, tasks, team_counts, weekday_teams = m["pop"]
     pop.counts = {int(k): v for k, v in counts.items()}
     pop.team_counts = {int(k): v for k, v in team_counts.items()}

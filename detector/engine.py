@@ -152,8 +152,6 @@ class PartitionEngine:
             self._activity(team, ev, etype, ts)
         if self.dirty_teams is not None:
             self.dirty_teams.add(ev.team_id)
-            if ev.user_id is not None and self.dirty_users is not None:
-                self.dirty_users.add(ev.user_id)
         if self.next_sweep_ms is None:
             self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
         wm = self.watermark.value
@@ -185,6 +183,8 @@ class PartitionEngine:
         if user is None:
             user = self._new_user(uid, team, day)
         user.events_total += 1
+        if self.dirty_users is not None:
+            self.dirty_users.add(uid)
         if day > user.last_day:
             if user.last_day >= user.first_day:
                 fold_user(user, day - 1)

@@ -270,8 +270,7 @@ def build_app(settings: Settings) -> faust.App:
                              key_serializer="raw", value_serializer="raw")
     dlq_topic = app.topic(k.dlq_topic, key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw")
-    table = app.Table("state", key_type=bytes, value_type=bytes, key_serializer="raw",
-                      value_serializer="raw", partitions=partitions)
+    table = app.Table("state", key_type=bytes, value_type=bytes, partitions=partitions)
     runtime = EngineRuntime(settings, table)
     ingest = Ingest(settings, partitions)
     registry = CollectorRegistry()
@@ -309,7 +308,16 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "ingested": ingest.consumed, "partitions": sorted(runtime.engines)})
+        applied = sum(e.stats.events_valid + sum(e.stats.invalid.values()) for e in runtime.engines.values())
+        return web.json(
+            {
+                "status": "ok",
+                "ingested": ingest.consumed,
+                "ingest_invalid": ingest.invalid,
+                "applied_since_start": applied,
+                "partitions": sorted(runtime.engines),
+            }
+        )
 
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         runtime.drop(tp.partition for tp in revoked if tp.topic == bundles.get_topic_name())

@@ -59,49 +59,37 @@ def day_end_ms(day: int, offset_ms: int) -> int:
 
 
 class Watermark:
-    """Per-partition event-time watermark: newest plausible event time minus lateness.
+    """Per-partition event-time watermark: newest event time seen minus allowed lateness.
 
-    "Plausible" is the newest time reached by at least two different teams, so one device
-    with a broken clock cannot drag the partition's time forward (and make everybody else
-    late). A timestamp beyond ``max_future_ms`` ahead is rejected; only when
-    ``confirmations`` distinct teams send times beyond that horizon is the jump accepted
-    (a real gap in the stream).
+    A timestamp more than ``max_future_ms`` ahead of the newest time (a device with a broken
+    clock) is rejected and does not move the watermark; only when ``confirmations``
+    distinct teams send times beyond that horizon is the jump accepted (a real gap in the
+    stream). In live mode the service also sets ``limit_ms`` (wall clock plus a small skew):
+    nothing from the future passes.
 
     >>> wm = Watermark(lateness_ms=HOUR_MS, max_future_ms=7 * DAY_MS, confirmations=3)
-    >>> wm.observe(10 * DAY_MS, "a"), wm.observe(10 * DAY_MS, "b"), wm.value == 10 * DAY_MS - HOUR_MS
-    (None, None, True)
-    >>> wm.observe(10 * DAY_MS - 2 * HOUR_MS, "a")
-    'late'
-    >>> wm.observe(12 * DAY_MS, "skewed"), wm.value == 10 * DAY_MS - HOUR_MS
+    >>> wm.observe(10 * DAY_MS, "a"), wm.value == 10 * DAY_MS - HOUR_MS
     (None, True)
+    >>> wm.observe(10 * DAY_MS - 2 * HOUR_MS, "b")
+    'late'
     >>> wm.observe(900 * DAY_MS, "broken")
     'future_timestamp'
     >>> wm.observe(30 * DAY_MS, "b"), wm.observe(30 * DAY_MS, "c")
     ('future_timestamp', None)
+    >>> wm.limit_ms = 31 * DAY_MS
+    >>> wm.observe(32 * DAY_MS, "d")
+    'future_timestamp'
     """
 
-    __slots__ = (
-        "confirmations",
-        "lateness_ms",
-        "max_future_ms",
-        "max_seen",
-        "pending",
-        "single",
-        "top_team",
-        "top_ts",
-    )
+    __slots__ = ("confirmations", "lateness_ms", "limit_ms", "max_future_ms", "max_seen", "pending")
 
     def __init__(self, lateness_ms: int, max_future_ms: int, confirmations: int) -> None:
         self.lateness_ms = lateness_ms
         self.max_future_ms = max_future_ms
         self.confirmations = confirmations
-        #: newest time confirmed by two teams (or by the only team seen so far)
         self.max_seen: int | None = None
-        #: the single newest (team, time), not yet confirmed by another team
-        self.top_team: str | None = None
-        self.top_ts = 0
         self.pending: dict[str, int] = {}
-        self.single = True
+        self.limit_ms: int | None = None
 
     @property
     def value(self) -> int | None:
@@ -109,9 +97,11 @@ class Watermark:
 
     def observe(self, ts_ms: int, team_id: str) -> str | None:
         """Account for one event time; returns a DLQ reason if the event is unusable."""
+        if self.limit_ms is not None and ts_ms > self.limit_ms:
+            return "future_timestamp"
         max_seen = self.max_seen
         if max_seen is None:
-            self.max_seen, self.top_team, self.top_ts = ts_ms, team_id, ts_ms
+            self.max_seen = ts_ms
             return None
         if ts_ms <= max_seen:
             return "late" if ts_ms < max_seen - self.lateness_ms else None
@@ -121,30 +111,12 @@ class Watermark:
                 pending[team_id] = ts_ms
             if len(pending) < self.confirmations:
                 return "future_timestamp"
-            self.max_seen = min(pending.values())
-            self.top_team, self.top_ts = None, self.max_seen
-            self.single = False
+            ts_ms = min(pending.values())
             pending.clear()
-            return None
-        top_ts = self.top_ts
-        if team_id == self.top_team:
-            if ts_ms > top_ts:
-                self.top_ts = ts_ms
-                if self.single:
-                    self.max_seen = ts_ms
-            return None
-        self.single = False
-        if ts_ms > top_ts:
-            # the former newest team is now confirmed up to its time by this later one
-            self.max_seen = top_ts if top_ts > max_seen else max_seen
-            self.top_team, self.top_ts = team_id, ts_ms
-        else:
-            self.max_seen = ts_ms
+        self.max_seen = ts_ms
         return None
 
     def advance_by(self, elapsed_ms: int) -> None:
         """Live mode: move forward by idle time that really elapsed (never to 'now')."""
         if self.max_seen is not None and elapsed_ms > 0:
             self.max_seen += elapsed_ms
-            if self.top_ts < self.max_seen:
-                self.top_ts = self.max_seen
