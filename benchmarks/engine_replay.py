@@ -146,7 +146,9 @@ def load_lines(path: Path, limit: int | None = None) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------- timed loops
-def replay_loop(lines: Sequence[bytes], settings: EngineSettings) -> tuple[PartitionedEngines, int, int]:
+def replay_loop(
+    lines: Sequence[bytes], settings: EngineSettings
+) -> tuple[PartitionedEngines, int, int]:
     """detector.replay.replay without the file writes: (engines, alerts, rejected lines)."""
     engines = PartitionedEngines(settings)
     process_raw = engines.process_raw
@@ -232,7 +234,10 @@ class StateRecords:
     def of(cls, engines: PartitionedEngines) -> StateRecords:
         return cls(
             teams=[[encode_team(t) for t in e.teams.values()] for e in engines.engines],
-            users=[[(uid.encode(), encode_user(u)) for uid, u in e.users.items()] for e in engines.engines],
+            users=[
+                [(uid.encode(), encode_user(u)) for uid, u in e.users.items()]
+                for e in engines.engines
+            ],
             metas=[encode_partition(e, 0) for e in engines.engines],
         )
 
@@ -253,13 +258,13 @@ def live_state_memory(records: StateRecords, settings: EngineSettings) -> dict[s
     try:
         m0 = tracemalloc.get_traced_memory()[0]
         team_dicts: list[dict[str, TeamState]] = []
-        for part in records.teams:
-            decoded = (decode_team(r) for r in part)
+        for team_part in records.teams:
+            decoded = (decode_team(r) for r in team_part)
             team_dicts.append({t.team_id: t for t in decoded})
         m1 = tracemalloc.get_traced_memory()[0]
         user_dicts: list[dict[str, UserState]] = []
-        for part, teams in zip(records.users, team_dicts, strict=True):
-            users = {uid.decode(): decode_user(r) for uid, r in part}
+        for user_part, teams in zip(records.users, team_dicts, strict=True):
+            users = {uid.decode(): decode_user(r) for uid, r in user_part}
             for user in users.values():
                 user.team_id = teams[user.team_id].team_id
             user_dicts.append(users)
@@ -349,6 +354,7 @@ def synthetic_memory(sample: Path, n_users: int, n_teams: int) -> dict[str, floa
         "sizeof_user_object": sys.getsizeof(sample_user),
         "sizeof_team_object": sys.getsizeof(sample_team),
         "sizeof_team_ring": sys.getsizeof(sample_team.ring),
+        "sizeof_new_team_ring": sys.getsizeof(TeamState("t", 0, False).ring),
         "sizeof_user_key": sys.getsizeof("u-0000000"),
         "users_dict_per_entry": sys.getsizeof(_users) / n_users,
     }
@@ -377,6 +383,8 @@ def run_synthetic_child(records: StateRecords, cfg: Config) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- profiles
 def _short_path(filename: str) -> str:
+    if filename == "<string>":  # collections.namedtuple's generated __new__
+        return "namedtuple __new__: Event/Invalid"
     path = Path(filename)
     try:
         return str(path.resolve().relative_to(REPO_ROOT))
@@ -402,6 +410,7 @@ class PySpyProfile:
     functions: list[HotSpot]
     lines: list[HotSpot]
     files: list[Path]
+    inclusive: dict[str, float] = field(default_factory=dict)
 
 
 def run_pyspy(events: Path, cfg: Config, log: Log) -> PySpyProfile | None:
@@ -448,7 +457,7 @@ def summarise_speedscope(path: Path, within: str = "replay_loop") -> PySpyProfil
     func_total: Counter[tuple[str, str]] = Counter()
     line_self: Counter[tuple[str, str, int]] = Counter()
     kept = 0
-    for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
+    for stack in profile["samples"]:
         names = [frames[i]["name"] for i in stack]
         if within not in names:
             continue
@@ -460,7 +469,6 @@ def summarise_speedscope(path: Path, within: str = "replay_loop") -> PySpyProfil
         line_self[(leaf["name"], leaf["file"], leaf.get("line") or 0)] += 1
         for key in {(f["name"], f["file"]) for f in inner}:
             func_total[key] += 1
-        del weight
     n = max(kept, 1)
     functions = [
         HotSpot(name, _short_path(file), count / n, func_total[(name, file)] / n)
@@ -475,13 +483,8 @@ def summarise_speedscope(path: Path, within: str = "replay_loop") -> PySpyProfil
         )
         for (name, file, line), count in line_self.most_common(30)
     ]
-    inclusive = [
-        HotSpot(name, _short_path(file), func_self[(name, file)] / n, count / n)
-        for (name, file), count in func_total.most_common(30)
-    ]
-    functions_and_inclusive = functions + [h for h in inclusive if h not in functions]
-    del functions_and_inclusive
-    return PySpyProfile(kept, functions, lines, [])
+    inclusive = {name: count / n for (name, _file), count in func_total.items()}
+    return PySpyProfile(kept, functions, lines, [], inclusive)
 
 
 def _format_pyspy(profile: PySpyProfile, cfg: Config) -> str:
@@ -554,17 +557,12 @@ def run(cfg: Config, log: Log) -> str:
     engine_t, decode_t, orjson_t = Timing("engine"), Timing("decode"), Timing("orjson")
     alerts_per_rep: list[int] = []
     rejected = 0
-    rss_growth = 0
     engines: PartitionedEngines | None = None
     for rep in range(1, cfg.reps + 1):
         _timed(orjson_t, lambda: orjson_loop(lines))
         _timed(decode_t, lambda: decode_loop(lines, settings.max_event_bytes))
         engines = None
-        gc.collect()
-        rss_before = rss_bytes()
         engines, alerts, rejected = _timed(engine_t, lambda: replay_loop(lines, settings))
-        if rep == 1:
-            rss_growth = rss_bytes() - rss_before
         alerts_per_rep.append(alerts)
         log(
             f"rep {rep}: engine {_rate(n / engine_t.seconds[-1])}/s, decode "
@@ -588,7 +586,9 @@ def run(cfg: Config, log: Log) -> str:
     cprofile_path: Path | None = None
     if cfg.profile:
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
-        log(f"profile: py-spy over {cfg.pyspy_events:,} events, cProfile over {cfg.cprofile_events:,} ...")
+        log(
+            f"profile: py-spy over {cfg.pyspy_events:,} events, cProfile over {cfg.cprofile_events:,} ..."
+        )
         profile = run_pyspy(events_path, cfg, log)
         cprofile_path = run_cprofile(lines[: cfg.cprofile_events], settings)
 
@@ -638,8 +638,6 @@ def run(cfg: Config, log: Log) -> str:
         "drain).",
         f"- Target ≥ {TARGET_EVENTS_PER_S // 1000}k events/s on one core: {ok(target_met)} "
         f"({med['engine'] / TARGET_EVENTS_PER_S:.0%} of target).",
-        f"- RSS growth over replay 1 (engines alive, raw lines excluded): "
-        f"{rss_growth / 2**20:,.1f} MiB.",
         "",
         "Memory per tracked entity (budget ≤ 1 KB per user, ≤ 4 KB per team):",
         "",
@@ -661,7 +659,8 @@ def run(cfg: Config, log: Log) -> str:
         f"- Budgets: users {ok(worst_user <= TARGET_USER_BYTES)} (worst {worst_user:,.0f} B), "
         f"teams {ok(worst_team <= TARGET_TEAM_BYTES)} (worst {worst_team:,.0f} B). "
         f"Object sizes (sys.getsizeof): UserState {synth['sizeof_user_object']:.0f} B, "
-        f"TeamState {synth['sizeof_team_object']:.0f} B + ring {synth['sizeof_team_ring']:.0f} B, "
+        f"TeamState {synth['sizeof_team_object']:.0f} B + ring {synth['sizeof_team_ring']:.0f} B "
+        f"decoded ({synth['sizeof_new_team_ring']:.0f} B when built by the engine), "
         f"user key {synth['sizeof_user_key']:.0f} B, users dict {synth['users_dict_per_entry']:.0f} "
         "B per entry.",
     ]
@@ -678,6 +677,20 @@ def run(cfg: Config, log: Log) -> str:
                 for h in profile.functions[:12]
             ],
             "",
+            "Inclusive shares: "
+            + ", ".join(
+                f"`{name}` {profile.inclusive.get(name, 0.0):.1%}"
+                for name in (
+                    "decode_event",
+                    "PartitionEngine.process",
+                    "PartitionEngine._activity",
+                    "PartitionEngine._sweep",
+                    "PartitionEngine._score_team",
+                    "PartitionEngine._check_users",
+                )
+            )
+            + ".",
+            "",
             "Hottest lines: "
             + "; ".join(
                 f"`{h.where}` {h.self_share:.1%} (`{h.source[:60]}`)" for h in profile.lines[:6]
@@ -691,7 +704,9 @@ def run(cfg: Config, log: Log) -> str:
                 log(f"warning: {path.name} is {path.stat().st_size:,} bytes (> 500 KB)")
         body += [
             "",
-            "Profiles (latest run): " + ", ".join(f"`{p.relative_to(REPO_ROOT)}`" for p in files) + ".",
+            "Profiles (latest run): "
+            + ", ".join(f"`{p.relative_to(REPO_ROOT)}`" for p in files)
+            + ".",
         ]
     body += ["", f"Benchmark wall time: {time.perf_counter() - started:.0f} s."]
     return "\n".join(body) + "\n"

@@ -154,7 +154,9 @@ def _partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
     return counts
 
 
-def ensure_topics(k: KafkaSettings, topics: dict[str, int], timeout_s: float = 30) -> dict[str, int]:
+def ensure_topics(
+    k: KafkaSettings, topics: dict[str, int], timeout_s: float = 30
+) -> dict[str, int]:
     """Create each topic of ``topics`` (name → partitions) that does not exist yet.
 
     Existing topics are left alone, whatever their partition count. Returns the actual
@@ -173,7 +175,10 @@ def ensure_topics(k: KafkaSettings, topics: dict[str, int], timeout_s: float = 3
         missing = {name: n for name, n in topics.items() if name not in existing}
         if missing:
             result = admin.create_topics(
-                {name: {"num_partitions": n, "replication_factor": -1} for name, n in missing.items()},
+                {
+                    name: {"num_partitions": n, "replication_factor": -1}
+                    for name, n in missing.items()
+                },
                 timeout_ms=max(1, int(timeout_s * 1000)),
                 raise_errors=False,
             )

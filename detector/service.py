@@ -31,6 +31,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry, generate_latest
 
+from . import health_view
 from .bundles import Item, decode_bundle, encode_bundle, encode_tick
 from .codec import (
     decode_team,
@@ -72,6 +73,7 @@ class Ingest:
         self.consumed = 0
         self.invalid = 0
         self.producer: AIOKafkaProducer | None = None
+        self._partition_of: dict[str, int] = {}
 
     async def run(self) -> None:
         k = self.settings.kafka
@@ -122,7 +124,11 @@ class Ingest:
                                                         "offset": msg.offset})
                     futures.append(await producer.send(k.dlq_topic, orjson.dumps(record), key=msg.key))
                     continue
-                target = partition_for(decoded.team_id, self.partitions)
+                target = self._partition_of.get(decoded.team_id, -1)
+                if target < 0:
+                    target = partition_for(decoded.team_id, self.partitions)
+                    if len(self._partition_of) < 1_000_000:
+                        self._partition_of[decoded.team_id] = target
                 per_partition.setdefault(target, []).append(Item(tp.partition, msg.offset, raw))
         for target, items in per_partition.items():
             for chunk in _chunks(items):
@@ -207,6 +213,7 @@ class EngineRuntime:
         if offset <= self.bundle_offset[partition]:
             return [], []
         bundle = decode_bundle(value)
+        engine.watermark.limit_ms = int(time.time() * 1000) + self.settings.engine.live_clock_skew_s * 1000
         dead: list[dict[str, Any]] = []
         if bundle.tick_ms:
             engine.advance_idle(bundle.tick_ms)
@@ -223,6 +230,20 @@ class EngineRuntime:
                                                                  "offset": item.source_offset}))
         self.bundle_offset[partition] = offset
         return engine.drain_alerts(), dead
+
+    def team_view(self, team_id: str) -> dict[str, Any] | None:
+        for engine in self.engines.values():
+            team = engine.teams.get(team_id)
+            if team is not None:
+                return health_view.team(team, engine)
+        return None
+
+    def user_view(self, user_id: str) -> dict[str, Any] | None:
+        for engine in self.engines.values():
+            user = engine.users.get(user_id)
+            if user is not None:
+                return health_view.user(user_id, user, engine)
+        return None
 
     def changes(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
         """Records to write for what changed in ``partition`` since the last call."""
@@ -263,6 +284,8 @@ def build_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         broker_commit_every=100,
         broker_commit_interval=1.0,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
     )
     bundles = app.topic(bundle_topic_name(settings), key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", partitions=partitions)
@@ -300,7 +323,7 @@ def build_app(settings: Settings) -> faust.App:
             idle = now - last
             if partition in runtime.engines and idle >= s.idle_sweep_s:
                 runtime.last_seen_wall[partition] = now
-                await ingest.send_tick(partition, int(idle * 1000))
+                await ingest.send_tick(partition, int(idle * 1000 * s.idle_clock_scale))
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
@@ -319,11 +342,25 @@ def build_app(settings: Settings) -> faust.App:
             }
         )
 
+    @app.page("/teams/{team_id}")
+    async def team_state(web: Any, request: Any, team_id: str) -> Any:
+        return _entity_response(web, runtime.team_view(team_id))
+
+    @app.page("/users/{user_id}")
+    async def user_state(web: Any, request: Any, user_id: str) -> Any:
+        return _entity_response(web, runtime.user_view(user_id))
+
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         runtime.drop(tp.partition for tp in revoked if tp.topic == bundles.get_topic_name())
 
     app.on_partitions_revoked.connect(on_revoked)
     return app
+
+
+def _entity_response(web: Any, view: dict[str, Any] | None) -> Any:
+    if view is None:
+        return web.json({"error": "not_found", "message": "no such entity on this worker"}, status=404)
+    return web.json(view)
 
 
 def _credentials(settings: Settings) -> Any:

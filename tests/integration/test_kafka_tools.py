@@ -109,7 +109,12 @@ def test_follow_alerts_reads_back_and_stops_when_caught_up(kafka_settings_factor
     topic = settings.kafka.alerts_topic
     assert ensure_topics(settings.kafka, {topic: 2}) == {topic: 2}
     alerts = [
-        {"specversion": "1.0", "id": f"a{i}", "type": "churn.alert", "data": {"team_id": f"t-{i % 3}"}}
+        {
+            "specversion": "1.0",
+            "id": f"a{i}",
+            "type": "churn.alert",
+            "data": {"team_id": f"t-{i % 3}"},
+        }
         for i in range(5)
     ]
     producer = KafkaProducer(bootstrap_servers=[kafka_bootstrap], acks="all")
@@ -125,7 +130,9 @@ def test_follow_alerts_reads_back_and_stops_when_caught_up(kafka_settings_factor
 
         out = io.StringIO()
         started = time.monotonic()
-        assert follow_alerts(settings, from_beginning=True, follow=False, out=out, timeout_s=60) == 5
+        assert (
+            follow_alerts(settings, from_beginning=True, follow=False, out=out, timeout_s=60) == 5
+        )
         assert time.monotonic() - started < 30, "did not stop when caught up"
         printed = out.getvalue().splitlines()
         assert sorted(printed) == sorted(orjson.dumps(a).decode() for a in alerts)  # compact

@@ -1,0 +1,139 @@
+"""Run the benchmarks and append their results to ``benchmarks/RESULTS.md``.
+
+    .venv/bin/python -m benchmarks.run            # all benchmarks (``make bench``)
+    .venv/bin/python -m benchmarks.run engine     # the pure-engine replay benchmark
+
+The same summary that is appended to RESULTS.md is printed to stdout; progress goes to
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from . import engine_replay
+
+RESULTS = engine_replay.BENCH_DIR / "RESULTS.md"
+REPO_ROOT = engine_replay.REPO_ROOT
+
+_HEADER = """# Benchmark results
+
+One section per run, newest last, appended by `make bench` / `python -m benchmarks.run`.
+Numbers from different machines or loads are not comparable: check the machine line.
+"""
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return done.stdout.strip()
+
+
+def machine_facts() -> str:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    head = _git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = (
+        " + uncommitted changes in detector/" if _git("status", "--porcelain", "detector") else ""
+    )
+    return (
+        f"- Machine: nproc {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), "
+        f"{_cpu_model()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"load average at start {load}; code at {head}{dirty}."
+    )
+
+
+def _command(argv: list[str]) -> str:
+    exe = Path(sys.executable)
+    try:
+        shown = str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(exe)
+    return shlex.join([shown, "-m", "benchmarks.run", *argv])
+
+
+def _engine(args: argparse.Namespace) -> str:
+    cfg = engine_replay.Config(
+        teams=args.teams,
+        reps=args.reps,
+        profile=not args.no_profile,
+        synth_users=args.synth_users,
+        synth_teams=args.synth_users // 10,
+    )
+    return engine_replay.run(cfg, _log)
+
+
+BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
+    "engine": ("Pure engine replay (no Kafka)", _engine),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    ap.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default: all of {list(BENCHMARKS)})"
+    )
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions (median reported)")
+    ap.add_argument(
+        "--teams", type=int, default=300, help="simulated teams (raised until ≥ 2M events)"
+    )
+    ap.add_argument(
+        "--synth-users", type=int, default=1_000_000, help="synthetic users (teams: a tenth)"
+    )
+    ap.add_argument("--no-profile", action="store_true", help="skip py-spy and cProfile")
+    ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {unknown}; available: {list(BENCHMARKS)}")
+    if args.reps < 3:
+        _log("note: fewer than 3 repetitions; the median is less robust")
+    names = args.names or list(BENCHMARKS)
+
+    facts = machine_facts()  # load average before the benchmark loads the machine
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    sections = []
+    for name in names:
+        title, fn = BENCHMARKS[name]
+        body = fn(args)
+        sections.append(
+            f"## {stamp} — {name}: {title}\n\n- Command: `{_command(argv)}`\n{facts}\n{body}"
+        )
+    text = "\n".join(sections)
+    print(text, end="")
+    if not args.no_record:
+        existing = RESULTS.read_text() if RESULTS.exists() else _HEADER
+        RESULTS.write_text(existing.rstrip("\n") + "\n\n" + text)
+        _log(f"appended to {RESULTS.relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""JSON views of one team's or user's state, for the health query API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import health as hs
+from .engine import PartitionEngine
+from .state import ACTIVE_USERS, EVENTS, KEY_ACTIONS, RING_DAYS, TeamState, UserState
+from .timemodel import DAY_MS, iso_ms
+
+
+def _day(day: int) -> str:
+    return iso_ms(day * DAY_MS)[:10]
+
+
+def team(team: TeamState, engine: PartitionEngine) -> dict[str, Any]:
+    """Current state, baselines and recent daily activity of a team."""
+    recent = []
+    for day in range(team.ring_day - RING_DAYS + 1, team.ring_day + 1):
+        if day < team.first_day:
+            continue
+        bucket = team.window(day, 1)
+        recent.append(
+            {"day": _day(day), "events": int(bucket[EVENTS]), "active_users": int(bucket[ACTIVE_USERS]),
+             "key_actions": int(bucket[KEY_ACTIONS])}
+        )
+    return {
+        "entity_type": "team",
+        "team_id": team.team_id,
+        "state": hs.STATE_NAMES[team.health],
+        "plan": team.plan,
+        "mrr": team.mrr,
+        "seats": team.seats,
+        "timezone": team.tz,
+        "events_total": team.events_total,
+        "active_days": team.active_days,
+        "first_day": _day(team.first_day),
+        "last_active_day": _day(team.last_active_day) if team.active_days else None,
+        "baseline": {
+            "active_users_per_day": round(team.base_active, 3),
+            "events_per_day": round(team.base_events, 3),
+            "key_actions_per_day": round(team.base_key, 3),
+            "features_per_week": round(team.base_breadth, 3),
+            "days_between_activity": round(team.gap, 3),
+        },
+        "users_at_risk": team.users_at_risk,
+        "payment_failures": team.payment_failures,
+        "cancelled": team.cancelled,
+        "recent_days": recent,
+    }
+
+
+def user(user_id: str, user: UserState, engine: PartitionEngine) -> dict[str, Any]:
+    return {
+        "entity_type": "user",
+        "user_id": user_id,
+        "team_id": user.team_id,
+        "state": hs.STATE_NAMES[user.health],
+        "events_total": user.events_total,
+        "active_days": user.active_days,
+        "first_day": _day(user.first_day),
+        "last_active_day": _day(user.last_day) if user.active_days else None,
+        "active_days_per_week": {"recent": round(user.fast * 7, 3), "usual": round(user.slow * 7, 3)},
+        "days_between_activity": round(user.gap, 3),
+    }
