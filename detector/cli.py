@@ -101,8 +101,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .service import run_worker
 
     settings = _settings(args)
-    logging.basicConfig(level=settings.service.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.service.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     return run_worker(settings)
 
 
@@ -194,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="JSON config file")
     p.set_defaults(func=cmd_worker)
+
+    from .kafka_tools import cli_register
+
+    cli_register(sub)
     return parser
 
 

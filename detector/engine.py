@@ -686,7 +686,9 @@ class PartitionEngine:
         due = self.wheel.pop(day, None)
         if not due:
             return
-        for uid in due:
+        # Sorted: the order must not depend on how the state was built (a restore from the
+        # table yields another insertion order), or champion choice could differ.
+        for uid in sorted(due):
             user = self.users.get(uid)
             if user is not None and user.check_day == day:
                 self._check_user(uid, user, day)

@@ -22,8 +22,12 @@ def team(team: TeamState, engine: PartitionEngine) -> dict[str, Any]:
             continue
         bucket = team.window(day, 1)
         recent.append(
-            {"day": _day(day), "events": int(bucket[EVENTS]), "active_users": int(bucket[ACTIVE_USERS]),
-             "key_actions": int(bucket[KEY_ACTIONS])}
+            {
+                "day": _day(day),
+                "events": int(bucket[EVENTS]),
+                "active_users": int(bucket[ACTIVE_USERS]),
+                "key_actions": int(bucket[KEY_ACTIONS]),
+            }
         )
     return {
         "entity_type": "team",
@@ -61,6 +65,9 @@ def user(user_id: str, user: UserState, engine: PartitionEngine) -> dict[str, An
         "active_days": user.active_days,
         "first_day": _day(user.first_day),
         "last_active_day": _day(user.last_day) if user.active_days else None,
-        "active_days_per_week": {"recent": round(user.fast * 7, 3), "usual": round(user.slow * 7, 3)},
+        "active_days_per_week": {
+            "recent": round(user.fast * 7, 3),
+            "usual": round(user.slow * 7, 3),
+        },
         "days_between_activity": round(user.gap, 3),
     }

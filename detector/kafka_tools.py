@@ -28,7 +28,6 @@ from typing import Any, TextIO
 
 import orjson
 
-from .events import decode_event
 from .kafka_clients import (
     KafkaUnavailableError,
     aiokafka_config,
@@ -36,9 +35,10 @@ from .kafka_clients import (
     ensure_topics,
     kafka_python_config,
 )
-from .partitioning import partition_for
-from .replay import read_lines
 from .settings import KafkaSettings, Settings, SettingsError, build_settings
+
+# The engine and the Kafka libraries are imported where they are used, so that registering
+# these subcommands keeps `churn-detector --help` fast.
 
 #: producer batch size per partition (bytes) and linger
 BATCH_BYTES = 256 * 1024
@@ -95,6 +95,8 @@ def produce_file_result(
         )
     from tqdm import tqdm
 
+    from .replay import read_lines
+
     total = path.stat().st_size if path.suffix != ".parquet" else None
     with tqdm(
         total=total,
@@ -130,6 +132,9 @@ async def _produce(
 ) -> ProduceResult:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
+
+    from .events import decode_event
+    from .partitioning import partition_for
 
     producer = AIOKafkaProducer(
         **aiokafka_config(k),

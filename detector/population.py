@@ -73,7 +73,9 @@ class Population:
         wd = day % 7
         base = self.weekday[wd]
         base_teams = self.weekday_teams[wd]
-        self.weekday_teams[wd] = teams if base_teams <= 0.0 else base_teams + _WEEKDAY_ALPHA * (teams - base_teams)
+        self.weekday_teams[wd] = (
+            teams if base_teams <= 0.0 else base_teams + _WEEKDAY_ALPHA * (teams - base_teams)
+        )
         age = day - self.first_day
         if age < self.min_days or base <= 0.0 or base_teams < MIN_TEAMS:
             factor = 1.0

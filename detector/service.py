@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -31,7 +33,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry, generate_latest
 
-from . import health_view
+from . import faust_store, health_view
 from .bundles import Item, decode_bundle, encode_bundle, encode_tick
 from .codec import (
     decode_team,
@@ -87,14 +89,22 @@ class Ingest:
             fetch_max_bytes=16 << 20,
             **common,
         )
-        producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, max_batch_size=1 << 20,
-                                    max_request_size=2 << 20, **common)
+        producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            max_request_size=2 << 20,
+            **common,
+        )
         await consumer.start()
         await producer.start()
         self.producer = producer
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=self.settings.service.batch_size)
+                batch = await consumer.getmany(
+                    timeout_ms=200, max_records=self.settings.service.batch_size
+                )
                 if batch:
                     await self._forward(batch, producer)
                     await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
@@ -105,8 +115,9 @@ class Ingest:
 
     async def send_tick(self, partition: int, elapsed_ms: int) -> None:
         if self.producer is not None:
-            await self.producer.send_and_wait(bundle_topic_name(self.settings), encode_tick(elapsed_ms),
-                                              partition=partition)
+            await self.producer.send_and_wait(
+                bundle_topic_name(self.settings), encode_tick(elapsed_ms), partition=partition
+            )
 
     async def _forward(self, batch: dict[Any, list[Any]], producer: AIOKafkaProducer) -> None:
         k = self.settings.kafka
@@ -120,9 +131,14 @@ class Ingest:
                 decoded = decode_event(raw, self.max_bytes)
                 if isinstance(decoded, Invalid):
                     self.invalid += 1
-                    record = dead_letter(raw, decoded, {"topic": tp.topic, "partition": tp.partition,
-                                                        "offset": msg.offset})
-                    futures.append(await producer.send(k.dlq_topic, orjson.dumps(record), key=msg.key))
+                    record = dead_letter(
+                        raw,
+                        decoded,
+                        {"topic": tp.topic, "partition": tp.partition, "offset": msg.offset},
+                    )
+                    futures.append(
+                        await producer.send(k.dlq_topic, orjson.dumps(record), key=msg.key)
+                    )
                     continue
                 target = self._partition_of.get(decoded.team_id, -1)
                 if target < 0:
@@ -193,7 +209,7 @@ class EngineRuntime:
                     users[key[2:].decode()] = user
             elif key == _META + str(partition).encode():
                 meta = value
-        offsets = {"bundle": -1, "sources": {}}
+        offsets: dict[str, Any] = {"bundle": -1, "sources": {}}
         if meta is not None:
             head = orjson.loads(meta)
             offsets = head["offsets"]
@@ -202,18 +218,27 @@ class EngineRuntime:
             restore_partition(engine, None, teams, users)
         self.bundle_offset[partition] = int(offsets["bundle"])
         self.source_offsets[partition] = {int(k): v for k, v in offsets["sources"].items()}
-        log.info("partition %s: restored %d teams, %d users, bundle offset %s",
-                 partition, len(teams), len(users), self.bundle_offset[partition])
+        log.info(
+            "partition %s: restored %d teams, %d users, bundle offset %s",
+            partition,
+            len(teams),
+            len(users),
+            self.bundle_offset[partition],
+        )
         return engine
 
-    def apply(self, partition: int, offset: int, value: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def apply(
+        self, partition: int, offset: int, value: bytes
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Apply one bundle; returns (alerts, dead letters). Already applied input is skipped."""
         engine = self.engine(partition)
         self.last_seen_wall[partition] = time.monotonic()
         if offset <= self.bundle_offset[partition]:
             return [], []
         bundle = decode_bundle(value)
-        engine.watermark.limit_ms = int(time.time() * 1000) + self.settings.engine.live_clock_skew_s * 1000
+        engine.watermark.limit_ms = (
+            int(time.time() * 1000) + self.settings.engine.live_clock_skew_s * 1000
+        )
         dead: list[dict[str, Any]] = []
         if bundle.tick_ms:
             engine.advance_idle(bundle.tick_ms)
@@ -225,9 +250,17 @@ class EngineRuntime:
                 applied[item.source_partition] = item.source_offset
                 rejected = engine.process_raw(item.raw)
                 if rejected is not None:
-                    dead.append(dead_letter(item.raw, rejected, {"topic": self.settings.kafka.events_topic,
-                                                                 "partition": item.source_partition,
-                                                                 "offset": item.source_offset}))
+                    dead.append(
+                        dead_letter(
+                            item.raw,
+                            rejected,
+                            {
+                                "topic": self.settings.kafka.events_topic,
+                                "partition": item.source_partition,
+                                "offset": item.source_offset,
+                            },
+                        )
+                    )
         self.bundle_offset[partition] = offset
         return engine.drain_alerts(), dead
 
@@ -254,24 +287,34 @@ class EngineRuntime:
         for uid in users:
             yield _USER + uid.encode(), encode_user(engine.users[uid])
         meta = {
-            "offsets": {"bundle": self.bundle_offset[partition],
-                        "sources": {str(k): v for k, v in self.source_offsets[partition].items()}},
+            "offsets": {
+                "bundle": self.bundle_offset[partition],
+                "sources": {str(k): v for k, v in self.source_offsets[partition].items()},
+            },
             "engine": orjson.loads(encode_partition(engine, self.bundle_offset[partition])),
         }
         yield _META + str(partition).encode(), orjson.dumps(meta)
 
 
 def build_app(settings: Settings) -> faust.App:
+    assert faust_store.ChangelogRocksStore is not None  # registers the churnrocks:// store
     s, k = settings.service, settings.kafka
     partitions = settings.engine.partitions
-    ensure_topics(k, {k.events_topic: partitions, k.dlq_topic: partitions, k.alerts_topic: partitions,
-                      bundle_topic_name(settings): partitions})
+    ensure_topics(
+        k,
+        {
+            k.events_topic: partitions,
+            k.dlq_topic: partitions,
+            k.alerts_topic: partitions,
+            bundle_topic_name(settings): partitions,
+        },
+    )
     brokers = ";".join(f"kafka://{b.strip()}" for b in k.brokers.split(","))
     app = faust.App(
         s.app_id,
         broker=brokers,
         broker_credentials=_credentials(settings),
-        store="rocksdb://",
+        store="churnrocks://",
         datadir=s.state_dir,
         processing_guarantee="exactly_once",
         topic_partitions=partitions,
@@ -285,14 +328,17 @@ def build_app(settings: Settings) -> faust.App:
         broker_commit_every=100,
         broker_commit_interval=1.0,
         broker_session_timeout=10.0,
+        recovery_consistency_check=False,
         broker_heartbeat_interval=1.0,
     )
-    bundles = app.topic(bundle_topic_name(settings), key_type=bytes, value_type=bytes,
-                        key_serializer="raw", value_serializer="raw", partitions=partitions)
-    alerts_topic = app.topic(k.alerts_topic, key_type=bytes, value_type=bytes,
-                             key_serializer="raw", value_serializer="raw")
-    dlq_topic = app.topic(k.dlq_topic, key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw")
+    bundles = app.topic(
+        bundle_topic_name(settings),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
     table = app.Table("state", key_type=bytes, value_type=bytes, partitions=partitions)
     runtime = EngineRuntime(settings, table)
     ingest = Ingest(settings, partitions)
@@ -302,18 +348,59 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(bundles)
     async def process(stream: Any) -> None:
         async for event in stream.events():
+            if app.should_stop:
+                break  # leave the bundle to the next owner rather than half-apply it
             partition, offset = event.message.partition, event.message.offset
             alerts, dead = runtime.apply(partition, offset, event.value)
+            # Alerts and dead letters go out in the transaction of this bundle's partition,
+            # so they are published exactly when the state and offsets that caused them are.
+            # They are queued before the (synchronous) table writes: if shutdown interrupts
+            # the queueing, the state is not written and the bundle is applied again.
+            group = app.assignor.group_for_topic(bundles.get_topic_name())
+            tid = f"{app.conf.id}-{group}-{partition}"
+            for record in dead:
+                await app.producer.send(
+                    k.dlq_topic, None, orjson.dumps(record), None, None, None, transactional_id=tid
+                )
+            for alert in alerts:
+                await app.producer.send(
+                    k.alerts_topic,
+                    alert["data"]["entity_id"].encode(),
+                    orjson.dumps(alert),
+                    None,
+                    None,
+                    None,
+                    transactional_id=tid,
+                )
             for key, value in runtime.changes(partition):
                 table[key] = value
-            for record in dead:
-                await dlq_topic.send(value=orjson.dumps(record))
-            for alert in alerts:
-                await alerts_topic.send(key=alert["data"]["entity_id"].encode(), value=orjson.dumps(alert))
 
     @app.task
     async def run_ingest() -> None:
         await ingest.run()
+
+    def assigned() -> list[int]:
+        topic = bundles.get_topic_name()
+        return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topic)
+
+    recovered = {"ready": False}
+
+    def ensure_engines() -> None:
+        """Restore engines for assigned partitions that have had no bundle since assignment.
+
+        Only once Faust says the rebalance is complete (tables recovered, streams resumed):
+        before that the table may not yet hold what other workers committed.
+        """
+        if not recovered["ready"] or app.rebalancing:
+            return
+        for partition in assigned():
+            if partition not in runtime.engines:
+                runtime.engine(partition)
+                runtime.last_seen_wall[partition] = time.monotonic()
+
+    @app.timer(interval=min(1.0, s.idle_sweep_s))
+    async def restore_idle_partitions() -> None:
+        ensure_engines()
 
     @app.timer(interval=s.idle_sweep_s)
     async def idle_ticks() -> None:
@@ -331,7 +418,9 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
-        applied = sum(e.stats.events_valid + sum(e.stats.invalid.values()) for e in runtime.engines.values())
+        applied = sum(
+            e.stats.events_valid + sum(e.stats.invalid.values()) for e in runtime.engines.values()
+        )
         return web.json(
             {
                 "status": "ok",
@@ -339,6 +428,7 @@ def build_app(settings: Settings) -> faust.App:
                 "ingest_invalid": ingest.invalid,
                 "applied_since_start": applied,
                 "partitions": sorted(runtime.engines),
+                "assigned": assigned(),
             }
         )
 
@@ -351,15 +441,23 @@ def build_app(settings: Settings) -> faust.App:
         return _entity_response(web, runtime.user_view(user_id))
 
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        recovered["ready"] = False
         runtime.drop(tp.partition for tp in revoked if tp.topic == bundles.get_topic_name())
 
-    app.on_partitions_revoked.connect(on_revoked)
+    async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+        recovered["ready"] = True
+
+    app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     return app
 
 
 def _entity_response(web: Any, view: dict[str, Any] | None) -> Any:
     if view is None:
-        return web.json({"error": "not_found", "message": "no such entity on this worker"}, status=404)
+        return web.json(
+            {"error": "not_found", "message": "no such entity on this worker"}, status=404
+        )
     return web.json(view)
 
 
@@ -379,8 +477,22 @@ def _credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(ssl_context)
 
 
+def reset_local_store(state_dir: str) -> None:
+    """Drop the local RocksDB copy of the tables; Faust rebuilds it from the changelogs.
+
+    The local store is a cache. After a crash it can hold writes of a transaction that was
+    aborted (RocksDB is written before the Kafka transaction commits), while the changelog,
+    read with read_committed, holds exactly what was committed together with the offsets.
+    Rebuilding from the changelog is what makes a restart equal an uninterrupted run.
+    """
+    tables = Path(state_dir) / "v1" / "tables"
+    if tables.exists():
+        shutil.rmtree(tables)
+
+
 def run_worker(settings: Settings) -> int:
     """Run the worker until stopped (SIGTERM/SIGINT)."""
+    reset_local_store(settings.service.state_dir)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=settings.service.log_level.lower(), quiet=True)
     worker.execute_from_commandline()

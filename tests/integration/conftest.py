@@ -109,11 +109,13 @@ def kafka_settings_factory(
     """``make(engine={...}, kafka={...}, service={...}) -> Settings`` on the test broker.
 
     Events, dead-letter and alerts topics get fresh random names (``t-<uuid8>``; they are
-    created by whoever uses them first and deleted at teardown), the app id (the consumer
-    group of the worker) is random, and the state dir is a fresh folder under ``tmp_path``.
-    Sections given as arguments override these.
+    created by whoever uses them first and deleted at teardown, with every topic named
+    ``<app_id>-*``), the app id (the worker's consumer group and topic prefix) is random, and
+    the state dir is a fresh folder under ``tmp_path``. Sections given as arguments override
+    these.
     """
     topics: list[str] = []
+    app_ids_used: list[str] = []
     count = 0
 
     def make(**sections: dict[str, Any]) -> Settings:
@@ -131,11 +133,18 @@ def kafka_settings_factory(
             overrides.setdefault(section, {}).update(values)
         settings = build_settings(environ={}, overrides=overrides)
         k = settings.kafka
+        app_ids_used.append(settings.service.app_id)
         topics.extend(t for t in (k.events_topic, k.dlq_topic, k.alerts_topic) if t not in topics)
         return settings
 
     yield make
-    _delete_topics(kafka_admin, topics)
+    # plus what the worker derives from the app id (bundles, Faust changelog/repartition topics)
+    app_ids = tuple(f"{app_id}-" for app_id in app_ids_used)
+    try:
+        derived = [t for t in kafka_admin.list_topics() if t.startswith(app_ids)] if app_ids else []
+    except Exception:  # pragma: no cover - best effort
+        derived = []
+    _delete_topics(kafka_admin, topics + [t for t in derived if t not in topics])
 
 
 # --------------------------------------------------------------------------- hooks
