@@ -152,11 +152,12 @@ class PartitionEngine:
             self._activity(team, ev, etype, ts)
         if self.dirty_teams is not None:
             self.dirty_teams.add(ev.team_id)
-        if self.next_sweep_ms is None:
-            self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
-        wm = self.watermark.value
-        if wm is not None and wm >= self.next_sweep_ms:
-            self.sweep_until(wm)
+        next_sweep = self.next_sweep_ms
+        if next_sweep is None:
+            next_sweep = self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
+        max_seen = self.watermark.max_seen
+        if max_seen is not None and max_seen - self.watermark.lateness_ms >= next_sweep:
+            self.sweep_until(max_seen - self.watermark.lateness_ms)
         return None
 
     def _activity(self, team: TeamState, ev: Event, etype: str, ts: int) -> None:

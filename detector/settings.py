@@ -91,7 +91,6 @@ class ServiceSettings:
     state_dir: str = ".state"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    metrics_port: int = 9464
     batch_size: int = 5000
     batch_timeout_s: float = 0.2
     #: a partition without new events for this long lets its clock run by the idle time
@@ -220,8 +219,8 @@ def validate(settings: Settings) -> None:
             "SASL needs kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password",
         ),
         (
-            0 < s.web_port < 65536 and 0 <= s.metrics_port < 65536,
-            "service ports must be valid TCP ports",
+            0 < s.web_port < 65536,
+            "service.web_port must be a valid TCP port (1..65535)",
         ),
         (s.batch_size >= 1, "service.batch_size must be >= 1"),
     ]
