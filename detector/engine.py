@@ -36,6 +36,7 @@ from .scoring import (
     Signal,
     combine,
     decay_strength,
+    explain,
     low_activity_p_value,
     payment_strength,
     silence_strength,
@@ -416,11 +417,7 @@ class PartitionEngine:
                     Reason("activity_recovered", "activity is back near its baseline", norm, 1.0)
                 ]
             else:
-                top = max(signals, key=lambda sig: sig.strength)
-                signal = top.name
-                reasons = [
-                    r for sig in sorted(signals, key=lambda x: -x.strength) for r in sig.reasons
-                ]
+                signal, reasons = explain(signals)
             self._emit(
                 "team",
                 team.team_id,
@@ -775,11 +772,7 @@ class PartitionEngine:
                     Reason("user_silent", f"no activity for {silent:.0f} days", silent, user.gap)
                 ]
             else:
-                top = max(signals, key=lambda sig: sig.strength)
-                signal = top.name
-                reasons = [
-                    r for sig in sorted(signals, key=lambda x: -x.strength) for r in sig.reasons
-                ]
+                signal, reasons = explain(signals)
             self._emit(
                 "user",
                 uid,

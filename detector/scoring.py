@@ -55,6 +55,16 @@ def combine(signals: list[Signal]) -> float:
     return 1.0 - keep * (1.0 - activity)
 
 
+def explain(signals: list[Signal]) -> tuple[str, list[Reason]]:
+    """The strongest signal's name, and every reason, strongest signal first.
+
+    >>> explain([Signal("a", 0.3, (Reason("x", "", 1.0, 2.0),)), Signal("b", 0.6, ())])[0]
+    'b'
+    """
+    ordered = sorted(signals, key=lambda sig: -sig.strength)
+    return ordered[0].name, [reason for sig in ordered for reason in sig.reasons]
+
+
 def clip01(x: float) -> float:
     return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
 
