@@ -62,6 +62,7 @@ from .timemodel import DAY_MS, Watermark, day_end_ms, local_day, utc_offset_ms
 
 _NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
+_STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
 
 
 @dataclass
@@ -343,8 +344,8 @@ class PartitionEngine:
             return
         team.advance_ring(day)
         w = s.recent_window_days
-        win = team.window(day, w)
-        today = team.window(day, 1)
+        wins = team.windows(day, (1, w, 2 * w, _STRUGGLE_DAYS))
+        win, today = wins[w], wins[1]
         pop = self.population
         pop_w = max(0.05, pop.window_factor(day, w))
         pop_d = pop.day_factor(day)
@@ -357,14 +358,14 @@ class PartitionEngine:
 
         silent_days = pop.effective_days(team.last_active_day + 1, day)
         if mature:
-            norm = self._team_decay(team, day, pop_w, signals)
+            norm = self._team_decay(team, wins, pop_w, signals)
             self._team_silence(team, silent_days, signals)
-            self._key_action(team, day, pop_w, norm, signals)
+            self._key_action(team, wins, pop_w, norm, signals)
             self._champion(team, day, norm, signals)
             self._user_decay(team, signals)
         if team.is_new and s.onboarding_days - 3 <= age <= s.onboarding_days + 7:
             self._onboarding(team, signals)
-        self._struggle(team, day, signals)
+        self._struggle(team, wins, signals)
         if team.payment_failures:
             signals.append(
                 Signal(
@@ -432,7 +433,9 @@ class PartitionEngine:
             )
         self._learn_team(team, today, win, pop_d, norm, mature)
 
-    def _team_decay(self, team: TeamState, day: int, pop_w: float, out: list[Signal]) -> float:
+    def _team_decay(
+        self, team: TeamState, wins: dict[int, list[float]], pop_w: float, out: list[Signal]
+    ) -> float:
         """Activity, active seats and feature breadth against the team's own baseline.
 
         One week answers fast for big teams; two weeks give small teams (few events, where a
@@ -442,7 +445,7 @@ class PartitionEngine:
         best: tuple[float, float, list[float], int] | None = None
         norm_week = 1.0
         for days in (w, 2 * w):
-            win = team.window(day, days)
+            win = wins[days]
             exp_active = days * team.base_active * pop_w
             exp_events = days * team.base_events * pop_w
             if exp_active <= 0.0 or exp_events <= 0.0:
@@ -525,13 +528,18 @@ class PartitionEngine:
             )
 
     def _key_action(
-        self, team: TeamState, day: int, pop_w: float, norm: float, out: list[Signal]
+        self,
+        team: TeamState,
+        wins: dict[int, list[float]],
+        pop_w: float,
+        norm: float,
+        out: list[Signal],
     ) -> None:
         """Logins go on but the key action (the product's value) stopped, for two weeks."""
         w = 2 * self.settings.recent_window_days
         if team.base_key < 3.0 / self.settings.recent_window_days or norm < 0.7:
             return
-        win = team.window(day, w)
+        win = wins[w]
         if win[ACTIVE_USERS] < 0.7 * w * team.base_active * pop_w:
             return  # activity fell too: that is decay, not a stopped key action
         expected = w * team.base_key * pop_w
@@ -635,8 +643,8 @@ class PartitionEngine:
         if reasons:
             out.append(Signal("onboarding", round(1.0 - keep, 6), tuple(reasons)))
 
-    def _struggle(self, team: TeamState, day: int, out: list[Signal]) -> None:
-        win = team.window(day, 14)
+    def _struggle(self, team: TeamState, wins: dict[int, list[float]], out: list[Signal]) -> None:
+        win = wins[_STRUGGLE_DAYS]
         tasks, failures = win[TASKS], win[TASK_FAILURES]
         if tasks + failures < 3:
             return
@@ -653,7 +661,10 @@ class PartitionEngine:
         if failing:
             reasons.append(
                 Reason(
-                    "repeated_failures", f"{failures:.0f} failed tasks in 14 days", failures, None
+                    "repeated_failures",
+                    f"{failures:.0f} failed tasks in {_STRUGGLE_DAYS} days",
+                    failures,
+                    None,
                 )
             )
         out.append(Signal("struggle", 0.6 if slow and failing else 0.45, tuple(reasons)))

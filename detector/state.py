@@ -106,18 +106,34 @@ class TeamState:
     def window(self, last_day: int, days: int) -> list[float]:
         """Sums of each bucket field over ``days`` days ending at ``last_day``;
         the FEATURES field is the union (bit-or) of feature masks."""
+        return self.windows(last_day, (days,))[days]
+
+    def windows(self, last_day: int, sizes: tuple[int, ...]) -> dict[int, list[float]]:
+        """:meth:`window` for several sizes in one pass over the ring.
+
+        >>> t = TeamState("t", 0, False); t.advance_ring(9); t.ring[9 % RING_DAYS * FIELDS] = 2.0
+        >>> t.ring[8 % RING_DAYS * FIELDS] = 3.0
+        >>> w = t.windows(9, (1, 7)); w[1][EVENTS], w[7][EVENTS]
+        (2.0, 5.0)
+        """
         ring = self.ring
         sums = [0.0] * FIELDS
         mask = 0
-        for d in range(last_day - days + 1, last_day + 1):
-            if d > self.ring_day or d <= self.ring_day - RING_DAYS:
-                continue
-            base = (d % RING_DAYS) * FIELDS
-            for f in range(FIELDS):
-                sums[f] += ring[base + f]
-            mask |= int(ring[base + FEATURES])
-        sums[FEATURES] = float(mask.bit_count())
-        return sums
+        out: dict[int, list[float]] = {}
+        wanted = set(sizes)
+        longest = max(sizes)
+        for back in range(longest):
+            d = last_day - back
+            if d <= self.ring_day and d > self.ring_day - RING_DAYS:
+                base = (d % RING_DAYS) * FIELDS
+                for f in range(FIELDS):
+                    sums[f] += ring[base + f]
+                mask |= int(ring[base + FEATURES])
+            if back + 1 in wanted:
+                snapshot = list(sums)
+                snapshot[FEATURES] = float(mask.bit_count())
+                out[back + 1] = snapshot
+        return out
 
 
 _ZEROS = array("d", bytes(8 * FIELDS))
