@@ -1,11 +1,13 @@
 """Fault tests of the streaming service that do NOT pass yet (issue 3 stays open).
 
 Not part of ``make test``: run them with ``make faults`` against the local broker.
-Known failure: after a kill -9 (or when a second worker takes partitions over), the
-restored per-team counts can fall short of the events produced. Faust aborts the open
-transaction of a revoked partition while its local RocksDB keeps the writes, and table
-recovery resumes from positions it kept in memory; the engine state rebuilt from the
-table then misses or doubles work. See the closing note of the session that wrote this.
+Known failure: after a kill -9 the restarted worker can restore partitions as empty (0
+teams, bundle offset -1) although the killed worker had committed progress on them, and then
+continues from the committed bundle offsets, so events are missing from state. Likely cause:
+the killed worker's open transaction holds the changelog's last stable offset back, so
+Faust's recovery (read_committed) sees nothing to recover before its own transactional
+producers fence the old one. Next step: fence the previous transactional ids before recovery
+(or wait until the last stable offset reaches the high watermark).
 """
 
 from __future__ import annotations
