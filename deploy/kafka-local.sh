@@ -37,6 +37,8 @@ LOCK_FILE="$KAFKA_LOCAL_HOME/.lock-$(printf '%s' "$KAFKA_LOCAL_DATA" | cksum | c
 
 log() { printf 'kafka-local: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=deploy/local-service-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local-service-lib.sh"
 
 usage() {
   cat <<EOF
@@ -80,35 +82,9 @@ PYTHON="$(command -v python3 || true)"
 [[ -n "$PYTHON" ]] || PYTHON="$REPO/.venv/bin/python"
 JAVA="${JAVA:-java}"
 
-free_port() {
-  "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-port_in_use() {  # $1 = port; true if something accepts connections there
-  "$PYTHON" - "$1" <<'PY'
-import socket, sys
-s = socket.socket(); s.settimeout(0.5)
-try:
-    s.connect(("127.0.0.1", int(sys.argv[1]))); sys.exit(0)
-except OSError:
-    sys.exit(1)
-finally:
-    s.close()
-PY
-}
-
 # Pid of our running broker, or nothing. Guards against stale pid files and
 # recycled pids by checking the process command line.
-running_pid() {
-  [[ -f "$PID_FILE" ]] || return 0
-  local pid
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-  if kill -0 "$pid" 2>/dev/null && [[ -r /proc/$pid/cmdline ]] &&
-     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "kafka.Kafka $CONFIG_FILE"; then
-    echo "$pid"
-  fi
-}
+running_pid() { pid_with_cmdline "kafka.Kafka $CONFIG_FILE"; }
 
 show_log_tail() {
   local f
@@ -428,18 +404,7 @@ cmd_stop() {
   local pid
   pid="$(running_pid)"
   if [[ -n "$pid" ]]; then
-    log "stopping broker (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + KAFKA_STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null; do
-      if (( SECONDS >= deadline )); then
-        log "still alive after ${KAFKA_STOP_TIMEOUT}s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        sleep 0.5
-        break
-      fi
-      sleep 0.3
-    done
+    stop_pid broker "$pid" "$KAFKA_STOP_TIMEOUT"
   else
     log "not running"
   fi

@@ -27,6 +27,8 @@ LOCK_FILE="$PROM_LOCAL_HOME/.lock-$(printf '%s' "$PROM_LOCAL_DATA" | cksum | cut
 
 log() { printf 'prometheus-local: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=deploy/local-service-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local-service-lib.sh"
 
 usage() {
   cat <<EOF
@@ -65,10 +67,6 @@ EOF
 PYTHON="$(command -v python3 || true)"
 [[ -n "$PYTHON" ]] || PYTHON="$REPO/.venv/bin/python"
 
-free_port() {
-  "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
 http_ok() {  # $1 = url; true on HTTP 200
   "$PYTHON" - "$1" <<'PY'
 import sys, urllib.request
@@ -80,30 +78,8 @@ except Exception:
 PY
 }
 
-port_in_use() {
-  "$PYTHON" - "$1" <<'PY'
-import socket, sys
-s = socket.socket(); s.settimeout(0.5)
-try:
-    s.connect(("127.0.0.1", int(sys.argv[1]))); sys.exit(0)
-except OSError:
-    sys.exit(1)
-finally:
-    s.close()
-PY
-}
-
 # Pid of our running instance (checks the command line: stale/recycled pids ignored).
-running_pid() {
-  [[ -f "$PID_FILE" ]] || return 0
-  local pid
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-  if kill -0 "$pid" 2>/dev/null && [[ -r /proc/$pid/cmdline ]] &&
-     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "--storage.tsdb.path=$TSDB_DIR"; then
-    echo "$pid"
-  fi
-}
+running_pid() { pid_with_cmdline "--storage.tsdb.path=$TSDB_DIR"; }
 
 cmd_install() {
   if [[ -x "$PROM_BIN" && -x "$PROMTOOL_BIN" ]]; then
@@ -224,18 +200,7 @@ cmd_stop() {
   local pid
   pid="$(running_pid)"
   if [[ -n "$pid" ]]; then
-    log "stopping prometheus (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + PROM_STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null; do
-      if (( SECONDS >= deadline )); then
-        log "still alive after ${PROM_STOP_TIMEOUT}s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        sleep 0.5
-        break
-      fi
-      sleep 0.2
-    done
+    stop_pid prometheus "$pid" "$PROM_STOP_TIMEOUT"
   else
     log "not running"
   fi

@@ -58,7 +58,7 @@ from .state import (
     UserState,
     fold_user,
 )
-from .timemodel import DAY_MS, Watermark, day_end_ms, local_day, utc_offset_ms
+from .timemodel import DAY_MS, Watermark, day_end_ms, utc_offset_ms
 
 _NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
@@ -854,4 +854,4 @@ class PartitionEngine:
         return counts
 
 
-__all__ = ["EngineStats", "PartitionEngine", "local_day"]
+__all__ = ["EngineStats", "PartitionEngine"]

@@ -63,18 +63,23 @@ def _sasl(k: KafkaSettings) -> dict[str, Any]:
     }
 
 
+def _common(k: KafkaSettings) -> dict[str, Any]:
+    """What kafka-python and aiokafka clients take alike: servers, client id, protocol, SASL."""
+    return {
+        "bootstrap_servers": bootstrap_servers(k),
+        "client_id": CLIENT_ID,
+        "security_protocol": k.security_protocol,
+        **_sasl(k),
+    }
+
+
 def kafka_python_config(k: KafkaSettings) -> dict[str, Any]:
     """Keyword arguments for kafka-python clients (KafkaProducer/Consumer/AdminClient).
 
     >>> kafka_python_config(KafkaSettings(brokers="k:9092"))
     {'bootstrap_servers': ['k:9092'], 'client_id': 'churn-detector', 'security_protocol': 'PLAINTEXT'}
     """
-    config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers(k),
-        "client_id": CLIENT_ID,
-        "security_protocol": k.security_protocol,
-    }
-    config.update(_sasl(k))
+    config = _common(k)
     if k.security_protocol in _TLS_PROTOCOLS:
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             value = getattr(k, name)
@@ -96,12 +101,7 @@ def aiokafka_config(k: KafkaSettings) -> dict[str, Any]:
     >>> aiokafka_config(KafkaSettings(security_protocol="SSL"))["ssl_context"].verify_mode
     <VerifyMode.CERT_REQUIRED: 2>
     """
-    config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers(k),
-        "client_id": CLIENT_ID,
-        "security_protocol": k.security_protocol,
-    }
-    config.update(_sasl(k))
+    config = _common(k)
     if k.security_protocol in _TLS_PROTOCOLS:
         config["ssl_context"] = ssl_context(k)
     else:
