@@ -24,7 +24,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ BUNDLE_MAX_BYTES = 900_000
 _META = b"m:"
 _TEAM = b"t:"
 _USER = b"u:"
+_SEP = b"\n"  # between the offsets and the engine's partition record in the meta record
 
 
 def bundle_topic_name(settings: Settings) -> str:
@@ -108,6 +109,7 @@ class Ingest:
                 if batch:
                     await self._forward(batch, producer)
                     await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+                    log.info("DEBUG ingest committed %s", {tp.partition: (msgs[0].offset, msgs[-1].offset) for tp, msgs in batch.items()})
         finally:
             self.producer = None
             await consumer.stop()
@@ -169,9 +171,12 @@ def _chunks(items: list[Item]) -> Iterable[list[Item]]:
 class EngineRuntime:
     """The engines this worker owns, restored from the state table on assignment."""
 
-    def __init__(self, settings: Settings, table: Any) -> None:
+    def __init__(
+        self, settings: Settings, read_partition: Callable[[int], Iterable[tuple[bytes, bytes]]]
+    ) -> None:
         self.settings = settings
-        self.table = table
+        #: the recovered state records of one partition
+        self.read_partition = read_partition
         self.engines: dict[int, PartitionEngine] = {}
         #: per partition: bundle offset applied, and per source partition the offset applied
         self.bundle_offset: dict[int, int] = {}
@@ -183,6 +188,7 @@ class EngineRuntime:
             self.engines.pop(p, None)
             self.bundle_offset.pop(p, None)
             self.source_offsets.pop(p, None)
+            self.last_seen_wall.pop(p, None)
 
     def engine(self, partition: int) -> PartitionEngine:
         engine = self.engines.get(partition)
@@ -192,30 +198,25 @@ class EngineRuntime:
         return engine
 
     def _restore(self, partition: int) -> PartitionEngine:
-        n = self.settings.engine.partitions
         engine = PartitionEngine(self.settings.engine)
         engine.track_changes()
         teams: dict[str, TeamState] = {}
         users: dict[str, UserState] = {}
         meta: bytes | None = None
-        for key, value in self.table.items():
+        meta_key = _META + str(partition).encode()
+        for key, value in self.read_partition(partition):
             if key.startswith(_TEAM):
-                team_id = key[2:].decode()
-                if partition_for(team_id, n) == partition:
-                    teams[team_id] = decode_team(value)
+                teams[key[2:].decode()] = decode_team(value)
             elif key.startswith(_USER):
-                user = decode_user(value)
-                if partition_for(user.team_id, n) == partition:
-                    users[key[2:].decode()] = user
-            elif key == _META + str(partition).encode():
+                users[key[2:].decode()] = decode_user(value)
+            elif key == meta_key:
                 meta = value
         offsets: dict[str, Any] = {"bundle": -1, "sources": {}}
+        engine_meta: bytes | None = None
         if meta is not None:
-            head = orjson.loads(meta)
-            offsets = head["offsets"]
-            restore_partition(engine, orjson.dumps(head["engine"]), teams, users)
-        else:
-            restore_partition(engine, None, teams, users)
+            head, _, engine_meta = meta.partition(_SEP)
+            offsets = orjson.loads(head)
+        restore_partition(engine, engine_meta, teams, users)
         self.bundle_offset[partition] = int(offsets["bundle"])
         self.source_offsets[partition] = {int(k): v for k, v in offsets["sources"].items()}
         log.info(
@@ -244,8 +245,11 @@ class EngineRuntime:
             engine.advance_idle(bundle.tick_ms)
         else:
             applied = self.source_offsets[partition]
+            skipped = 0
+            log.info("DEBUG bundle p%s o%s items %s..%s applied %s", partition, offset, bundle.items[0][:2], bundle.items[-1][:2], applied)
             for item in bundle.items:
                 if item.source_offset <= applied.get(item.source_partition, -1):
+                    skipped += 1
                     continue
                 applied[item.source_partition] = item.source_offset
                 rejected = engine.process_raw(item.raw)
@@ -286,14 +290,14 @@ class EngineRuntime:
             yield _TEAM + team_id.encode(), encode_team(engine.teams[team_id])
         for uid in users:
             yield _USER + uid.encode(), encode_user(engine.users[uid])
-        meta = {
-            "offsets": {
-                "bundle": self.bundle_offset[partition],
-                "sources": {str(k): v for k, v in self.source_offsets[partition].items()},
-            },
-            "engine": orjson.loads(encode_partition(engine, self.bundle_offset[partition])),
+        offsets = {
+            "bundle": self.bundle_offset[partition],
+            "sources": {str(k): v for k, v in self.source_offsets[partition].items()},
         }
-        yield _META + str(partition).encode(), orjson.dumps(meta)
+        yield (
+            _META + str(partition).encode(),
+            orjson.dumps(offsets) + _SEP + encode_partition(engine, self.bundle_offset[partition]),
+        )
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -324,11 +328,15 @@ def build_app(settings: Settings) -> faust.App:
         web_port=s.web_port,
         web_in_thread=False,
         producer_acks=-1,
-        stream_wait_empty=False,
+        # On a rebalance or stop, finish the bundle in hand and commit every open
+        # transaction, so a partition that moves is handed over with all its work.
+        stream_wait_empty=True,
         broker_commit_every=100,
         broker_commit_interval=1.0,
         broker_session_timeout=10.0,
         recovery_consistency_check=False,
+        # No standby copies: a partition that moves is rebuilt from its changelog alone.
+        table_standby_replicas=0,
         broker_heartbeat_interval=1.0,
     )
     bundles = app.topic(
@@ -340,7 +348,8 @@ def build_app(settings: Settings) -> faust.App:
         partitions=partitions,
     )
     table = app.Table("state", key_type=bytes, value_type=bytes, partitions=partitions)
-    runtime = EngineRuntime(settings, table)
+    changelog = table.changelog_topic.get_topic_name()
+    runtime = EngineRuntime(settings, lambda partition: table.data.partition_items(partition))
     ingest = Ingest(settings, partitions)
     registry = CollectorRegistry()
     register_engines(registry, lambda: sorted(runtime.engines.items()))
@@ -352,28 +361,24 @@ def build_app(settings: Settings) -> faust.App:
                 break  # leave the bundle to the next owner rather than half-apply it
             partition, offset = event.message.partition, event.message.offset
             alerts, dead = runtime.apply(partition, offset, event.value)
-            # Alerts and dead letters go out in the transaction of this bundle's partition,
-            # so they are published exactly when the state and offsets that caused them are.
-            # They are queued before the (synchronous) table writes: if shutdown interrupts
-            # the queueing, the state is not written and the bundle is applied again.
+            # Everything this bundle causes (alerts, dead letters, the changed state with
+            # the offsets it reflects) goes into its partition's open transaction at once:
+            # committed together or not at all. Not through ``table[key] = value``: Faust
+            # buffers those changelog sends and can commit the offsets before they are sent.
             group = app.assignor.group_for_topic(bundles.get_topic_name())
-            tid = f"{app.conf.id}-{group}-{partition}"
-            for record in dead:
-                await app.producer.send(
-                    k.dlq_topic, None, orjson.dumps(record), None, None, None, transactional_id=tid
-                )
-            for alert in alerts:
-                await app.producer.send(
-                    k.alerts_topic,
-                    alert["data"]["entity_id"].encode(),
-                    orjson.dumps(alert),
-                    None,
-                    None,
-                    None,
-                    transactional_id=tid,
-                )
-            for key, value in runtime.changes(partition):
-                table[key] = value
+            records: list[faust_store.Record] = [
+                (k.dlq_topic, None, orjson.dumps(record), None) for record in dead
+            ]
+            records.extend(
+                (k.alerts_topic, a["data"]["entity_id"].encode(), orjson.dumps(a), None)
+                for a in alerts
+            )
+            records.extend(
+                (changelog, key, value, partition) for key, value in runtime.changes(partition)
+            )
+            await faust_store.send_in_transaction(
+                app.producer, f"{app.conf.id}-{group}-{partition}", records
+            )
 
     @app.task
     async def run_ingest() -> None:
@@ -442,14 +447,19 @@ def build_app(settings: Settings) -> faust.App:
 
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         recovered["ready"] = False
-        runtime.drop(tp.partition for tp in revoked if tp.topic == bundles.get_topic_name())
+
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        # Faust has committed every transaction before revoking (``stream_wait_empty``),
+        # so the engines of partitions this worker keeps are exactly the committed state.
+        keep = {tp.partition for tp in assigned if tp.topic == bundles.get_topic_name()}
+        runtime.drop([p for p in runtime.engines if p not in keep])
 
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         recovered["ready"] = True
 
     app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
-
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     return app
 
 

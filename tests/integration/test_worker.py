@@ -207,7 +207,8 @@ class AllTeamsComplete:
         return not self.missing
 
     def __repr__(self) -> str:
-        return f"teams not complete (expected, seen): {self.missing}"
+        health = [w.health() for w in self.workers if w.proc and w.proc.poll() is None]
+        return f"teams not complete (expected, seen): {self.missing}; health: {health}"
 
 
 def committed_alert_ids(settings: Settings, expected: set[str], timeout_s: float = 60) -> list[str]:
