@@ -155,9 +155,13 @@ def _partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
 
 
 def ensure_topics(
-    k: KafkaSettings, topics: dict[str, int], timeout_s: float = 30
+    k: KafkaSettings,
+    topics: dict[str, int],
+    timeout_s: float = 30,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, int]:
-    """Create each topic of ``topics`` (name → partitions) that does not exist yet.
+    """Create each topic of ``topics`` (name → partitions) that does not exist yet
+    (with the topic configs given for it in ``configs``).
 
     Existing topics are left alone, whatever their partition count. Returns the actual
     partition count of every topic, once every partition has a leader. Raises
@@ -176,7 +180,11 @@ def ensure_topics(
         if missing:
             result = admin.create_topics(
                 {
-                    name: {"num_partitions": n, "replication_factor": -1}
+                    name: {
+                        "num_partitions": n,
+                        "replication_factor": -1,
+                        "configs": (configs or {}).get(name, {}),
+                    }
                     for name, n in missing.items()
                 },
                 timeout_ms=max(1, int(timeout_s * 1000)),

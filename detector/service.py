@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError
 from prometheus_client import CollectorRegistry, generate_latest
 
-from . import faust_store, health_view
+from . import changelog as state_changelog
+from . import health_view
 from .bundles import Item, decode_bundle, encode_bundle, encode_tick
 from .codec import (
     decode_team,
@@ -108,8 +108,14 @@ class Ingest:
                 )
                 if batch:
                     await self._forward(batch, producer)
-                    await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
-                    log.info("DEBUG ingest committed %s", {tp.partition: (msgs[0].offset, msgs[-1].offset) for tp, msgs in batch.items()})
+                    try:
+                        await consumer.commit(
+                            {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+                        )
+                    except CommitFailedError:
+                        # The source partitions moved to another worker meanwhile: it reads
+                        # them again from the last commit, and the engine skips the repeats.
+                        log.info("ingest commit skipped: the group rebalanced")
         finally:
             self.producer = None
             await consumer.stop()
@@ -169,19 +175,20 @@ def _chunks(items: list[Item]) -> Iterable[list[Item]]:
 
 
 class EngineRuntime:
-    """The engines this worker owns, restored from the state table on assignment."""
+    """The engines this worker owns, restored from the state changelog on assignment."""
 
     def __init__(
-        self, settings: Settings, read_partition: Callable[[int], Iterable[tuple[bytes, bytes]]]
+        self, settings: Settings, read_partition: Callable[[int], Awaitable[dict[bytes, bytes]]]
     ) -> None:
         self.settings = settings
-        #: the recovered state records of one partition
+        #: the committed state records of one partition (key → latest value)
         self.read_partition = read_partition
         self.engines: dict[int, PartitionEngine] = {}
         #: per partition: bundle offset applied, and per source partition the offset applied
         self.bundle_offset: dict[int, int] = {}
         self.source_offsets: dict[int, dict[int, int]] = {}
         self.last_seen_wall: dict[int, float] = {}
+        self._restoring = asyncio.Lock()
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -190,27 +197,27 @@ class EngineRuntime:
             self.source_offsets.pop(p, None)
             self.last_seen_wall.pop(p, None)
 
-    def engine(self, partition: int) -> PartitionEngine:
-        engine = self.engines.get(partition)
-        if engine is None:
-            engine = self._restore(partition)
-            self.engines[partition] = engine
-        return engine
+    async def ensure(self, partition: int) -> PartitionEngine:
+        """The partition's engine, restored from its changelog if this worker has none yet."""
+        async with self._restoring:
+            engine = self.engines.get(partition)
+            if engine is None:
+                engine = self._restore(partition, await self.read_partition(partition))
+                self.engines[partition] = engine
+                self.last_seen_wall[partition] = time.monotonic()
+            return engine
 
-    def _restore(self, partition: int) -> PartitionEngine:
+    def _restore(self, partition: int, records: dict[bytes, bytes]) -> PartitionEngine:
         engine = PartitionEngine(self.settings.engine)
         engine.track_changes()
         teams: dict[str, TeamState] = {}
         users: dict[str, UserState] = {}
-        meta: bytes | None = None
-        meta_key = _META + str(partition).encode()
-        for key, value in self.read_partition(partition):
+        meta = records.get(_META + str(partition).encode())
+        for key, value in records.items():
             if key.startswith(_TEAM):
                 teams[key[2:].decode()] = decode_team(value)
             elif key.startswith(_USER):
                 users[key[2:].decode()] = decode_user(value)
-            elif key == meta_key:
-                meta = value
         offsets: dict[str, Any] = {"bundle": -1, "sources": {}}
         engine_meta: bytes | None = None
         if meta is not None:
@@ -231,8 +238,10 @@ class EngineRuntime:
     def apply(
         self, partition: int, offset: int, value: bytes
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Apply one bundle; returns (alerts, dead letters). Already applied input is skipped."""
-        engine = self.engine(partition)
+        """Apply one bundle (its engine restored); returns (alerts, dead letters).
+
+        Input already applied is skipped."""
+        engine = self.engines[partition]
         self.last_seen_wall[partition] = time.monotonic()
         if offset <= self.bundle_offset[partition]:
             return [], []
@@ -245,11 +254,8 @@ class EngineRuntime:
             engine.advance_idle(bundle.tick_ms)
         else:
             applied = self.source_offsets[partition]
-            skipped = 0
-            log.info("DEBUG bundle p%s o%s items %s..%s applied %s", partition, offset, bundle.items[0][:2], bundle.items[-1][:2], applied)
             for item in bundle.items:
                 if item.source_offset <= applied.get(item.source_partition, -1):
-                    skipped += 1
                     continue
                 applied[item.source_partition] = item.source_offset
                 rejected = engine.process_raw(item.raw)
@@ -301,9 +307,9 @@ class EngineRuntime:
 
 
 def build_app(settings: Settings) -> faust.App:
-    assert faust_store.ChangelogRocksStore is not None  # registers the churnrocks:// store
     s, k = settings.service, settings.kafka
     partitions = settings.engine.partitions
+    changelog = f"{s.app_id}-state-changelog"
     ensure_topics(
         k,
         {
@@ -311,14 +317,15 @@ def build_app(settings: Settings) -> faust.App:
             k.dlq_topic: partitions,
             k.alerts_topic: partitions,
             bundle_topic_name(settings): partitions,
+            changelog: partitions,
         },
+        configs={changelog: {"cleanup.policy": "compact"}},
     )
     brokers = ";".join(f"kafka://{b.strip()}" for b in k.brokers.split(","))
     app = faust.App(
         s.app_id,
         broker=brokers,
         broker_credentials=_credentials(settings),
-        store="churnrocks://",
         datadir=s.state_dir,
         processing_guarantee="exactly_once",
         topic_partitions=partitions,
@@ -334,9 +341,6 @@ def build_app(settings: Settings) -> faust.App:
         broker_commit_every=100,
         broker_commit_interval=1.0,
         broker_session_timeout=10.0,
-        recovery_consistency_check=False,
-        # No standby copies: a partition that moves is rebuilt from its changelog alone.
-        table_standby_replicas=0,
         broker_heartbeat_interval=1.0,
     )
     bundles = app.topic(
@@ -347,12 +351,19 @@ def build_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         partitions=partitions,
     )
-    table = app.Table("state", key_type=bytes, value_type=bytes, partitions=partitions)
-    changelog = table.changelog_topic.get_topic_name()
-    runtime = EngineRuntime(settings, lambda partition: table.data.partition_items(partition))
+    runtime = EngineRuntime(settings, lambda partition: restore_records(partition))
     ingest = Ingest(settings, partitions)
     registry = CollectorRegistry()
     register_engines(registry, lambda: sorted(runtime.engines.items()))
+
+    def transactional_id(partition: int) -> str:
+        """Faust's transaction for this bundle partition (it commits the bundle offsets)."""
+        group = app.assignor.group_for_topic(bundles.get_topic_name())
+        return f"{app.conf.id}-{group}-{partition}"
+
+    async def restore_records(partition: int) -> dict[bytes, bytes]:
+        await state_changelog.wait_fenced(app.producer, transactional_id(partition), 60)
+        return await state_changelog.read_partition(k, changelog, partition)
 
     @app.agent(bundles)
     async def process(stream: Any) -> None:
@@ -360,13 +371,11 @@ def build_app(settings: Settings) -> faust.App:
             if app.should_stop:
                 break  # leave the bundle to the next owner rather than half-apply it
             partition, offset = event.message.partition, event.message.offset
+            await runtime.ensure(partition)
             alerts, dead = runtime.apply(partition, offset, event.value)
             # Everything this bundle causes (alerts, dead letters, the changed state with
-            # the offsets it reflects) goes into its partition's open transaction at once:
-            # committed together or not at all. Not through ``table[key] = value``: Faust
-            # buffers those changelog sends and can commit the offsets before they are sent.
-            group = app.assignor.group_for_topic(bundles.get_topic_name())
-            records: list[faust_store.Record] = [
+            # the offsets it reflects) goes into its partition's open transaction at once.
+            records: list[state_changelog.Record] = [
                 (k.dlq_topic, None, orjson.dumps(record), None) for record in dead
             ]
             records.extend(
@@ -376,8 +385,8 @@ def build_app(settings: Settings) -> faust.App:
             records.extend(
                 (changelog, key, value, partition) for key, value in runtime.changes(partition)
             )
-            await faust_store.send_in_transaction(
-                app.producer, f"{app.conf.id}-{group}-{partition}", records
+            await state_changelog.send_in_transaction(
+                app.producer, transactional_id(partition), records
             )
 
     @app.task
@@ -390,22 +399,15 @@ def build_app(settings: Settings) -> faust.App:
 
     recovered = {"ready": False}
 
-    def ensure_engines() -> None:
-        """Restore engines for assigned partitions that have had no bundle since assignment.
-
-        Only once Faust says the rebalance is complete (tables recovered, streams resumed):
-        before that the table may not yet hold what other workers committed.
-        """
+    @app.timer(interval=min(1.0, s.idle_sweep_s))
+    async def restore_idle_partitions() -> None:
+        """Restore engines for assigned partitions that have had no bundle since assignment
+        (so live mode sees time pass on them), once Faust has finished the rebalance."""
         if not recovered["ready"] or app.rebalancing:
             return
         for partition in assigned():
             if partition not in runtime.engines:
-                runtime.engine(partition)
-                runtime.last_seen_wall[partition] = time.monotonic()
-
-    @app.timer(interval=min(1.0, s.idle_sweep_s))
-    async def restore_idle_partitions() -> None:
-        ensure_engines()
+                await runtime.ensure(partition)
 
     @app.timer(interval=s.idle_sweep_s)
     async def idle_ticks() -> None:
@@ -487,22 +489,8 @@ def _credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(ssl_context)
 
 
-def reset_local_store(state_dir: str) -> None:
-    """Drop the local RocksDB copy of the tables; Faust rebuilds it from the changelogs.
-
-    The local store is a cache. After a crash it can hold writes of a transaction that was
-    aborted (RocksDB is written before the Kafka transaction commits), while the changelog,
-    read with read_committed, holds exactly what was committed together with the offsets.
-    Rebuilding from the changelog is what makes a restart equal an uninterrupted run.
-    """
-    tables = Path(state_dir) / "v1" / "tables"
-    if tables.exists():
-        shutil.rmtree(tables)
-
-
 def run_worker(settings: Settings) -> int:
     """Run the worker until stopped (SIGTERM/SIGINT)."""
-    reset_local_store(settings.service.state_dir)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=settings.service.log_level.lower(), quiet=True)
     worker.execute_from_commandline()

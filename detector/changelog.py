@@ -1,0 +1,93 @@
+"""The state changelog: written inside the partition's Kafka transaction, read back to its end.
+
+Every bundle's outcome (alerts, dead letters, the entities it changed and the offsets that
+state reflects) is queued in the open transaction of its partition at once, so a commit
+never falls between them: a crash leaves either all of it or none. Faust's own
+``producer.send(..., transactional_id=...)`` takes the transaction lock per record, and its
+table writes are buffered and may be sent after the offsets commit (a ``kill -9`` then loses
+them), so the worker sends the records itself under the lock.
+
+A new owner reads a partition's changelog with ``read_committed`` up to the high watermark
+taken before the read (not to the last stable offset): an open transaction of a fenced
+predecessor holds the last stable offset back, and reading only up to it would return an
+old state while the predecessor's commit is still being resolved (the shape of KAFKA-10167).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.exceptions import ProducerSendError
+
+from .kafka_clients import aiokafka_config
+from .settings import KafkaSettings
+
+#: (topic, key, value, partition or None)
+Record = tuple[str, bytes | None, bytes, int | None]
+
+
+async def send_in_transaction(producer: Any, transactional_id: str, records: list[Record]) -> None:
+    """Queue ``records`` in the open transaction ``transactional_id``, with no commit between them."""
+    async with producer._trn_locks[transactional_id]:
+        transaction = producer._transaction_producers.get(transactional_id)
+        if transaction is None:
+            raise ProducerSendError(f"no transaction producer for {transactional_id}")
+        for topic, key, value, partition in records:
+            await transaction.send(topic, value, key=key, partition=partition)
+
+
+async def wait_fenced(producer: Any, transactional_id: str, timeout_s: float) -> None:
+    """Wait until this worker owns ``transactional_id`` (its producer initialised, which
+    aborts a predecessor's open transaction and fences it from committing later)."""
+    deadline = time.monotonic() + timeout_s
+    while transactional_id not in producer._transaction_producers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"transactional producer {transactional_id} did not start")
+        await asyncio.sleep(0.05)
+
+
+async def read_partition(
+    k: KafkaSettings, topic: str, partition: int, timeout_s: float = 120
+) -> dict[bytes, bytes]:
+    """The latest committed value of every key in one changelog partition (deletes dropped)."""
+    tp = TopicPartition(topic, partition)
+    common = aiokafka_config(k)
+    probe = AIOKafkaConsumer(enable_auto_commit=False, isolation_level="read_uncommitted", **common)
+    await probe.start()
+    try:
+        end = (await probe.end_offsets([tp]))[tp]
+    finally:
+        await probe.stop()
+    latest: dict[bytes, bytes] = {}
+    if end == 0:
+        return latest
+    reader = AIOKafkaConsumer(
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=32 << 20,
+        **common,
+    )
+    await reader.start()
+    try:
+        reader.assign([tp])
+        await reader.seek_to_beginning(tp)
+        deadline = time.monotonic() + timeout_s
+        # The position moves past aborted records and transaction markers too, but not past
+        # a transaction that is still open: waiting for ``end`` waits until it is resolved.
+        while await reader.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"changelog {tp} not readable to offset {end}")
+            for msg in (await reader.getmany(tp, timeout_ms=500)).get(tp, []):
+                if msg.key is None:
+                    continue
+                if msg.value is None:
+                    latest.pop(msg.key, None)
+                else:
+                    latest[msg.key] = msg.value
+    finally:
+        await reader.stop()
+    return latest
