@@ -2,7 +2,9 @@
 
 Simulates an event file (cached under benchmarks/data), sends it to a fresh events topic
 with ``produce``, then starts ``churn-detector worker`` and times it from process start
-(and from the first applied event) until ``/healthz`` reports every event applied.
+(and from the first applied event) until ``/healthz`` reports every event applied. On a
+shared machine the worker's own CPU time (all threads) is reported too: events per CPU
+second is what one worker process does with a core to itself.
 
     BOOTSTRAP=$(deploy/kafka-local.sh start)
     .venv/bin/python -m benchmarks.worker_quick --bootstrap $BOOTSTRAP --teams 300 --days 120
@@ -15,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +44,12 @@ def events_file(teams: int, days: int, seed: int) -> tuple[Path, int]:
     return path, int(count_file.read_text())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def health(port: int) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
@@ -55,11 +64,16 @@ def main() -> int:
     parser.add_argument("--teams", type=int, default=300)
     parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--port", type=int, default=18_466)
+    parser.add_argument("--port", type=int, default=0, help="web port (default: a free one)")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--profile", help="write a cProfile of the worker's main thread here")
     args = parser.parse_args()
 
     path, total = events_file(args.teams, args.days, args.seed)
+    if not args.port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            args.port = int(sock.getsockname()[1])
     run = uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix="worker-quick-"))
     settings = build_settings(
@@ -88,9 +102,12 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
     log = (workdir / "worker.log").open("wb")
     cmd = [sys.executable, "-m", "detector.cli", "worker", "--config", str(config)]
+    if args.profile:
+        cmd[1:1] = ["-m", "cProfile", "-o", args.profile]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     first: float | None = None
+    cpu_first = cpu_done = 0.0
     applied = 0
     try:
         while time.perf_counter() - t0 < args.timeout:
@@ -99,8 +116,9 @@ def main() -> int:
             h = health(args.port) or {}
             applied = int(h.get("applied_since_start", 0))
             if applied and first is None:
-                first = time.perf_counter()
+                first, cpu_first = time.perf_counter(), cpu_seconds(proc.pid)
             if applied >= sent:
+                cpu_done = cpu_seconds(proc.pid)
                 break
             time.sleep(0.2)
         done = time.perf_counter()
@@ -120,6 +138,9 @@ def main() -> int:
                 "first_to_done_s": round(done - first, 2),
                 "events_per_s_from_start": round(sent / (done - t0)),
                 "events_per_s_from_first": round(sent / (done - first)),
+                "worker_cpu_s_from_first": round(cpu_done - cpu_first, 2),
+                "events_per_worker_cpu_s": round(sent / (cpu_done - cpu_first)),
+                "load_average_1m": os.getloadavg()[0],
             }
         )
     )
