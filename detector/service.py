@@ -6,11 +6,19 @@ Two stages run in one worker process:
   message, sends bad input to the dead-letter topic with the original bytes, the reason and
   the source offset, and packs good events into bundles re-keyed by team partition
   (``<app>-bundles``). Source offsets are committed only after the bundles are acknowledged.
-* **engine** (Faust agent + table): one :class:`PartitionEngine` per bundle partition; each
-  bundle is applied, the entities it changed are written once to a RocksDB-backed table
-  with a changelog topic, and alerts are published to ``churn-alerts``. With Faust's
-  exactly-once guarantee, table writes, alerts and the bundle offset commit are one
-  transaction; the source offsets stored with the state make ingest redelivery harmless.
+* **engine** (Faust agent): one :class:`PartitionEngine` per bundle partition, held in
+  memory. Each bundle is applied, and its alerts, dead letters and the entities it changed
+  (plus the offsets that state reflects) go into the partition's Faust transaction at once,
+  the state to a compacted changelog topic (``<app>-state-changelog``); Faust commits the
+  bundle offsets in the same transaction. A partition's new owner first fences the previous
+  one (Faust starts the partition's transactional producer), then reads the changelog to its
+  high watermark (:mod:`detector.changelog`). The offsets stored with the state make
+  redelivered bundles and events harmless.
+
+Why not a Faust table: a table write is buffered and may reach Kafka after the offsets
+commit (lost on ``kill -9``), and Faust's table recovery reads only to the last stable
+offset, so a predecessor's unresolved transaction hides committed state; both lost events
+in the fault tests (tests/integration/test_worker.py).
 
 Why bundles: measured on the 2-core development machine, every message that crosses
 Faust's stream machinery costs ~130 µs (≈7k messages/s, even with ``take_events``), while
