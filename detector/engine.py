@@ -26,9 +26,9 @@ from .events import (
     SUBSCRIPTION_STARTED,
     TEAM_UPDATED,
     TRIAL_STARTED,
-    Event,
+    EventFields,
     Invalid,
-    decode_event,
+    decode_fields,
 )
 from .population import Population
 from .scoring import (
@@ -129,41 +129,48 @@ class PartitionEngine:
 
     # ------------------------------------------------------------------ hot path
     def process_raw(self, raw: bytes) -> Invalid | None:
-        decoded = decode_event(raw, self.settings.max_event_bytes)
-        if isinstance(decoded, Invalid):
+        decoded = decode_fields(raw, self.settings.max_event_bytes)
+        if type(decoded) is Invalid:
             self._count_invalid(decoded.reason)
             return decoded
         return self.process(decoded)
 
-    def process(self, ev: Event) -> Invalid | None:
-        """Apply one valid event. Returns an Invalid (late, future) instead of raising."""
-        ts = ev.ts_ms
-        rejected = self.watermark.observe(ts, ev.team_id)
+    def process(self, ev: EventFields) -> Invalid | None:
+        """Apply one valid event (an :class:`Event` or its plain fields).
+
+        Returns an Invalid (late, future) instead of raising."""
+        _, etype, ts, uid, team_id, props = ev
+        watermark = self.watermark
+        rejected = watermark.observe(ts, team_id)
         if rejected is not None:
             self._count_invalid(rejected)
             return Invalid(rejected, f"event time {ts} is outside the accepted window")
         self.stats.events_valid += 1
-        team = self.teams.get(ev.team_id)
+        team = self.teams.get(team_id)
         if team is None:
-            team = self._new_team(ev.team_id, ts)
+            team = self._new_team(team_id, ts)
         team.events_total += 1
-        etype = ev.type
         if etype in NON_ACTIVITY_TYPES:
-            self._lifecycle(team, ev)
+            self._lifecycle(team, etype, ts, props)
         else:
-            self._activity(team, ev, etype, ts)
+            assert uid is not None  # validation: only team-level types may lack a user
+            self._activity(team, etype, ts, uid, props)
         if self.dirty_teams is not None:
-            self.dirty_teams.add(ev.team_id)
+            self.dirty_teams.add(team_id)
         next_sweep = self.next_sweep_ms
         if next_sweep is None:
             next_sweep = self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
-        max_seen = self.watermark.max_seen
-        if max_seen is not None and max_seen - self.watermark.lateness_ms >= next_sweep:
-            self.sweep_until(max_seen - self.watermark.lateness_ms)
+        max_seen = watermark.max_seen
+        if max_seen is not None and max_seen - watermark.lateness_ms >= next_sweep:
+            self.sweep_until(max_seen - watermark.lateness_ms)
         return None
 
-    def _activity(self, team: TeamState, ev: Event, etype: str, ts: int) -> None:
-        self.population.count(ts)
+    def _activity(
+        self, team: TeamState, etype: str, ts: int, uid: str, props: dict[str, Any]
+    ) -> None:
+        counts = self.population.counts  # Population.count(ts), inlined: once per event
+        utc_day = ts // DAY_MS
+        counts[utc_day] = counts.get(utc_day, 0) + 1
         day = (ts + team.offset_ms) // DAY_MS
         if day > team.ring_day:
             team.advance_ring(day)
@@ -180,8 +187,6 @@ class PartitionEngine:
             team.active_days += 1
             if team.health == hs.CHURNED:
                 team.reactivated = True
-        uid = ev.user_id
-        assert uid is not None
         user = self.users.get(uid)
         if user is None:
             user = self._new_user(uid, team, day)
@@ -202,13 +207,11 @@ class PartitionEngine:
             ring[slot + KEY_ACTIONS] += 1.0
             team.key_total += 1
         elif etype == "feature.used":
-            feature = ev.properties.get("feature")
+            feature = props.get("feature")
             if isinstance(feature, str):
-                ring[slot + FEATURES] = float(
-                    int(ring[slot + FEATURES]) | self._feature_bit(feature)
-                )
+                bit = self.feature_bits.get(feature) or self._feature_bit(feature)
+                ring[slot + FEATURES] = float(int(ring[slot + FEATURES]) | bit)
         elif etype == "task.completed":
-            props = ev.properties
             ring[slot + TASKS] += 1.0
             ring[slot + TASK_RATIO] += self.population.observe_task(
                 props["task"], props["duration_s"]
@@ -216,7 +219,7 @@ class PartitionEngine:
         elif etype == "task.failed":
             ring[slot + TASK_FAILURES] += 1.0
         elif etype == "session.ended" and team.first_session_s < 0.0:
-            team.first_session_s = float(ev.properties["duration_s"])
+            team.first_session_s = float(props["duration_s"])
 
     def _feature_bit(self, feature: str) -> int:
         bit = self.feature_bits.get(feature)
@@ -226,8 +229,7 @@ class PartitionEngine:
                 self.feature_bits[feature] = bit
         return bit
 
-    def _lifecycle(self, team: TeamState, ev: Event) -> None:
-        etype, props = ev.type, ev.properties
+    def _lifecycle(self, team: TeamState, etype: str, ts: int, props: dict[str, Any]) -> None:
         if etype in (TEAM_UPDATED, SUBSCRIPTION_STARTED, TRIAL_STARTED):
             if "plan" in props:
                 team.plan = props["plan"]
@@ -238,13 +240,13 @@ class PartitionEngine:
             tz = props.get("timezone")
             if tz and tz != team.tz:
                 team.tz = tz
-                self._regroup(team, utc_offset_ms(tz, ev.ts_ms))
+                self._regroup(team, utc_offset_ms(tz, ts))
             if etype == TRIAL_STARTED:
                 team.trial = True
                 team.is_new = True
             elif etype == SUBSCRIPTION_STARTED:
                 team.trial = False
-                if ev.ts_ms // DAY_MS - team.first_day <= 1:
+                if ts // DAY_MS - team.first_day <= 1:
                     team.is_new = True
                 if team.cancelled:
                     team.cancelled = False

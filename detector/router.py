@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .engine import PartitionEngine
-from .events import Event, Invalid, decode_event
+from .events import EventFields, Invalid, decode_fields
 from .partitioning import partition_for
 from .settings import EngineSettings
 
@@ -30,14 +30,19 @@ class PartitionedEngines:
         return p
 
     def process_raw(self, raw: bytes) -> Invalid | None:
-        decoded = decode_event(raw, self.settings.max_event_bytes)
-        if isinstance(decoded, Invalid):
+        decoded = decode_fields(raw, self.settings.max_event_bytes)
+        if type(decoded) is Invalid:
             self.decode_invalid[decoded.reason] = self.decode_invalid.get(decoded.reason, 0) + 1
             return decoded
         return self.process(decoded)
 
-    def process(self, event: Event) -> Invalid | None:
-        return self.engines[self.partition(event.team_id)].process(event)
+    def process(self, event: EventFields) -> Invalid | None:
+        """Apply one valid event (an Event or its plain fields) in its partition's engine."""
+        team_id = event[4]
+        p = self._partition_cache.get(team_id)
+        if p is None:
+            p = self.partition(team_id)
+        return self.engines[p].process(event)
 
     def drain_alerts(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
