@@ -130,7 +130,7 @@ class PartitionEngine:
     # ------------------------------------------------------------------ hot path
     def process_raw(self, raw: bytes) -> Invalid | None:
         decoded = decode_fields(raw, self.settings.max_event_bytes)
-        if type(decoded) is Invalid:
+        if isinstance(decoded, Invalid):
             self._count_invalid(decoded.reason)
             return decoded
         return self.process(decoded)

@@ -250,7 +250,7 @@ def _from_segment(msg: dict[str, Any]) -> dict[str, Any] | Invalid:
 def validate_event(obj: Any) -> Event | Invalid:
     """Validate an already-parsed object (canonical or Segment) and normalise it."""
     fields = validate_fields(obj)
-    return fields if type(fields) is Invalid else Event._make(fields)
+    return fields if isinstance(fields, Invalid) else Event._make(fields)
 
 
 def validate_fields(obj: Any) -> EventFields | Invalid:
@@ -269,7 +269,7 @@ def validate_fields(obj: Any) -> EventFields | Invalid:
             fields = _well_formed(obj)
         else:
             mapped = _from_segment(obj)
-            fields = None if type(mapped) is Invalid else _well_formed(mapped)
+            fields = None if isinstance(mapped, Invalid) else _well_formed(mapped)
         if fields is not None:
             return fields
     return _validate_in_full(obj)
@@ -399,7 +399,7 @@ def decode_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event | Invali
     'not_an_object'
     """
     fields = decode_fields(raw, max_bytes)
-    return fields if type(fields) is Invalid else Event._make(fields)
+    return fields if isinstance(fields, Invalid) else Event._make(fields)
 
 
 def decode_fields(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> EventFields | Invalid:

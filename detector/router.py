@@ -31,7 +31,7 @@ class PartitionedEngines:
 
     def process_raw(self, raw: bytes) -> Invalid | None:
         decoded = decode_fields(raw, self.settings.max_event_bytes)
-        if type(decoded) is Invalid:
+        if isinstance(decoded, Invalid):
             self.decode_invalid[decoded.reason] = self.decode_invalid.get(decoded.reason, 0) + 1
             return decoded
         return self.process(decoded)
