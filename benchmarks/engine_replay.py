@@ -64,7 +64,8 @@ from detector.codec import (
     restore_partition,
 )
 from detector.engine import PartitionEngine
-from detector.events import decode_event
+from detector.events import Invalid, decode_event
+from detector.replay import batches
 from detector.router import PartitionedEngines
 from detector.settings import EngineSettings
 from detector.simulator import SimulationConfig, simulate, write_jsonl
@@ -151,16 +152,13 @@ def replay_loop(
 ) -> tuple[PartitionedEngines, int, int]:
     """detector.replay.replay without the file writes: (engines, alerts, rejected lines)."""
     engines = PartitionedEngines(settings)
-    process_raw = engines.process_raw
-    partitions = engines.engines
     alerts = rejected = 0
-    for raw in lines:
-        if process_raw(raw) is not None:
-            rejected += 1
-            continue
-        for engine in partitions:
-            if engine.outbox:
-                alerts += len(engine.drain_alerts())
+    for batch in batches(lines):
+        bad: list[tuple[int, Invalid]] = []
+        raised: list[dict[str, Any]] = []
+        engines.process_lines(batch, bad, raised)
+        alerts += len(raised)
+        rejected += len(bad)
     return engines, alerts, rejected
 
 

@@ -138,7 +138,8 @@ class PartitionEngine:
     def process(self, ev: EventFields) -> Invalid | None:
         """Apply one valid event (an :class:`Event` or its plain fields).
 
-        Returns an Invalid (late, future) instead of raising."""
+        Returns an Invalid (late, future) instead of raising. Product activity (all but the
+        lifecycle types) is counted here, inline: this runs once per event."""
         _, etype, ts, uid, team_id, props = ev
         watermark = self.watermark
         rejected = watermark.observe(ts, team_id)
@@ -150,13 +151,12 @@ class PartitionEngine:
         if team is None:
             team = self._new_team(team_id, ts)
         team.events_total += 1
+        if self.dirty_teams is not None:
+            self.dirty_teams.add(team_id)
         if etype in NON_ACTIVITY_TYPES:
             self._lifecycle(team, etype, ts, props)
         else:
-            assert uid is not None  # validation: only team-level types may lack a user
             self._activity(team, etype, ts, uid, props)
-        if self.dirty_teams is not None:
-            self.dirty_teams.add(team_id)
         next_sweep = self.next_sweep_ms
         if next_sweep is None:
             next_sweep = self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
@@ -166,9 +166,10 @@ class PartitionEngine:
         return None
 
     def _activity(
-        self, team: TeamState, etype: str, ts: int, uid: str, props: dict[str, Any]
+        self, team: TeamState, etype: str, ts: int, uid: str | None, props: dict[str, Any]
     ) -> None:
-        counts = self.population.counts  # Population.count(ts), inlined: once per event
+        """Count product activity in today's bucket of the team and in the user's cadence."""
+        counts = self.population.counts  # Population.count(ts), inlined
         utc_day = ts // DAY_MS
         counts[utc_day] = counts.get(utc_day, 0) + 1
         day = (ts + team.offset_ms) // DAY_MS
@@ -187,6 +188,7 @@ class PartitionEngine:
             team.active_days += 1
             if team.health == hs.CHURNED:
                 team.reactivated = True
+        assert uid is not None  # validation: only team-level types may lack a user
         user = self.users.get(uid)
         if user is None:
             user = self._new_user(uid, team, day)
@@ -210,7 +212,9 @@ class PartitionEngine:
             feature = props.get("feature")
             if isinstance(feature, str):
                 bit = self.feature_bits.get(feature) or self._feature_bit(feature)
-                ring[slot + FEATURES] = float(int(ring[slot + FEATURES]) | bit)
+                mask = int(ring[slot + FEATURES])
+                if not mask & bit:
+                    ring[slot + FEATURES] = float(mask | bit)
         elif etype == "task.completed":
             ring[slot + TASKS] += 1.0
             ring[slot + TASK_RATIO] += self.population.observe_task(

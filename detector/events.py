@@ -415,4 +415,8 @@ def decode_fields(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> EventFields |
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return Invalid("malformed_json", f"not valid JSON: {str(exc)[:120]}")
+    if type(obj) is dict and "messageId" not in obj:  # validate_fields, one call less
+        fields = _well_formed(obj)
+        if fields is not None:
+            return fields
     return validate_fields(obj)
