@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
@@ -309,18 +310,26 @@ def _well_formed(obj: dict[str, Any]) -> EventFields | None:
         return None
     if not MIN_TS_MS <= ts < MAX_TS_MS:
         return None
-    rules = _PROPERTY_RULES.get(etype)
-    if rules is not None:
-        for name, check, required in rules:
-            if name in properties:
-                if not check(properties[name]):
-                    return None
-            elif required:
+    for name, check, required in _PROPERTY_RULES.get(etype, ()):
+        value = properties.get(name, _ABSENT)
+        if value is _ABSENT:
+            if required:
                 return None
+        # the two common checks inline (calling them costs more than checking)
+        elif check is _nonempty_str:
+            if type(value) is not str or not 0 < len(value) <= MAX_ID_CHARS:
+                return None
+        elif check is _number:
+            if not ((type(value) is float or type(value) is int) and 0 <= value <= _FLOAT_MAX):
+                return None
+        elif not check(value):
+            return None
     return (event_id, etype, ts, user_id, team_id, properties)
 
 
 _fromisoformat = datetime.fromisoformat
+_ABSENT = object()
+_FLOAT_MAX = sys.float_info.max  # a finite float is at most this (inf and nan are not)
 
 
 def _validate_in_full(obj: Any) -> Event | Invalid:
