@@ -7,7 +7,6 @@ event format and Segment/RudderStack spec messages are accepted (see schemas/REA
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 from collections.abc import Callable
@@ -23,6 +22,7 @@ MAX_ID_CHARS = 256
 MAX_TYPE_CHARS = 128
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+_FLOAT_MAX = sys.float_info.max  # a finite float is at most this (inf and nan are not)
 
 TRIAL_STARTED = "trial.started"
 SUBSCRIPTION_STARTED = "subscription.started"
@@ -99,11 +99,13 @@ class Invalid(NamedTuple):
 
 
 def _number(value: Any) -> bool:
+    """A finite number >= 0 that fits a float (not a bool; no overflow on huge ints).
+
+    >>> _number(2.5), _number(0), _number(-1), _number(True), _number(float("nan")), _number(10**400)
+    (True, True, False, False, False, False)
+    """
     return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= _FLOAT_MAX
     )
 
 
@@ -329,7 +331,6 @@ def _well_formed(obj: dict[str, Any]) -> EventFields | None:
 
 _fromisoformat = datetime.fromisoformat
 _ABSENT = object()
-_FLOAT_MAX = sys.float_info.max  # a finite float is at most this (inf and nan are not)
 
 
 def _validate_in_full(obj: Any) -> Event | Invalid:
