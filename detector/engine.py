@@ -139,7 +139,8 @@ class PartitionEngine:
         """Apply one valid event (an :class:`Event` or its plain fields).
 
         Returns an Invalid (late, future) instead of raising. Product activity (all but the
-        lifecycle types) is counted here, inline: this runs once per event."""
+        lifecycle types) is counted inline (a call per event costs more than it reads well):
+        today's bucket of the team, the user's cadence, the partition's daily count."""
         _, etype, ts, uid, team_id, props = ev
         watermark = self.watermark
         rejected = watermark.observe(ts, team_id)
@@ -156,7 +157,48 @@ class PartitionEngine:
         if etype in NON_ACTIVITY_TYPES:
             self._lifecycle(team, etype, ts, props)
         else:
-            self._activity(team, etype, ts, uid, props)
+            counts = self.population.counts  # Population.count(ts), inlined
+            utc_day = ts // DAY_MS
+            counts[utc_day] = counts.get(utc_day, 0) + 1
+            day = (ts + team.offset_ms) // DAY_MS
+            if day > team.ring_day:
+                team.advance_ring(day)
+            # else older than any bucket: possible only with a lateness beyond the ring
+            if day > team.ring_day - RING_DAYS:
+                ring = team.ring
+                slot = (day % RING_DAYS) * FIELDS
+                ring[slot + EVENTS] += 1.0
+                if day > team.last_active_day:
+                    self._team_active_day(team, day, ts)
+                assert uid is not None  # validation: only team-level types may lack a user
+                user = self.users.get(uid)
+                if user is None:
+                    user = self._new_user(uid, team, day)
+                user.events_total += 1
+                if self.dirty_users is not None:
+                    self.dirty_users.add(uid)
+                if day > user.last_day:
+                    self._user_active_day(team, user, day)
+                    ring[slot + ACTIVE_USERS] += 1.0
+                if etype in self.key_types:
+                    ring[slot + KEY_ACTIONS] += 1.0
+                    team.key_total += 1
+                elif etype == "feature.used":
+                    feature = props.get("feature")
+                    if isinstance(feature, str):
+                        bit = self.feature_bits.get(feature) or self._feature_bit(feature)
+                        mask = int(ring[slot + FEATURES])
+                        if not mask & bit:
+                            ring[slot + FEATURES] = float(mask | bit)
+                elif etype == "task.completed":
+                    ring[slot + TASKS] += 1.0
+                    ring[slot + TASK_RATIO] += self.population.observe_task(
+                        props["task"], props["duration_s"]
+                    )
+                elif etype == "task.failed":
+                    ring[slot + TASK_FAILURES] += 1.0
+                elif etype == "session.ended" and team.first_session_s < 0.0:
+                    team.first_session_s = float(props["duration_s"])
         next_sweep = self.next_sweep_ms
         if next_sweep is None:
             next_sweep = self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
@@ -165,65 +207,26 @@ class PartitionEngine:
             self.sweep_until(max_seen - watermark.lateness_ms)
         return None
 
-    def _activity(
-        self, team: TeamState, etype: str, ts: int, uid: str | None, props: dict[str, Any]
-    ) -> None:
-        """Count product activity in today's bucket of the team and in the user's cadence."""
-        counts = self.population.counts  # Population.count(ts), inlined
-        utc_day = ts // DAY_MS
-        counts[utc_day] = counts.get(utc_day, 0) + 1
-        day = (ts + team.offset_ms) // DAY_MS
-        if day > team.ring_day:
-            team.advance_ring(day)
-        elif day <= team.ring_day - RING_DAYS:
-            return  # older than any bucket; cannot happen within allowed lateness
-        ring = team.ring
-        slot = (day % RING_DAYS) * FIELDS
-        ring[slot + EVENTS] += 1.0
-        if day > team.last_active_day:
-            self.population.count_team(ts)
-            if team.last_active_day >= team.first_day:
-                team.gap += 0.2 * ((day - team.last_active_day) - team.gap)
-            team.last_active_day = day
-            team.active_days += 1
-            if team.health == hs.CHURNED:
-                team.reactivated = True
-        assert uid is not None  # validation: only team-level types may lack a user
-        user = self.users.get(uid)
-        if user is None:
-            user = self._new_user(uid, team, day)
-        user.events_total += 1
-        if self.dirty_users is not None:
-            self.dirty_users.add(uid)
-        if day > user.last_day:
-            if user.last_day >= user.first_day:
-                fold_user(user, day - 1)
-                gap = day - user.last_day
-                user.gap = gap if user.active_days == 1 else user.gap + 0.2 * (gap - user.gap)
-            user.last_day = day
-            user.active_days += 1
-            if user.active_days == _REGULAR_USER_DAYS:
-                team.users_regular += 1
-            ring[slot + ACTIVE_USERS] += 1.0
-        if etype in self.key_types:
-            ring[slot + KEY_ACTIONS] += 1.0
-            team.key_total += 1
-        elif etype == "feature.used":
-            feature = props.get("feature")
-            if isinstance(feature, str):
-                bit = self.feature_bits.get(feature) or self._feature_bit(feature)
-                mask = int(ring[slot + FEATURES])
-                if not mask & bit:
-                    ring[slot + FEATURES] = float(mask | bit)
-        elif etype == "task.completed":
-            ring[slot + TASKS] += 1.0
-            ring[slot + TASK_RATIO] += self.population.observe_task(
-                props["task"], props["duration_s"]
-            )
-        elif etype == "task.failed":
-            ring[slot + TASK_FAILURES] += 1.0
-        elif etype == "session.ended" and team.first_session_s < 0.0:
-            team.first_session_s = float(props["duration_s"])
+    def _team_active_day(self, team: TeamState, day: int, ts: int) -> None:
+        """The team's first activity of its local ``day``."""
+        self.population.count_team(ts)
+        if team.last_active_day >= team.first_day:
+            team.gap += 0.2 * ((day - team.last_active_day) - team.gap)
+        team.last_active_day = day
+        team.active_days += 1
+        if team.health == hs.CHURNED:
+            team.reactivated = True
+
+    def _user_active_day(self, team: TeamState, user: UserState, day: int) -> None:
+        """The user's first activity of the team's local ``day``."""
+        if user.last_day >= user.first_day:
+            fold_user(user, day - 1)
+            gap = day - user.last_day
+            user.gap = gap if user.active_days == 1 else user.gap + 0.2 * (gap - user.gap)
+        user.last_day = day
+        user.active_days += 1
+        if user.active_days == _REGULAR_USER_DAYS:
+            team.users_regular += 1
 
     def _feature_bit(self, feature: str) -> int:
         bit = self.feature_bits.get(feature)
