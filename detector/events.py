@@ -280,10 +280,14 @@ def validate_fields(obj: Any) -> EventFields | Invalid:
 
 def _well_formed(obj: dict[str, Any]) -> EventFields | None:
     """The fields of a canonical event that passes every check, else None (no reasons)."""
-    etype = obj.get("type")
-    event_id = obj.get("event_id")
-    team_id = obj.get("team_id")
-    user_id = obj.get("user_id")
+    try:  # subscripts: cheaper than .get() calls, and a missing field is not the common case
+        etype = obj["type"]
+        event_id = obj["event_id"]
+        team_id = obj["team_id"]
+        user_id = obj["user_id"]
+        ts = obj["timestamp"]
+    except KeyError:
+        return None
     properties = obj.get("properties")
     if properties is None:
         properties = {}
@@ -299,7 +303,6 @@ def _well_formed(obj: dict[str, Any]) -> EventFields | None:
         and type(properties) is dict
     ):
         return None
-    ts = obj.get("timestamp")
     if type(ts) is str:
         try:
             parsed = _fromisoformat(ts)
