@@ -109,6 +109,8 @@ class PartitionEngine:
         self.first_day: int | None = None
         self.next_sweep_ms: int | None = None
         self.sweep_ms = settings.sweep_interval_s * 1000
+        #: event ids are kept for two spans: longer than any accepted event can be late
+        self.dedup_span_ms = max(settings.allowed_lateness_s * 1000, 3_600_000)
         self.key_types = frozenset(settings.key_action_types)
         self.feature_bits: dict[str, int] = {}
         self.outbox: list[dict[str, Any]] = []
@@ -142,10 +144,11 @@ class PartitionEngine:
         if rejected is not None:
             self._count_invalid(rejected)
             return Invalid(rejected, f"event time {ts} is outside the accepted window")
+        team = self.teams.get(ev.team_id) or self._new_team(ev.team_id, ts)
+        if team.recent_ids.seen(ev.event_id, ts, self.dedup_span_ms):
+            self._count_invalid("duplicate")
+            return Invalid("duplicate", f"event_id {ev.event_id!r:.80} was already applied")
         self.stats.events_valid += 1
-        team = self.teams.get(ev.team_id)
-        if team is None:
-            team = self._new_team(ev.team_id, ts)
         team.events_total += 1
         etype = ev.type
         if etype in NON_ACTIVITY_TYPES:
