@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from .kafka_clients import redact_in_logs
 from .settings import Settings, SettingsError, build_settings
 
 
@@ -18,7 +19,9 @@ def _settings(args: argparse.Namespace, engine: dict[str, Any] | None = None) ->
     overrides: dict[str, dict[str, Any]] = {}
     if engine:
         overrides["engine"] = {k: v for k, v in engine.items() if v is not None}
-    return build_settings(os.environ, getattr(args, "config", None), overrides)
+    settings = build_settings(os.environ, getattr(args, "config", None), overrides)
+    redact_in_logs(settings.kafka.sasl_password)
+    return settings
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
