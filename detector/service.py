@@ -321,6 +321,7 @@ def build_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         web_host=s.web_host,
+        web_bind=s.web_host,  # Faust binds web_bind (default 0.0.0.0), not web_host
         web_port=s.web_port,
         web_in_thread=False,
         producer_acks=-1,

@@ -64,6 +64,21 @@ def secure_broker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
         subprocess.run([str(KAFKA_LOCAL), "stop"], env=env, capture_output=True, timeout=120)
 
 
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
+                if len(address) == 8:
+                    found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+                else:
+                    found.add("::" if int(address, 16) == 0 else address)
+    return found
+
+
 def secure_environment(broker: dict[str, Any], extra: dict[str, str]) -> dict[str, str]:
     """The worker's connection settings, as an operator would give them: environment only."""
     return {
@@ -113,6 +128,7 @@ def test_worker_on_sasl_ssl_publishes_alerts_and_never_prints_the_password(secur
         worker = Worker.__new__(Worker)  # only its HTTP helpers, on our process and port
         worker.proc, worker.port, worker.log = proc, port, log
         wait_until(worker.health, 120, "the SASL_SSL worker to answer /healthz")
+        assert listening_addresses(port) == {"127.0.0.1"}, "web and /metrics: loopback only"
         wait_until(all_teams_complete([worker], expected), 180, "every event applied")
         # read back over the broker's PLAINTEXT listener: what was published, not how
         plain = settings.__class__(
