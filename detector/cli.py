@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .kafka_clients import redact_in_logs
+from .redaction import redact_in_logs
 from .settings import Settings, SettingsError, build_settings
 
 
@@ -20,7 +20,7 @@ def _settings(args: argparse.Namespace, engine: dict[str, Any] | None = None) ->
     if engine:
         overrides["engine"] = {k: v for k, v in engine.items() if v is not None}
     settings = build_settings(os.environ, getattr(args, "config", None), overrides)
-    redact_in_logs(settings.kafka.sasl_password)
+    redact_in_logs(settings.kafka.sasl_password, settings.service.user_id_key)
     return settings
 
 

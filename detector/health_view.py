@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from . import health as hs
 from .engine import PartitionEngine
+from .pseudonyms import Pseudonyms
 from .state import ACTIVE_USERS, EVENTS, KEY_ACTIONS, RING_DAYS, TeamState, UserState
 from .timemodel import DAY_MS, iso_ms
 
@@ -71,3 +73,15 @@ def user(user_id: str, user: UserState, engine: PartitionEngine) -> dict[str, An
         },
         "days_between_activity": round(user.gap, 3),
     }
+
+
+def find_user(
+    engines: Iterable[PartitionEngine], wanted: str, pseudonyms: Pseudonyms
+) -> dict[str, Any] | None:
+    """The view of the user ``wanted`` names (a pseudonym when pseudonyms are enabled)."""
+    for engine in engines:
+        uid = pseudonyms.find(engine.users, wanted)
+        state = engine.users.get(uid) if uid is not None else None
+        if uid is not None and state is not None:
+            return user(pseudonyms.user(uid), state, engine)
+    return None

@@ -48,6 +48,7 @@ from .events import Invalid, decode_event
 from .kafka_clients import aiokafka_config, ensure_topics
 from .metrics import register_engines
 from .partitioning import partition_for
+from .pseudonyms import Pseudonyms
 from .replay import dead_letter
 from .settings import Settings
 from .state import TeamState, UserState
@@ -177,6 +178,7 @@ class EngineRuntime:
         self.bundle_offset: dict[int, int] = {}
         self.source_offsets: dict[int, dict[int, int]] = {}
         self.last_seen_wall: dict[int, float] = {}
+        self.pseudonyms = Pseudonyms.from_settings(settings.service)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -262,7 +264,7 @@ class EngineRuntime:
                         )
                     )
         self.bundle_offset[partition] = offset
-        return engine.drain_alerts(), dead
+        return self.pseudonyms.alerts(engine.drain_alerts()), dead
 
     def team_view(self, team_id: str) -> dict[str, Any] | None:
         for engine in self.engines.values():
@@ -272,11 +274,7 @@ class EngineRuntime:
         return None
 
     def user_view(self, user_id: str) -> dict[str, Any] | None:
-        for engine in self.engines.values():
-            user = engine.users.get(user_id)
-            if user is not None:
-                return health_view.user(user_id, user, engine)
-        return None
+        return health_view.find_user(self.engines.values(), user_id, self.pseudonyms)
 
     def changes(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
         """Records to write for what changed in ``partition`` since the last call."""

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from detector.kafka_tools import produce_file
+from detector.pseudonyms import Pseudonyms
 from detector.settings import build_settings
 
 from .conftest import unique
@@ -28,11 +30,14 @@ from .test_worker import (
     committed_alert_ids,
     free_port,
     make_events,
+    read_topic,
     replay_expectation,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
+
+USER_ID_KEY = "pseudonym-key-for-the-security-test"
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_LOCAL = REPO / "deploy" / "kafka-local.sh"
@@ -92,7 +97,9 @@ def secure_environment(broker: dict[str, Any], extra: dict[str, str]) -> dict[st
     }
 
 
-def test_worker_on_sasl_ssl_publishes_alerts_and_never_prints_the_password(secure_broker, tmp_path):
+def test_worker_on_sasl_ssl_publishes_pseudonymous_alerts_and_never_prints_secrets(
+    secure_broker, tmp_path
+):
     names = {f"DETECTOR_KAFKA_{t}_TOPIC": unique("t") for t in ("EVENTS", "DLQ", "ALERTS")}
     port = free_port()
     environ = secure_environment(
@@ -104,13 +111,20 @@ def test_worker_on_sasl_ssl_publishes_alerts_and_never_prints_the_password(secur
             "DETECTOR_SERVICE_WEB_PORT": str(port),
             "DETECTOR_SERVICE_IDLE_SWEEP_S": str(QUIET["idle_sweep_s"]),
             "DETECTOR_SERVICE_LOG_LEVEL": "DEBUG",  # the most talkative the worker gets
+            "DETECTOR_SERVICE_USER_ID_KEY": USER_ID_KEY,
         },
     )
     settings = build_settings(environ=environ)
     events = tmp_path / "events.jsonl"
     expected = make_events(events, teams=6, days=50, seed=17)
-    alert_ids, _ = replay_expectation(events, settings, tmp_path)
-    assert alert_ids, "the scenario must raise alerts, or the test shows nothing"
+    replay_expectation(events, settings, tmp_path)
+    replayed = [
+        orjson.loads(line) for line in (tmp_path / "replay-alerts.jsonl").read_bytes().splitlines()
+    ]
+    user_ids = {a["data"]["entity_id"] for a in replayed if a["data"]["entity_type"] == "user"}
+    assert user_ids, "the scenario must raise user alerts, or the test shows nothing"
+    # what the worker must publish: the replay's alerts with pseudonymous user ids
+    alert_ids = {Pseudonyms(USER_ID_KEY.encode()).alert(a)["id"] for a in replayed}
     produce_file(events, settings, progress=False)  # over SASL_SSL too
 
     log = tmp_path / "worker.log"
@@ -140,9 +154,14 @@ def test_worker_on_sasl_ssl_publishes_alerts_and_never_prints_the_password(secur
         )
         published = committed_alert_ids(plain, alert_ids)
         assert set(published) == alert_ids
+        raw = b"".join(
+            orjson.dumps(a) for a in read_topic(plain.kafka.brokers, plain.kafka.alerts_topic)
+        )
+        assert not [uid for uid in user_ids if f'"{uid}"'.encode() in raw], "a real user id leaked"
     finally:
         proc.terminate()
         proc.wait(timeout=60)
     output = log.read_bytes()
     assert b"SASL_SSL" in output or b"sasl" in output.lower(), "the log shows how it connected"
     assert secure_broker["password"].encode() not in output
+    assert USER_ID_KEY.encode() not in output

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import logging
 
-from detector.kafka_clients import describe, kafka_python_config, redact_in_logs
+from detector.kafka_clients import describe, kafka_python_config
+from detector.redaction import redact_in_logs
 from detector.settings import KafkaSettings
 
 SECRET = "pa55-w0rd-only-in-this-test"
