@@ -27,14 +27,7 @@ from bisect import bisect_left
 _HEAD = struct.Struct("<qI")  # generation, ids in the current generation
 
 
-def _hash(event_id: str) -> int:
-    """32-bit hash, stable across processes and restarts (unlike ``hash``)."""
-    return zlib.crc32(event_id.encode("utf-8", "surrogatepass"))
-
-
-def _holds(ids: array[int], h: int) -> bool:
-    at = bisect_left(ids, h)
-    return at < len(ids) and ids[at] == h
+_crc32 = zlib.crc32  # a 32-bit hash stable across processes and restarts (unlike ``hash``)
 
 
 class RecentIds:
@@ -58,7 +51,7 @@ class RecentIds:
 
     def seen(self, event_id: str, ts_ms: int, span_ms: int) -> bool:
         """True if ``event_id`` is held (this or the previous generation); else record it."""
-        h = _hash(event_id)
+        h = _crc32(event_id.encode("utf-8", "surrogatepass"))
         gen = ts_ms // span_ms
         if gen > self.gen:
             self.prev = self.cur if gen == self.gen + 1 else array("I")
@@ -66,8 +59,13 @@ class RecentIds:
             self.gen = gen
         cur = self.cur
         at = bisect_left(cur, h)
-        if (at < len(cur) and cur[at] == h) or _holds(self.prev, h):
+        if at < len(cur) and cur[at] == h:
             return True
+        prev = self.prev
+        if prev:
+            i = bisect_left(prev, h)
+            if i < len(prev) and prev[i] == h:
+                return True
         # an older event (previous generation) is recorded in the current one: kept longer
         cur.insert(at, h)
         return False
