@@ -41,6 +41,7 @@ def run(events: int, reps: int, log: Log) -> str:
     held: list[int] = []
     try:
         for rep in range(reps):
+            RecentIds.seen = real  # type: ignore[method-assign]
             alone.append(_check_alone(decoded, span_ms))
             for name in ("with", "without"):
                 RecentIds.seen = real if name == "with" else _never_seen  # type: ignore[method-assign]

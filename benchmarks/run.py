@@ -90,7 +90,7 @@ def _engine(args: argparse.Namespace) -> str:
 
 
 def _dedup(args: argparse.Namespace) -> str:
-    return dedup_cost.run(1_000_000, max(args.reps, 5), _log)
+    return dedup_cost.run(500_000, max(args.reps, 5), _log)
 
 
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
