@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration faults bench clean venv help
+.PHONY: demo test lint typecheck unit rules integration faults bench clean venv help
 
 help:
 	@echo "make demo   - set up and run the embedded demo (simulator -> engine, no Kafka)"
@@ -34,10 +34,17 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit detector
 
+# Prometheus alert and recording rules: syntax, then their unit tests (promtool from Debian's
+# prometheus package, installed by the script when missing).
+rules:
+	deploy/prometheus-local.sh install
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
+
 integration: $(STAMP)
 	deploy/run-integration.sh
 
-test: lint typecheck unit integration
+test: lint typecheck unit rules integration
 
 # Fault tests that do not pass yet (see tests/faults): not part of `make test`.
 faults: $(STAMP)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from .metrics import Lag, ServiceCollector, ServiceMetrics, register_engines, top_at_risk
 from .partitioning import partition_for
@@ -77,6 +77,7 @@ class HealthApi:
         self.state_dir = runtime.settings.service.state_dir
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
+        ProcessCollector(registry=self.registry)  # process_start_time_seconds, memory, CPU
         register_engines(self.registry, lambda: sorted(runtime.engines.items()), ingest)
         self.registry.register(
             ServiceCollector(
