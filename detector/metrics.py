@@ -196,8 +196,8 @@ class EngineCollector(Collector):
         )
         yield watermark
         yield CounterMetricFamily(
-            f"{PREFIX}_tracking_gap_team_days",
-            "Team-days scored while the population was far below normal",
+            f"{PREFIX}_tracking_gap_team_scores",
+            "Team-day scores made while the whole population was far below normal (tracking gap)",
             value=gap_days,
         )
 

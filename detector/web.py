@@ -90,6 +90,11 @@ class HealthApi:
         assignment = self.app.consumer.assignment() if self.app.consumer else ()
         return sorted(tp.partition for tp in assignment if tp.topic == self.bundle_topic)
 
+    def ingest_assigned(self) -> list[int]:
+        """Source partitions the ingest stage reads (its own consumer group)."""
+        consumer = getattr(self.ingest, "consumer", None)
+        return sorted(tp.partition for tp in consumer.assignment()) if consumer else []
+
     def ready(self) -> bool:
         """Partitions assigned, rebalance over, and an engine restored for each of them."""
         if not self.recovered() or self.app.rebalancing:
@@ -100,7 +105,7 @@ class HealthApi:
     def lag(self) -> Iterator[Lag]:
         consumer = getattr(self.ingest, "consumer", None)
         if consumer is not None:
-            for tp in consumer.assignment():
+            for tp in list(consumer.assignment()):
                 end = consumer.highwater(tp)
                 if end is not None:
                     read = self.ingest.positions.get(tp.partition, 0)
@@ -180,6 +185,7 @@ class HealthApi:
                 "applied_since_start": applied,
                 "partitions": sorted(self.runtime.engines),
                 "assigned": self.assigned(),
+                "ingest_assigned": self.ingest_assigned(),
             }
         )
 
@@ -237,7 +243,7 @@ class HealthApi:
                 if status == 200:
                     found.extend(orjson.loads(body)["teams"])
         found.sort(key=lambda t: (-t["risk"] * t["mrr"], -t["risk"], t["team_id"]))
-        ranked = [{"rank": i, **t} for i, t in enumerate(found[:limit], 1)]
+        ranked = [{**t, "rank": i} for i, t in enumerate(found[:limit], 1)]
         return web.json({"teams": ranked})
 
     def install(self) -> None:
