@@ -280,6 +280,9 @@ def install(
     recovered: Callable[[], bool],
 ) -> HealthApi:
     """Create the worker's pages and metrics; returns the api (for per-bundle observations)."""
+    advertised = runtime.settings.service.web_advertised_url
+    if advertised:  # read by Faust's assignor when the worker joins the group
+        app.conf.canonical_url = advertised
     api = HealthApi(app, runtime, ingest, table, bundle_topic, recovered)
     api.install()
     ingest.metrics = api.metrics
