@@ -83,7 +83,7 @@ class EngineStats:
 
 
 class TeamScore(NamedTuple):
-    """A team's latest score, kept for the health query API (not persisted)."""
+    """An entity's latest score, kept for the health query API (not persisted)."""
 
     day: int
     risk: float
@@ -126,6 +126,8 @@ class PartitionEngine:
         self.outbox: list[dict[str, Any]] = []
         self.stats = EngineStats()
         self.scores: dict[str, TeamScore] = {}
+        #: users' latest scores, only while they carry a signal (memory: users at risk only)
+        self.user_scores: dict[str, TeamScore] = {}
         #: ids whose state changed since the last flush (None: not tracked, as in replay)
         self.dirty_teams: set[str] | None = None
         self.dirty_users: set[str] | None = None
@@ -770,6 +772,10 @@ class PartitionEngine:
                     )
                 )
         risk = combine(signals)
+        if signals:
+            self.user_scores[uid] = TeamScore(day, risk, signals)
+        elif self.user_scores:
+            self.user_scores.pop(uid, None)
         before = user.health
         step = hs.step(
             user.health,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import health as hs
-from .engine import PartitionEngine
+from .engine import PartitionEngine, TeamScore
 from .scoring import explain
 from .state import (
     ACTIVE_USERS,
@@ -24,9 +24,8 @@ def _day(day: int) -> str:
     return iso_ms(day * DAY_MS)[:10]
 
 
-def _risk(team: TeamState, engine: PartitionEngine) -> dict[str, Any] | None:
+def _risk(score: TeamScore | None) -> dict[str, Any] | None:
     """The latest score: risk, strongest signal and every reason (None before the first)."""
-    score = engine.scores.get(team.team_id)
     if score is None:
         return None
     signal, reasons = explain(score.signals) if score.signals else (None, [])
@@ -87,7 +86,7 @@ def team(team: TeamState, engine: PartitionEngine) -> dict[str, Any]:
             "features_per_week": round(team.base_breadth, 3),
             "days_between_activity": round(team.gap, 3),
         },
-        "risk": _risk(team, engine),
+        "risk": _risk(engine.scores.get(team.team_id)),
         "features": _features(team),
         "users_at_risk": team.users_at_risk,
         "payment_failures": team.payment_failures,
@@ -111,4 +110,7 @@ def user(user_id: str, user: UserState, engine: PartitionEngine) -> dict[str, An
             "usual": round(user.slow * 7, 3),
         },
         "days_between_activity": round(user.gap, 3),
+        # users are scored on check days; without a current signal their risk is 0
+        "risk": _risk(engine.user_scores.get(user_id))
+        or {"day": None, "score": 0.0, "signal": None, "reasons": []},
     }

@@ -101,6 +101,11 @@ def test_a_local_team_is_answered_here_and_an_unknown_one_in_our_partition_is_40
     assert status == 200 and body["team_id"] == "quiet" and body["risk"]["score"] > 0
     assert body["state"] in ("cooling", "at_risk", "churned")
     assert set(body["features"]) == {"last_1d", "last_7d", "last_14d"}
+    engine = api.runtime.engines[owned]
+    quiet_users = [uid for uid, u in engine.users.items() if u.team_id == "quiet"]
+    views = [call(api.user, FakeRequest(f"/users/{uid}"), uid) for uid in quiet_users]
+    assert views and all(status == 200 for status, _ in views)
+    assert any(v["risk"]["score"] > 0 and v["risk"]["reasons"] for _, v in views)
     missing = a_team_in(owned)
     assert call(api.team, FakeRequest(f"/teams/{missing}"), missing)[0] == 404
     assert api.calls == []  # type: ignore[attr-defined]
