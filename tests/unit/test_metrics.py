@@ -13,8 +13,8 @@ from detector.metrics import (
     register_engines,
     top_at_risk,
 )
-from detector.web import directory_bytes
 from detector.settings import EngineSettings
+from detector.web import directory_bytes
 
 from .streams import TeamSpec, healthy_teams, stream
 
@@ -52,8 +52,9 @@ def _engine_with_history() -> PartitionEngine:
 
 
 class _Ingest:
-    consumed = 12
-    invalid_reasons = {"malformed_json": 2}
+    def __init__(self) -> None:
+        self.consumed = 12
+        self.invalid_reasons = {"malformed_json": 2}
 
 
 def test_risk_scores_form_a_histogram_of_scored_team_days_and_ingest_counts_merge():
