@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import Histogram
 from prometheus_client.core import (
@@ -57,23 +57,25 @@ def top_at_risk(engines: Iterable[PartitionEngine], n: int = TOP_N) -> list[AtRi
     """Cooling and at-risk teams, highest priority (risk × MRR, then risk) first.
 
     The same ranking backs the ``churn_detector_top_at_risk_*`` gauges (labelled by rank)
-    and the health API's ``/teams`` list (which names the teams).
+    and the health API's ``/teams`` list (which names the teams). Runs at every scrape, so
+    only the ``n`` winners become records.
     """
-    found: list[AtRisk] = []
-    for engine in engines:
-        for team in engine.teams.values():
-            if team.health in (hs.COOLING, hs.AT_RISK):
-                score = engine.scores.get(team.team_id)
-                found.append(
-                    AtRisk(
-                        team.team_id,
-                        hs.STATE_NAMES[team.health],
-                        score.risk if score is not None else 0.0,
-                        float(team.mrr or 0.0),
-                        team.plan,
-                    )
-                )
-    return heapq.nlargest(n, found, key=lambda t: (t.risk * t.mrr, t.risk, t.team_id))
+    risky = (hs.COOLING, hs.AT_RISK)
+
+    def candidates() -> Iterator[tuple[float, float, str, Any, PartitionEngine]]:
+        for engine in engines:
+            scores = engine.scores
+            for team in engine.teams.values():
+                if team.health in risky:
+                    score = scores.get(team.team_id)
+                    risk = score.risk if score is not None else 0.0
+                    yield risk * (team.mrr or 0.0), risk, team.team_id, team, engine
+
+    best = heapq.nlargest(n, candidates(), key=lambda c: c[:3])
+    return [
+        AtRisk(tid, hs.STATE_NAMES[team.health], risk, float(team.mrr or 0.0), team.plan)
+        for _, risk, tid, team, _ in best
+    ]
 
 
 def _histogram(name: str, doc: str, counts: BucketCounts) -> HistogramMetricFamily:
@@ -115,6 +117,7 @@ class EngineCollector(Collector):
         by_plan: dict[str, float] = {}
         n_sweeps, sweep_s, gap_days = 0, 0.0, 0
         risk, sweep_duration = BucketCounts(RISK_BOUNDS), BucketCounts(SWEEP_BOUNDS)
+        risky = (hs.COOLING, hs.AT_RISK)
         watermark = GaugeMetricFamily(
             f"{PREFIX}_watermark_timestamp_seconds",
             "Event-time watermark per partition",
@@ -134,8 +137,8 @@ class EngineCollector(Collector):
                 by_state[state_key] = by_state.get(state_key, 0) + n
             for team in engine.teams.values():
                 plan = team.plan or "unknown"
-                at_risk = team.health in (hs.COOLING, hs.AT_RISK)
-                by_plan[plan] = by_plan.get(plan, 0.0) + ((team.mrr or 0.0) if at_risk else 0.0)
+                mrr = (team.mrr or 0.0) if team.health in risky else 0.0
+                by_plan[plan] = by_plan.get(plan, 0.0) + mrr
             n_sweeps += st.sweeps
             sweep_s += st.sweep_seconds_total
             gap_days += st.tracking_gap_days
@@ -177,12 +180,12 @@ class EngineCollector(Collector):
             for state in hs.STATE_NAMES:
                 entities.add_metric([kind, state], by_state.get((kind, state), 0))
         yield entities
-        mrr = GaugeMetricFamily(
+        mrr_at_risk = GaugeMetricFamily(
             f"{PREFIX}_mrr_at_risk", "MRR of teams cooling or at risk, by plan", labels=["plan"]
         )
         for plan, value in sorted(_capped(by_plan, MAX_PLANS).items()):
-            mrr.add_metric([plan], value)
-        yield mrr
+            mrr_at_risk.add_metric([plan], value)
+        yield mrr_at_risk
         yield from self._top(engines)
         yield _histogram(
             f"{PREFIX}_team_risk_score", "Risk score of each scored team-day (0 to 1)", risk
