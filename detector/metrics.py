@@ -11,6 +11,7 @@ small fixed set (reasons, signals, states, partitions, ranks) or is capped (plan
 from __future__ import annotations
 
 import heapq
+import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -270,6 +271,28 @@ class ServiceCollector(Collector):
             "Size of the local state store (RocksDB) on disk",
             value=self._store_bytes(),
         )
+
+
+class FaustCollector(Collector):
+    """A few of Faust's own sensors that help on-call: rebalances and commit latency."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            f"{PREFIX}_rebalances",
+            "Consumer group rebalances this worker took part in",
+            value=self._app.rebalancing_count,
+        )
+        commits = GaugeMetricFamily(
+            f"{PREFIX}_commit_latency_seconds",
+            "Median time of the recent offset commits (Faust monitor)",
+        )
+        recent = list(self._app.monitor.commit_latency)
+        if recent:
+            commits.add_metric([], statistics.median(recent))
+        yield commits
 
 
 class ServiceMetrics:

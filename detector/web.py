@@ -33,7 +33,14 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
-from .metrics import Lag, ServiceCollector, ServiceMetrics, register_engines, top_at_risk
+from .metrics import (
+    FaustCollector,
+    Lag,
+    ServiceCollector,
+    ServiceMetrics,
+    register_engines,
+    top_at_risk,
+)
 from .partitioning import partition_for
 
 log = logging.getLogger("churn_detector.web")
@@ -78,6 +85,7 @@ class HealthApi:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
         ProcessCollector(registry=self.registry)  # process_start_time_seconds, memory, CPU
+        self.registry.register(FaustCollector(app))
         register_engines(self.registry, lambda: sorted(runtime.engines.items()), ingest)
         self.registry.register(
             ServiceCollector(

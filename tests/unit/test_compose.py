@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
@@ -212,7 +213,13 @@ def _exposed_names() -> set[str]:
     from prometheus_client import CollectorRegistry, ProcessCollector
 
     from detector.engine import PartitionEngine
-    from detector.metrics import Lag, ServiceCollector, ServiceMetrics, register_engines
+    from detector.metrics import (
+        FaustCollector,
+        Lag,
+        ServiceCollector,
+        ServiceMetrics,
+        register_engines,
+    )
     from detector.settings import EngineSettings
 
     registry = CollectorRegistry()
@@ -220,6 +227,11 @@ def _exposed_names() -> set[str]:
     registry.register(ServiceCollector(lambda: [Lag("engine", 0, 0)], lambda: True, list, int))
     ServiceMetrics(registry).observe("state", 1.0)
     ProcessCollector(registry=registry)
+    registry.register(
+        FaustCollector(
+            SimpleNamespace(rebalancing_count=0, monitor=SimpleNamespace(commit_latency=[1.0]))
+        )
+    )
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     return {m.name + end for m in registry.collect() for end in suffixes.get(m.type, ("",))}
 

@@ -67,6 +67,8 @@ def make_api(mine: list[int], theirs: list[int], peer_answers: dict[str, Any]) -
     app = SimpleNamespace(
         consumer=FakeConsumer(mine),
         rebalancing=False,
+        rebalancing_count=2,
+        monitor=SimpleNamespace(commit_latency=[0.02, 0.01, 0.5]),
         conf=SimpleNamespace(canonical_url=ME),
         router=SimpleNamespace(
             tables_metadata=lambda: {ME: {CHANGELOG: mine}, PEER: {CHANGELOG: theirs}}
@@ -160,3 +162,7 @@ def test_ready_only_when_every_assigned_partition_is_restored():
     status, body = call(api.readyz, FakeRequest("/readyz"))
     assert status == 503 and body["assigned"] == [0, 1] and body["restored"] == [0]
     assert [(lag.stage, lag.partition, lag.messages) for lag in api.lag()] == [("engine", 0, 5)]
+    get = api.registry.get_sample_value
+    assert get("churn_detector_rebalances_total") == 2
+    assert get("churn_detector_commit_latency_seconds") == 0.02
+    assert get("churn_detector_consumer_lag", {"stage": "engine", "partition": "0"}) == 5
