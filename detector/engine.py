@@ -82,7 +82,7 @@ class EngineStats:
     sweep_duration: BucketCounts = field(default_factory=lambda: BucketCounts(SWEEP_BOUNDS))
 
 
-class TeamScore(NamedTuple):
+class LatestScore(NamedTuple):
     """An entity's latest score, kept for the health query API (not persisted)."""
 
     day: int
@@ -125,9 +125,9 @@ class PartitionEngine:
         self.feature_bits: dict[str, int] = {}
         self.outbox: list[dict[str, Any]] = []
         self.stats = EngineStats()
-        self.scores: dict[str, TeamScore] = {}
+        self.scores: dict[str, LatestScore] = {}
         #: users' latest scores, only while they carry a signal (memory: users at risk only)
-        self.user_scores: dict[str, TeamScore] = {}
+        self.user_scores: dict[str, LatestScore] = {}
         #: ids whose state changed since the last flush (None: not tracked, as in replay)
         self.dirty_teams: set[str] | None = None
         self.dirty_users: set[str] | None = None
@@ -400,7 +400,7 @@ class PartitionEngine:
 
         risk = combine(signals)
         self.stats.risk.observe(risk)
-        self.scores[team.team_id] = TeamScore(day, risk, signals)
+        self.scores[team.team_id] = LatestScore(day, risk, signals)
         silence_churn = silent_days >= s.churn_silence_days and team.active_days > 0
         churned = team.cancelled or silence_churn
         active = today[EVENTS] > 0
@@ -773,7 +773,7 @@ class PartitionEngine:
                 )
         risk = combine(signals)
         if signals:
-            self.user_scores[uid] = TeamScore(day, risk, signals)
+            self.user_scores[uid] = LatestScore(day, risk, signals)
         elif self.user_scores:
             self.user_scores.pop(uid, None)
         before = user.health
@@ -876,4 +876,4 @@ class PartitionEngine:
         return counts
 
 
-__all__ = ["EngineStats", "PartitionEngine", "TeamScore"]
+__all__ = ["EngineStats", "LatestScore", "PartitionEngine"]

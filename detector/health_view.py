@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import health as hs
-from .engine import PartitionEngine, TeamScore
+from .engine import LatestScore, PartitionEngine
 from .scoring import explain
 from .state import (
     ACTIVE_USERS,
@@ -24,7 +24,7 @@ def _day(day: int) -> str:
     return iso_ms(day * DAY_MS)[:10]
 
 
-def _risk(score: TeamScore | None) -> dict[str, Any] | None:
+def _risk(score: LatestScore | None) -> dict[str, Any] | None:
     """The latest score: risk, strongest signal and every reason (None before the first)."""
     if score is None:
         return None
@@ -38,7 +38,7 @@ def _risk(score: TeamScore | None) -> dict[str, Any] | None:
 
 
 def _features(team: TeamState) -> dict[str, Any]:
-    """Activity over the last 1, 7 and 14 scored days, per day, next to the baseline."""
+    """Activity per day over the last 1, 7 and 14 days (compare with "baseline")."""
     out: dict[str, Any] = {}
     windows = team.windows(team.ring_day, (1, 7, 14))
     for days, sums in windows.items():
