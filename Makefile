@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration audit faults bench clean venv help
+.PHONY: demo test lint typecheck unit rules integration audit faults bench clean venv help
 
 help:
 	@echo "make demo   - set up and run the embedded demo (simulator -> engine, no Kafka)"
@@ -35,6 +35,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit detector
 
+# Prometheus alert and recording rules: syntax, then their unit tests (promtool from Debian's
+# prometheus package, installed by the script when missing).
+rules:
+	deploy/prometheus-local.sh install
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
+
 integration: $(STAMP)
 	deploy/run-integration.sh
 
@@ -43,7 +50,7 @@ integration: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/python deploy/audit_dependencies.py
 
-test: lint typecheck audit unit integration
+test: lint typecheck audit unit rules integration
 
 # Fault tests that do not pass yet (see tests/faults): not part of `make test`.
 faults: $(STAMP)

@@ -91,6 +91,10 @@ class ServiceSettings:
     state_dir: str = ".state"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    #: how the other workers reach this one's web server (the health API forwards requests
+    #: for keys another worker owns); empty: http://<web_host>:<web_port>, which must then
+    #: be reachable from the peers (not 0.0.0.0)
+    web_advertised_url: str = ""
     batch_size: int = 5000
     batch_timeout_s: float = 0.2
     #: a partition without new events for this long lets its clock run by the idle time
@@ -227,6 +231,10 @@ def validate(settings: Settings) -> None:
             "service.web_port must be a valid TCP port (1..65535)",
         ),
         (s.batch_size >= 1, "service.batch_size must be >= 1"),
+        (
+            not s.web_advertised_url or s.web_advertised_url.startswith(("http://", "https://")),
+            "service.web_advertised_url must be an http:// or https:// URL",
+        ),
         (
             not (s.user_id_key and s.user_id_key_file),
             "set service.user_id_key or service.user_id_key_file, not both",

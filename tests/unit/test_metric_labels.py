@@ -13,7 +13,17 @@ from detector.settings import EngineSettings
 from .streams import TeamSpec, healthy_teams, stream
 
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-ALLOWED_LABELS = {"reason", "entity_type", "signal", "severity", "state", "plan", "partition"}
+ALLOWED_LABELS = {
+    "reason",
+    "entity_type",
+    "signal",
+    "severity",
+    "state",
+    "plan",
+    "partition",
+    "rank",
+    "le",
+}
 
 
 def test_the_exposition_holds_no_entity_id_after_alerts_and_bad_input():
