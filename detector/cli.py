@@ -7,11 +7,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .settings import Settings, SettingsError, build_settings
+
+if TYPE_CHECKING:
+    from .evaluation import EvaluationReport
 
 
 def _settings(args: argparse.Namespace, engine: dict[str, Any] | None = None) -> Settings:
@@ -66,12 +69,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in (args.events, args.alerts, args.truth):
         if not path.is_file():
             raise SettingsError(f"file {path} does not exist")
-    report = evaluate(
-        load_jsonl(args.events),
-        load_jsonl(args.alerts),
-        load_jsonl(args.truth),
-        inactivity_days=args.inactivity_days,
-    )
+    if args.report is None:
+        report = evaluate(
+            load_jsonl(args.events),
+            load_jsonl(args.alerts),
+            load_jsonl(args.truth),
+            inactivity_days=args.inactivity_days,
+        )
+    else:
+        report = _evaluate_with_report(args)
     if args.json:
         sys.stdout.buffer.write(
             orjson.dumps(report.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
@@ -79,6 +85,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(report.to_text())
     return 0
+
+
+def _evaluate_with_report(args: argparse.Namespace) -> EvaluationReport:
+    """Evaluate and write the HTML report; the events file is read once, tapped on its way."""
+    import time
+
+    from tqdm import tqdm
+
+    from .eval_report import DailyActivity, index_inputs, pick_timelines, render_html
+    from .evaluation import evaluate, load_jsonl
+
+    started = time.perf_counter()
+    inputs = index_inputs(load_jsonl(args.truth), load_jsonl(args.alerts))
+    picks = pick_timelines(inputs)
+    activity = DailyActivity(pick.team_id for pick in picks)
+    with tqdm(
+        load_jsonl(args.events), desc="evaluate", unit=" events", unit_scale=True, disable=None
+    ) as events:
+        report = evaluate(
+            activity.tap(events),
+            load_jsonl(args.alerts),
+            load_jsonl(args.truth),
+            inactivity_days=args.inactivity_days,
+        )
+    args.report.write_text(render_html(report, inputs, picks, activity), encoding="utf-8")
+    print(
+        f"wrote {args.report} ({len(picks)} team timelines) in "
+        f"{time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return report
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -166,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--inactivity-days", type=int, default=14, help="days of the baseline rule (default 14)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument(
+        "--report",
+        type=Path,
+        help="also write a self-contained HTML report (plots and tables) to this file",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
