@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ RISK_STATES = frozenset({"cooling", "at_risk"})
 
 # timeline geometry (SVG user units)
 TL_WIDTH, TL_LEFT, TL_RIGHT = 1000, 44, 44
-TL_TOP, TL_CHART_H, TL_STRIP_H, TL_AXIS_H = 6, 54, 20, 14
+TL_TOP, TL_CHART_H, TL_STRIP_H, TL_AXIS_H = 6, 54, 28, 14
 TL_PLOT_W = TL_WIDTH - TL_LEFT - TL_RIGHT
 
 
@@ -229,10 +230,12 @@ def pick_timelines(
 
 
 class DailyActivity:
-    """Daily activity events and distinct active users of a few teams, from one streaming
-    pass over the events (memory bounded by the chosen teams x days x their users)."""
+    """Daily activity events, distinct active users and first/last activity time of a few
+    teams, from one streaming pass over the events (memory bounded by the chosen teams x days
+    x their users)."""
 
     def __init__(self, team_ids: Iterable[str]) -> None:
+        # team -> UTC day -> ([events, first ms, last ms], active users)
         self._days: dict[str, dict[int, tuple[list[int], set[str]]]] = {
             team_id: {} for team_id in team_ids
         }
@@ -250,8 +253,10 @@ class DailyActivity:
         ts = _time_or_none(event.get("timestamp"))
         if ts is None:
             return
-        count, users = days.setdefault(ts // DAY_MS, ([0], set()))
-        count[0] += 1
+        stats, users = days.setdefault(ts // DAY_MS, ([0, ts, ts], set()))
+        stats[0] += 1
+        stats[1] = min(stats[1], ts)
+        stats[2] = max(stats[2], ts)
         users.add(str(user_id))
 
     def tap(self, events: Iterable[Any]) -> Iterator[Any]:
@@ -263,11 +268,34 @@ class DailyActivity:
     def series(self, team_id: str, first_day: int, n_days: int) -> tuple[list[int], list[int]]:
         """(activity events, active users) per UTC day ``first_day .. first_day + n_days - 1``."""
         events, users = [0] * n_days, [0] * n_days
-        for day, (count, active) in self._days.get(team_id, {}).items():
+        for day, (stats, active) in self._days.get(team_id, {}).items():
             if 0 <= day - first_day < n_days:
-                events[day - first_day] = count[0]
+                events[day - first_day] = stats[0]
                 users[day - first_day] = len(active)
         return events, users
+
+    def inactivity_firings(self, team_id: str, window_ms: int, end_ms: int) -> list[int]:
+        """When the "inactive for ``window_ms``" rule fires for the team: ``last activity +
+        window`` for every gap of at least the window, the trailing one up to ``end_ms``
+        included (the baseline of :mod:`detector.evaluation`; a gap of a day or more always
+        spans whole days, so first/last activity per day give it exactly).
+
+        >>> DAY = 86_400_000
+        >>> activity = DailyActivity(["a"])
+        >>> for ms in (0, DAY + 5, 20 * DAY):
+        ...     activity.observe({"type": "x", "timestamp": ms, "user_id": "u", "team_id": "a"})
+        >>> [ms / DAY for ms in activity.inactivity_firings("a", 14 * DAY, 40 * DAY)]
+        [15.00000005787037, 34.0]
+        """
+        days = [stats for _, (stats, _users) in sorted(self._days.get(team_id, {}).items())]
+        firings = [
+            before[2] + window_ms
+            for before, after in itertools.pairwise(days)
+            if after[1] - before[2] >= window_ms
+        ]
+        if days and end_ms - days[-1][2] >= window_ms:
+            firings.append(days[-1][2] + window_ms)
+        return firings
 
 
 # --------------------------------------------------------------------------- svg helpers
@@ -551,14 +579,16 @@ def _timeline(
     pick: TimelinePick,
     inputs: ReportInputs,
     activity: DailyActivity,
+    baseline: Sequence[int],
     first_day: int,
     n_days: int,
 ) -> str:
     """Daily activity events (bars, left scale) and active users (line, right scale), with the
-    decay start, the cancellation and the team's alerts (marker strip below)."""
+    decay start, the cancellation, the team's alerts and the baseline's firings (marker rows
+    below)."""
     events, users = activity.series(pick.team_id, first_day, n_days)
     chart_bottom = TL_TOP + TL_CHART_H
-    strip_y = chart_bottom + TL_STRIP_H / 2 + 2
+    strip_y = chart_bottom + 9
     height = TL_TOP + TL_CHART_H + TL_STRIP_H + TL_AXIS_H
     day_w = TL_PLOT_W / n_days
     origin = first_day * DAY_MS
@@ -607,25 +637,35 @@ def _timeline(
             f'fill="{colour}" class="alert {state}{" first" if highlight else ""}">'
             f"<title>{_e(tip)}</title></circle>"
         )
+    y = strip_y + 13
+    for ms in baseline:
+        x = x_of(ms)
+        parts.append(
+            f'<polygon points="{_n(x)},{_n(y - 5)} {_n(x - 5)},{_n(y + 4)} {_n(x + 5)},{_n(y + 4)}" '
+            f'class="firing"><title>baseline fires {_e(format_time_ms(ms))}</title></polygon>'
+        )
     return _svg(TL_WIDTH, height, parts, f"timeline of team {pick.team_id}")
 
 
-def _timeline_heading(pick: TimelinePick, inputs: ReportInputs) -> str:
+def _timeline_heading(pick: TimelinePick, inputs: ReportInputs, baseline: Sequence[int]) -> str:
     row = inputs.truth.get(("team", pick.team_id))
     bits = [pick.category]
     if row is not None:
         bits.insert(0, row.scenario)
+    churned_at = row.churned_at if row is not None else None
     first = inputs.first_at_risk(pick.team_id)
-    if (
-        pick.category == "caught"
-        and row is not None
-        and row.churned_at is not None
-        and first is not None
-    ):
-        bits.append(f"first at_risk {(row.churned_at - first) / DAY_MS:.1f} d before cancellation")
-    if pick.category == "false alarm":
+    if churned_at is not None:
+        if first is not None:
+            bits.append(f"first at_risk {(churned_at - first) / DAY_MS:.1f} d before cancellation")
+        fired = [ms for ms in baseline if ms < churned_at]
+        bits.append(
+            f"baseline {(churned_at - min(fired)) / DAY_MS:.1f} d before"
+            if fired
+            else "baseline missed"
+        )
+    else:
         n = sum(1 for m in inputs.team_alerts.get(pick.team_id, ()) if m.state == "at_risk")
-        bits.append(f"{n} at_risk alert{'s' * (n != 1)}")
+        bits.append(f"{n} at_risk alert{'s' * (n != 1)}, baseline fired {len(baseline)}x")
     cls = pick.category.replace(" ", "-")
     return f'<h3 class="tl {cls}">team {_e(pick.team_id)} <span>{_e(" · ".join(bits))}</span></h3>'
 
@@ -676,7 +716,7 @@ svg .pt{stroke:#fff;stroke-width:1}
 svg .ev{fill:#b7cde8}svg .ev-t{fill:#5b84b8}svg .users{fill:none;stroke:#12365f;stroke-width:0.9;stroke-opacity:0.8}
 svg .users-t{fill:#12365f}
 svg .decay{stroke:#e6a100;stroke-width:1.5;stroke-dasharray:4 3}svg .cancel{stroke:#000;stroke-width:2}
-svg .alert{stroke:#fff;stroke-width:0.8}svg .alert.first{stroke:#000;stroke-width:2}
+svg .firing{fill:#9a9a9a}svg .alert{stroke:#fff;stroke-width:0.8}svg .alert.first{stroke:#000;stroke-width:2}
 .key span{display:inline-block;margin-right:16px}
 .swatch{display:inline-block;width:11px;height:11px;border-radius:6px;vertical-align:-1px;margin-right:4px}
 """
@@ -746,15 +786,19 @@ def _timelines_section(
         f"<p>{shown} of {churned_teams} churned teams (round-robin over scenarios, missed ones first), "
         "teams with false alarms and a sample of healthy teams. Bars: activity events per day "
         "(scale on the left); line: active users per day (scale on the right); dashed orange: "
-        "decay start; black: cancellation. Markers below each chart: team alerts; the first "
-        "at_risk alert that counts is large with a black ring.</p>",
+        "decay start; black: cancellation. Below each chart: the team's alerts (the first "
+        "at_risk alert that counts is large with a black ring) and, on a second row, when the "
+        f"baseline {_e(report.baseline_name)} fires (grey triangles).</p>",
         f'<p class="key">{key}</p>',
     ]
     if data_range := _day_range(report):
         first_day, n_days = data_range
+        end = parse_time_ms(report.data.last_event or "0")
+        window = report.data.inactivity_days * DAY_MS
         for pick in picks:
-            out.append(_timeline_heading(pick, inputs))
-            out.append(_timeline(pick, inputs, activity, first_day, n_days))
+            baseline = activity.inactivity_firings(pick.team_id, window, end)
+            out.append(_timeline_heading(pick, inputs, baseline))
+            out.append(_timeline(pick, inputs, activity, baseline, first_day, n_days))
     return out
 
 

@@ -186,6 +186,29 @@ def test_alert_markers_sit_at_their_day_with_state_colours(page):
     assert lines["cancel"] == pytest.approx(TL_LEFT + 30 * day_w, abs=0.05)
 
 
+def test_baseline_firings_sit_after_the_last_activity(page):
+    day_w = TL_PLOT_W / N_DAYS
+    polygons = parse(timeline(page, "t_churn")).all("polygon")
+    tips = [float((p["points"] or "").split(",")[0]) for p in polygons]  # the apex
+    assert tips == [pytest.approx(TL_LEFT + 33 * day_w, abs=0.05)]  # trailing gap d19 -> d33
+    assert not parse(timeline(page, "t_ok")).all("polygon")
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_baseline_firings_agree_with_evaluate(seed):
+    rng = random.Random(seed)
+    days = sorted(rng.uniform(0, 60) for _ in range(rng.randint(1, 8)))
+    events = [ev(d, "u1", "t") for d in days] + [ev(80, "u2", "other")]
+    truth = [{"entity_type": "team", "entity_id": "t", "churned": True, "scenario": "s"}]
+    truth[0]["churned_at"] = format_time_ms(at(rng.uniform(days[-1], 80)))
+    activity = DailyActivity(["t"])
+    report = evaluate(activity.tap(events), [], truth)
+    churned_at = parse_time_ms(truth[0]["churned_at"])
+    fired = [ms for ms in activity.inactivity_firings("t", 14 * DAY_MS, at(80)) if ms < churned_at]
+    expected = [(churned_at - min(fired)) / DAY_MS] if fired else []
+    assert report.lead_days["team"][report.baseline_name] == pytest.approx(expected)
+
+
 def test_activity_bars_follow_the_events(page):
     bars = [a for a in parse(timeline(page, "t_churn")).all("rect") if a.get("class") == "ev"]
     assert len(bars) == 20  # one bar per active day d0..d19
@@ -196,9 +219,9 @@ def test_activity_bars_follow_the_events(page):
 
 def test_headings_say_caught_missed_or_false_alarm(page):
     text = " ".join(parse(page).text)
-    assert "team_decay · caught · first at_risk 8.0 d before cancellation" in text
-    assert "healthy · false alarm · 1 at_risk alert" in text
-    assert "healthy · healthy" in text
+    assert "team_decay · caught · first at_risk 8.0 d before cancellation · baseline missed" in text
+    assert "healthy · false alarm · 1 at_risk alert, baseline fired 0x" in text
+    assert "healthy · healthy · 0 at_risk alerts, baseline fired 0x" in text
 
 
 def test_hostile_ids_are_escaped():
