@@ -291,3 +291,9 @@ def test_cli_writes_the_report_next_to_the_tables(tmp_path, capsys):
     assert main(args) == 0
     assert "TEAM level" in capsys.readouterr().out
     assert out.read_text(encoding="utf-8") == build(make_events(), make_alerts(), make_truth())
+
+
+def test_empty_inputs_still_render_every_plot():
+    tags = parse(build([], [], []))
+    assert len(tags.all("svg")) == 6  # three plots per level, no timelines
+    assert "none" in " ".join(tags.text)  # empty tables say so
