@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,15 +69,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in (args.events, args.alerts, args.truth):
         if not path.is_file():
             raise SettingsError(f"file {path} does not exist")
-    if args.report is None:
-        report = evaluate(
-            load_jsonl(args.events),
-            load_jsonl(args.alerts),
-            load_jsonl(args.truth),
-            inactivity_days=args.inactivity_days,
-        )
-    else:
-        report = _evaluate_with_report(args)
+    events: Iterator[dict[str, Any]] = load_jsonl(args.events)
+    if args.report is not None:
+        events, write_report = _html_report(args, events)
+    report = evaluate(
+        events,
+        load_jsonl(args.alerts),
+        load_jsonl(args.truth),
+        inactivity_days=args.inactivity_days,
+    )
+    if args.report is not None:
+        write_report(report)
     if args.json:
         sys.stdout.buffer.write(
             orjson.dumps(report.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
@@ -87,35 +89,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_with_report(args: argparse.Namespace) -> EvaluationReport:
-    """Evaluate and write the HTML report; the events file is read once, tapped on its way."""
+def _html_report(
+    args: argparse.Namespace, events: Iterator[dict[str, Any]]
+) -> tuple[Iterator[dict[str, Any]], Callable[[EvaluationReport], None]]:
+    """Prepare the HTML report: the events stream tapped (with a progress bar) so that the
+    big file is read once, by ``evaluate``, and the function that writes the page."""
     import time
 
     from tqdm import tqdm
 
     from .eval_report import DailyActivity, index_inputs, pick_timelines, render_html
-    from .evaluation import evaluate, load_jsonl
+    from .evaluation import load_jsonl
 
     started = time.perf_counter()
     inputs = index_inputs(load_jsonl(args.truth), load_jsonl(args.alerts))
     picks = pick_timelines(inputs)
     activity = DailyActivity(pick.team_id for pick in picks)
-    with tqdm(
-        load_jsonl(args.events), desc="evaluate", unit=" events", unit_scale=True, disable=None
-    ) as events:
-        report = evaluate(
-            activity.tap(events),
-            load_jsonl(args.alerts),
-            load_jsonl(args.truth),
-            inactivity_days=args.inactivity_days,
+
+    def write(report: EvaluationReport) -> None:
+        args.report.write_text(render_html(report, inputs, picks, activity), encoding="utf-8")
+        print(
+            f"wrote {args.report} ({len(picks)} team timelines) in "
+            f"{time.perf_counter() - started:.1f} s",
+            file=sys.stderr,
         )
-    args.report.write_text(render_html(report, inputs, picks, activity), encoding="utf-8")
-    print(
-        f"wrote {args.report} ({len(picks)} team timelines) in "
-        f"{time.perf_counter() - started:.1f} s",
-        file=sys.stderr,
-    )
-    return report
+
+    bar = tqdm(events, desc="evaluate", unit=" events", unit_scale=True, disable=None)
+    return activity.tap(bar), write
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
