@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import engine_replay
+from . import dedup_cost, engine_replay
 
 RESULTS = engine_replay.BENCH_DIR / "RESULTS.md"
 REPO_ROOT = engine_replay.REPO_ROOT
@@ -89,8 +89,13 @@ def _engine(args: argparse.Namespace) -> str:
     return engine_replay.run(cfg, _log)
 
 
+def _dedup(args: argparse.Namespace) -> str:
+    return dedup_cost.run(500_000, max(args.reps, 5), _log)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
     "engine": ("Pure engine replay (no Kafka)", _engine),
+    "dedup": ("Cost of duplicate detection (engine, no Kafka)", _dedup),
 }
 
 
