@@ -38,11 +38,7 @@ class PartitionedEngines:
 
     def process(self, event: EventFields) -> Invalid | None:
         """Apply one valid event (an Event or its plain fields) in its partition's engine."""
-        team_id = event[4]
-        p = self._partition_cache.get(team_id)
-        if p is None:
-            p = self.partition(team_id)
-        return self.engines[p].process(event)
+        return self.engines[self.partition(event[4])].process(event)
 
     def process_lines(
         self,
