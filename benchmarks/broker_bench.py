@@ -39,7 +39,15 @@ import orjson
 from detector.settings import EngineSettings
 
 from . import broker_latency, engine_replay
-from .broker_procs import Child, Pinning, free_port, get_json, local_broker, rss_bytes
+from .broker_procs import (
+    Child,
+    Pinning,
+    cpu_seconds,
+    free_port,
+    get_json,
+    local_broker,
+    rss_bytes,
+)
 
 REPO_ROOT = engine_replay.REPO_ROOT
 RUN_DIR = engine_replay.DATA_DIR / "broker-run"
@@ -73,11 +81,20 @@ class Config:
 class Rate:
     events: int
     seconds: float
+    cpu_seconds: float = 0.0
     rss_bytes: int = 0
 
     @property
     def per_s(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.events / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> Rate:
+        return cls(result["events"], result["seconds"], result["cpu_seconds"], result["rss_bytes"])
 
 
 @dataclass
@@ -86,6 +103,8 @@ class WorkerRun:
     applied: int = 0
     from_start_s: float = 0.0
     from_first_s: float = 0.0
+    #: CPU seconds of the worker process from its first applied event to the end
+    cpu_s: float = 0.0
     rss_bytes: int = 0
     finished: bool = False
 
@@ -96,6 +115,10 @@ class WorkerRun:
     @property
     def rate_from_first(self) -> float:
         return self.applied / self.from_first_s if self.from_first_s else 0.0
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.applied / self.cpu_s if self.cpu_s else 0.0
 
 
 # ---------------------------------------------------------------------------- input
@@ -176,8 +199,7 @@ class Bench:
         if code != 0:
             child.stop()
             raise RuntimeError(f"ceiling run failed ({code}):\n{child.tail()}")
-        result = orjson.loads(out.read_bytes())
-        return Rate(result["events"], result["seconds"], result["rss_bytes"])
+        return Rate.of(orjson.loads(out.read_bytes()))
 
     def peer(self) -> Rate:
         out = self.run_dir / "peer.json"
@@ -206,8 +228,7 @@ class Bench:
                 raise RuntimeError(f"textbook peer gave no result:\n{child.tail()}")
         finally:
             child.stop(20)
-        result = orjson.loads(out.read_bytes())
-        return Rate(result["events"], result["seconds"], result["rss_bytes"])
+        return Rate.of(orjson.loads(out.read_bytes()))
 
     def start_worker(self, name: str) -> Child:
         self.web_port = free_port()
@@ -225,6 +246,7 @@ class Bench:
         """Poll /healthz until ``expected`` events are applied since the worker started."""
         run = WorkerRun(expected)
         first: float | None = None
+        cpu_first = 0.0
         shown = time.perf_counter()
         deadline = child.started + self.cfg.worker_timeout_s
         while True:
@@ -233,7 +255,7 @@ class Bench:
             if health is not None:
                 run.applied = int(health["applied_since_start"]) + int(health["ingest_invalid"])
                 if first is None and run.applied > 0:
-                    first = now
+                    first, cpu_first = now, cpu_seconds(child.pid)
                 if run.applied >= expected:
                     run.finished = True
                     break
@@ -249,6 +271,7 @@ class Bench:
         run.from_start_s = now - child.started
         run.from_first_s = now - first if first is not None else 0.0
         run.rss_bytes = rss_bytes(child.pid)
+        run.cpu_s = cpu_seconds(child.pid) - cpu_first
         return run
 
     def latency(
@@ -386,19 +409,25 @@ def _report(
         f"- Loading with `churn-detector produce`: {n_pre:,} events in {load.seconds:.1f} s "
         f"({_k(load.per_s)} events/s); the lag part {n_lag:,} in {lag_load.seconds:.1f} s.",
         "",
-        "| consumer (one process each) | events/s | events | seconds | RSS at end |",
-        "|---|---:|---:|---:|---:|",
+        "| consumer (one process each) | events/s | events per CPU-s | events | seconds | "
+        "RSS at end |",
+        "|---|---:|---:|---:|---:|---:|",
         f"| ceiling: aiokafka + `orjson.loads` + 2 dict increments (median of "
         f"{len(ceilings)}: {', '.join(_k(c.per_s) for c in ceilings)}) | **{_k(ceiling)}** | "
-        f"{ceilings[0].events:,} | {statistics.median(c.seconds for c in ceilings):.1f} | "
-        f"{_mb(ceilings[0].rss_bytes)} |",
+        f"{_k(statistics.median(c.per_cpu_s for c in ceilings))} | {ceilings[0].events:,} | "
+        f"{statistics.median(c.seconds for c in ceilings):.1f} | {_mb(ceilings[0].rss_bytes)} |",
         f"| textbook peer: Faust agent, 2 tumbling 1-day tables (RocksDB) updated per event, "
-        f"first {cfg.peer_seconds:.0f} s | **{_k(peer.per_s)}** | {peer.events:,} | "
-        f"{peer.seconds:.1f} | {_mb(peer.rss_bytes)} |",
+        f"first {cfg.peer_seconds:.0f} s | **{_k(peer.per_s)}** | {_k(peer.per_cpu_s)} | "
+        f"{peer.events:,} | {peer.seconds:.1f} | {_mb(peer.rss_bytes)} |",
         f"| churn-detector worker, from its first applied event | **{_k(worker)}** | "
-        f"{full.applied:,} | {full.from_first_s:.1f} | {_mb(full.rss_bytes)} |",
+        f"{_k(full.per_cpu_s)} | {full.applied:,} | {full.from_first_s:.1f} | "
+        f"{_mb(full.rss_bytes)} |",
         f"| churn-detector worker, from process start (incl. startup, rebalance) | "
-        f"{_k(full.rate_from_start)} | {full.applied:,} | {full.from_start_s:.1f} | |",
+        f"{_k(full.rate_from_start)} | | {full.applied:,} | {full.from_start_s:.1f} | |",
+        "",
+        "Events per CPU-second: the process's user + system CPU time over the same stretch "
+        "(all its threads); on a shared machine this is less sensitive to other load than "
+        "wall-clock rates.",
         "",
     ]
     if not full.finished:
@@ -448,7 +477,8 @@ def _report(
         out.append(
             f"- Alert latency (live): {paced.sent:,} events sent at {_k(rate)} events/s "
             f"({cfg.latency_rate_share:.0%} of the worker's rate) while reading the alerts topic "
-            f"(read_committed): {text}. Latency = arrival of the alert at the reader − the "
+            f"(read_committed; the worker had applied every paced event {paced.caught_up_s:.1f} s "
+            f"after the last was sent): {text}. Latency = arrival of the alert at the reader − the "
             "moment the event that moved its partition's watermark past the alert's sweep was "
             f"handed to the producer. {latencies.before_phase:,} alerts came from events "
             f"before the paced part, {latencies.unmatched:,} matched no event, "

@@ -95,6 +95,8 @@ def find_triggers(
 class PacedRun:
     sent: int = 0
     seconds: float = 0.0
+    #: from the last send until the worker reported every paced event applied
+    caught_up_s: float = 0.0
     #: after each tick: events sent so far, and the perf_counter when they were handed over
     sent_counts: list[int] = field(default_factory=list)
     sent_times: list[float] = field(default_factory=list)
@@ -197,7 +199,9 @@ async def paced_run(
 
         collector = asyncio.create_task(collect())
         await _produce_paced(bootstrap, events_topic, lines, routes, rate, run)
+        last_sent = time.perf_counter()
         await drained()
+        run.caught_up_s = time.perf_counter() - last_sent
         await asyncio.sleep(settle_s)  # the last transaction commits within ~1 s
         done.set()
         await collector
