@@ -253,7 +253,7 @@ class Bench:
             now = time.perf_counter()
             health = self.health()
             if health is not None:
-                run.applied = int(health["applied_since_start"]) + int(health["ingest_invalid"])
+                run.applied = _applied(health)
                 if first is None and run.applied > 0:
                     first, cpu_first = now, cpu_seconds(child.pid)
                 if run.applied >= expected:
@@ -293,7 +293,7 @@ class Bench:
             deadline = time.monotonic() + self.cfg.worker_timeout_s
             while time.monotonic() < deadline and child.alive():
                 health = await asyncio.to_thread(self.health)
-                if health and health["applied_since_start"] + health["ingest_invalid"] >= expected:
+                if health and _applied(health) >= expected:
                     return
                 await asyncio.sleep(0.25)  # polling /healthz
             raise RuntimeError(f"worker did not apply the paced events:\n{child.tail()}")
@@ -310,6 +310,12 @@ class Bench:
             )
         )
         return run, broker_latency.alert_latencies(run, triggers, self.cfg.partitions)
+
+
+def _applied(health: dict[str, Any]) -> int:
+    """Events the worker has dealt with since it started: applied to an engine (valid or
+    rejected there), or dead-lettered at ingest."""
+    return int(health["applied_since_start"]) + int(health.get("ingest_invalid", 0))
 
 
 # ---------------------------------------------------------------------------- run
@@ -372,6 +378,12 @@ def run(cfg: Config, log: Log) -> str:
 
 def _k(rate: float) -> str:
     return f"{rate / 1000:,.1f}k"
+
+
+def _ratio(a: float, b: float) -> str:
+    if not b:
+        return "n/a"
+    return f"{a / b:.1f}×" if a >= b else f"{a / b:.0%}"
 
 
 def _mb(n: int) -> str:
@@ -443,7 +455,9 @@ def _report(
         f"detector / ceiling **{share:.0%}** (target ≥ {TARGET_CEILING_SHARE:.0%}: "
         f"{'met' if share >= TARGET_CEILING_SHARE else 'NOT met'}); per worker process "
         f"{_k(worker)} events/s (target ≥ {_k(TARGET_EVENTS_PER_S)}: "
-        f"{'met' if worker >= TARGET_EVENTS_PER_S else 'NOT met'})."
+        f"{'met' if worker >= TARGET_EVENTS_PER_S else 'NOT met'}). Per CPU-second: "
+        f"detector / peer {_ratio(full.per_cpu_s, peer.per_cpu_s)}, detector / ceiling "
+        f"{_ratio(full.per_cpu_s, statistics.median(c.per_cpu_s for c in ceilings))}."
     )
     out.append(
         f"- The peer ran for a bounded time ({cfg.peer_seconds:.0f} s or "
