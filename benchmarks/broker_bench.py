@@ -17,6 +17,10 @@ pinned to one CPU (the broker and this driver get the other one):
    timed until it has caught up (lag recovery, including restoring its state from the
    changelog); then the last part is sent at half the measured throughput while the alerts
    topic is read, for end-to-end alert latency (see :mod:`benchmarks.broker_latency`).
+
+What it needs from the worker: the ``DETECTOR_*`` settings it reads and the
+``applied_since_start`` (+ ``ingest_invalid``) fields of ``/healthz``; nothing else, so it
+measures whatever worker is installed (re-run it after changing the service).
 """
 
 from __future__ import annotations
@@ -119,6 +123,18 @@ class WorkerRun:
     @property
     def per_cpu_s(self) -> float:
         return self.applied / self.cpu_s if self.cpu_s else 0.0
+
+
+@dataclass
+class Live:
+    """The live phase: paced events in, alerts out."""
+
+    run: broker_latency.PacedRun
+    latencies: broker_latency.Latencies
+    #: event time covered by the paced events
+    span_ms: int
+    #: worker CPU seconds from the first paced event until it had applied the last
+    worker_cpu_s: float
 
 
 # ---------------------------------------------------------------------------- input
@@ -276,7 +292,7 @@ class Bench:
 
     def latency(
         self, child: Child, before: list[Path], paced: Path, rate: float, already: int
-    ) -> tuple[broker_latency.PacedRun, broker_latency.Latencies]:
+    ) -> Live:
         settings = EngineSettings()
         lines = engine_replay.load_lines(paced)
         earlier = (line for path in before for line in engine_replay.load_lines(path))
@@ -298,6 +314,7 @@ class Bench:
                 await asyncio.sleep(0.25)  # polling /healthz
             raise RuntimeError(f"worker did not apply the paced events:\n{child.tail()}")
 
+        cpu_started = cpu_seconds(child.pid)
         run = asyncio.run(
             broker_latency.paced_run(
                 self.bootstrap,
@@ -309,7 +326,12 @@ class Bench:
                 drained,
             )
         )
-        return run, broker_latency.alert_latencies(run, triggers, self.cfg.partitions)
+        return Live(
+            run,
+            broker_latency.alert_latencies(run, triggers, self.cfg.partitions),
+            triggers.paced_span_ms,
+            cpu_seconds(child.pid) - cpu_started,
+        )
 
 
 def _applied(health: dict[str, Any]) -> int:
@@ -357,27 +379,31 @@ def run(cfg: Config, log: Log) -> str:
         lag_load = bench.produce(lag)
         log("restarting the worker: lag recovery ...")
         worker = bench.start_worker("worker-restart")
-        paced_run: broker_latency.PacedRun | None = None
-        latencies: broker_latency.Latencies | None = None
+        live: Live | None = None
         try:
             recovery = bench.wait_applied(worker, n_lag, "recovery")
             log(f"  caught up in {recovery.from_start_s:.1f} s")
             if recovery.finished and full.finished:
                 rate = cfg.latency_rate_share * full.rate_from_first
                 log(f"live: {n_paced:,} events at {rate:,.0f} events/s, reading alerts ...")
-                paced_run, latencies = bench.latency(worker, [preload, lag], paced, rate, n_lag)
-                log(f"  {len(paced_run.alerts):,} alerts read")
+                live = bench.latency(worker, [preload, lag], paced, rate, n_lag)
+                log(f"  {len(live.run.alerts):,} alerts read")
         finally:
             worker.stop()
     body = _report(
         cfg, pinning, path, total, (n_pre, n_lag, n_paced), load, lag_load, ceilings, peer, full,
-        recovery, paced_run, latencies,
+        recovery, live,
     )  # fmt: skip
     return body + f"\nBenchmark wall time: {time.perf_counter() - wall:.0f} s.\n"
 
 
 def _k(rate: float) -> str:
-    return f"{rate / 1000:,.1f}k"
+    """Events per second, short.
+
+    >>> _k(12_345.0), _k(950.0)
+    ('12.3k', '950')
+    """
+    return f"{rate / 1000:,.1f}k" if rate >= 1000 else f"{rate:,.0f}"
 
 
 def _ratio(a: float, b: float) -> str:
@@ -402,8 +428,7 @@ def _report(
     peer: Rate,
     full: WorkerRun,
     recovery: WorkerRun,
-    paced: broker_latency.PacedRun | None,
-    latencies: broker_latency.Latencies | None,
+    live: Live | None,
 ) -> str:
     n_pre, n_lag, n_paced = counts
     e = cfg.events
@@ -473,11 +498,13 @@ def _report(
         "group join and the state restore from the changelog, "
         f"{recovery.from_first_s:.1f} s from its first applied event)."
     )
-    if paced is None or latencies is None:
+    if live is None:
         out.append("- Alert latency: not measured (the worker did not catch up in time).")
     else:
+        paced, latencies, span_ms = live.run, live.latencies, live.span_ms
         lat = latencies.seconds
         rate = paced.sent / paced.seconds if paced.seconds else 0.0
+        live_rate = paced.sent / (paced.seconds + paced.caught_up_s) if paced.seconds else 0.0
         if lat:
             p50 = broker_latency.percentile(lat, 0.5)
             p99 = broker_latency.percentile(lat, 0.99)
@@ -492,11 +519,17 @@ def _report(
             f"- Alert latency (live): {paced.sent:,} events sent at {_k(rate)} events/s "
             f"({cfg.latency_rate_share:.0%} of the worker's rate) while reading the alerts topic "
             f"(read_committed; the worker had applied every paced event {paced.caught_up_s:.1f} s "
-            f"after the last was sent): {text}. Latency = arrival of the alert at the reader − the "
+            f"after the last was sent, i.e. it applied {_k(live_rate)} events/s live, "
+            f"{_k(paced.sent / live.worker_cpu_s if live.worker_cpu_s else 0.0)} per CPU-second"
+            f"): {text}. Latency = arrival of the alert at the reader − the "
             "moment the event that moved its partition's watermark past the alert's sweep was "
             f"handed to the producer. {latencies.before_phase:,} alerts came from events "
             f"before the paced part, {latencies.unmatched:,} matched no event, "
-            f"{latencies.early:,} arrived before their computed trigger."
+            f"{latencies.early:,} arrived before their computed trigger. Event time ran "
+            f"{span_ms / 86_400_000:.1f} days in {paced.seconds:.0f} s of wall time, so a day "
+            "closed (and every team of a partition was scored) every "
+            f"{paced.seconds / max(span_ms / 86_400_000, 1e-9):.1f} s instead of once a day: "
+            "pessimistic for live traffic."
         )
     out.append(
         "- Not measured here (issue 6): memory per user/team at 1M users / 100k teams through "

@@ -33,6 +33,8 @@ class Triggers:
     new sweep boundary, and the boundary each one reaches."""
 
     sweep_ms: int
+    #: event time covered by the paced events (first to newest), ms
+    paced_span_ms: int = 0
     start_wm: dict[int, int] = field(default_factory=dict)
     reached: dict[int, list[int]] = field(default_factory=dict)
     index: dict[int, list[int]] = field(default_factory=dict)
@@ -73,6 +75,7 @@ def find_triggers(
     for p, ts in newest.items():
         triggers.start_wm[p] = (ts - lateness_ms) // sweep_ms * sweep_ms
     routes: list[Route] = []
+    first_ms: int | None = None
     for i, raw in enumerate(paced):
         ev = decode_event(raw)
         if isinstance(ev, Invalid):
@@ -80,6 +83,9 @@ def find_triggers(
             continue
         p = partition_for(ev.team_id, partitions)
         routes.append((p, ev.team_id.encode()))
+        if first_ms is None:
+            first_ms = ev.ts_ms
+        triggers.paced_span_ms = max(triggers.paced_span_ms, ev.ts_ms - first_ms)
         if ev.ts_ms <= newest.get(p, -(2**62)):
             continue
         newest[p] = ev.ts_ms
