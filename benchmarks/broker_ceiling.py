@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .broker_procs import rss_bytes
+from .broker_procs import assigned_partitions, rss_bytes
 
 FETCH = {"max_partition_fetch_bytes": 4 << 20, "fetch_max_bytes": 16 << 20}
 
@@ -40,12 +40,7 @@ async def consume_all(bootstrap: str, topic: str) -> dict[str, Any]:
     )
     await consumer.start()
     try:
-        deadline = time.monotonic() + 30
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"topic {topic} has no partitions after 30 s")
-            await asyncio.sleep(0.05)  # polling the metadata-driven assignment
-        tps = sorted(consumer.assignment())
+        tps = await assigned_partitions(consumer, topic)
         await consumer.seek_to_beginning(*tps)
         start = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)

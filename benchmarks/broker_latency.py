@@ -24,6 +24,8 @@ import orjson
 from detector.events import Invalid, decode_event
 from detector.partitioning import partition_for
 
+from .broker_procs import assigned_partitions
+
 Route = tuple[int, bytes | None]
 
 
@@ -185,12 +187,7 @@ async def paced_run(
     )
     await consumer.start()
     try:
-        deadline = time.monotonic() + 30
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"alerts topic {alerts_topic} has no partitions")
-            await asyncio.sleep(0.05)  # polling the metadata-driven assignment
-        tps = sorted(consumer.assignment())
+        tps = await assigned_partitions(consumer, alerts_topic)
         await consumer.seek_to_end(*tps)
         for tp in tps:
             await consumer.position(tp)  # resolve "end" now, before anything is sent

@@ -147,6 +147,18 @@ class Child:
             return ""
 
 
+async def assigned_partitions(consumer: Any, topic: str, timeout_s: float = 30.0) -> list[Any]:
+    """The partitions a group-less aiokafka consumer subscribed to ``topic`` gets (all)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while not consumer.assignment():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic} has no partitions after {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)  # polling the metadata-driven assignment
+    return sorted(consumer.assignment())
+
+
 def get_json(url: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
     """GET a JSON document; None while the server is not (yet) answering."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 from datetime import datetime
 
 import orjson
@@ -65,3 +66,10 @@ def test_latency_is_arrival_minus_send_of_the_trigger() -> None:
     result = alert_latencies(run, triggers, 1)
     assert result.seconds == [1.5]
     assert result.before_phase == 1
+
+
+def test_doctests() -> None:
+    from benchmarks import broker_bench, broker_latency
+
+    for module in (broker_latency, broker_bench):
+        assert doctest.testmod(module).failed == 0
