@@ -26,6 +26,7 @@ measures whatever worker is installed (re-run it after changing the service).
 from __future__ import annotations
 
 import asyncio
+import linecache
 import os
 import shutil
 import statistics
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,8 @@ from .broker_procs import (
 
 REPO_ROOT = engine_replay.REPO_ROOT
 RUN_DIR = engine_replay.DATA_DIR / "broker-run"
+PROFILE_FILE = engine_replay.PROFILE_DIR / "broker-worker-pyspy.speedscope.json"
+PROFILE_TOP = engine_replay.PROFILE_DIR / "broker-worker-pyspy-top.txt"
 
 TARGET_EVENTS_PER_S = 50_000
 TARGET_PEER_RATIO = 5.0
@@ -79,6 +83,8 @@ class Config:
     #: paced rate for the latency phase, as a share of the worker's measured throughput
     latency_rate_share: float = 0.5
     pin: bool = True
+    #: py-spy sampling of the worker while it catches up (0: off; skipped without py-spy)
+    profile_seconds: float = 30.0
 
 
 @dataclass
@@ -168,6 +174,7 @@ class Bench:
         self.python = sys.executable
         self.cli = str(Path(sys.executable).with_name("churn-detector"))
         self.web_port = free_port()
+        self.profiler: subprocess.Popen[bytes] | None = None
 
     def detector_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
@@ -258,8 +265,15 @@ class Bench:
     def health(self) -> dict[str, Any] | None:
         return get_json(f"http://127.0.0.1:{self.web_port}/healthz")
 
-    def wait_applied(self, child: Child, expected: int, label: str) -> WorkerRun:
-        """Poll /healthz until ``expected`` events are applied since the worker started."""
+    def wait_applied(
+        self,
+        child: Child,
+        expected: int,
+        label: str,
+        on_first: Callable[[int], None] | None = None,
+    ) -> WorkerRun:
+        """Poll /healthz until ``expected`` events are applied since the worker started;
+        ``on_first(pid)`` is called once the first event is applied."""
         run = WorkerRun(expected)
         first: float | None = None
         cpu_first = 0.0
@@ -272,6 +286,8 @@ class Bench:
                 run.applied = _applied(health)
                 if first is None and run.applied > 0:
                     first, cpu_first = now, cpu_seconds(child.pid)
+                    if on_first is not None:
+                        on_first(child.pid)
                 if run.applied >= expected:
                     run.finished = True
                     break
@@ -289,6 +305,66 @@ class Bench:
         run.rss_bytes = rss_bytes(child.pid)
         run.cpu_s = cpu_seconds(child.pid) - cpu_first
         return run
+
+    def start_profile(self, pid: int) -> None:
+        """py-spy (if installed) samples the worker for ``cfg.profile_seconds``."""
+        exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+            "py-spy"
+        )
+        if exe is None or not self.cfg.profile_seconds:
+            self.log("  py-spy not found (pip install py-spy) or disabled: no worker profile")
+            return
+        PROFILE_FILE.unlink(missing_ok=True)
+        self.log(f"  profiling the worker with py-spy for {self.cfg.profile_seconds:.0f} s")
+        self.profiler = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "100",
+                "--duration",
+                str(int(self.cfg.profile_seconds)),
+                "--nonblocking",  # never pauses the worker
+                "--format",
+                "speedscope",
+                "--output",
+                str(PROFILE_FILE),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def finish_profile(self) -> engine_replay.PySpyProfile | None:
+        if self.profiler is None:
+            return None
+        try:
+            self.profiler.wait(self.cfg.profile_seconds + 30)
+        except subprocess.TimeoutExpired:
+            self.profiler.kill()
+            self.profiler.wait(10)
+        if not PROFILE_FILE.exists():
+            self.log("  py-spy wrote no profile")
+            return None
+        profile = summarise_threads(PROFILE_FILE)
+        lines = [
+            f"py-spy record --rate 100 --nonblocking --pid <churn-detector worker>, "
+            f"{self.cfg.profile_seconds:.0f} s from its first applied event while catching up "
+            f"(benchmarks.broker_bench), {profile.samples} samples, all threads.",
+            "",
+            f"{'self%':>6} {'total%':>7}  function (file)",
+            *(
+                f"{h.self_share:6.1%} {h.total_share:7.1%}  {h.name} ({h.where})"
+                for h in profile.functions
+            ),
+            "",
+            f"{'self%':>6}  line  source",
+            *(f"{h.self_share:6.1%}  {h.where} {h.name}: {h.source}" for h in profile.lines),
+        ]
+        PROFILE_TOP.write_text("\n".join(lines) + "\n")
+        profile.files = [PROFILE_FILE, PROFILE_TOP]
+        return profile
 
     def latency(
         self, child: Child, before: list[Path], paced: Path, rate: float, already: int
@@ -334,6 +410,40 @@ class Bench:
         )
 
 
+def summarise_threads(path: Path) -> engine_replay.PySpyProfile:
+    """Self and inclusive shares per function and self share per line, over the samples of
+    every thread (Faust runs its Kafka consumer in a thread of its own)."""
+    data = orjson.loads(path.read_bytes())
+    frames = data["shared"]["frames"]
+    func_self: Counter[tuple[str, str]] = Counter()
+    func_total: Counter[tuple[str, str]] = Counter()
+    line_self: Counter[tuple[str, str, int]] = Counter()
+    samples = 0
+    for thread in data["profiles"]:
+        for stack in thread["samples"]:
+            if not stack:
+                continue
+            samples += 1
+            leaf = frames[stack[-1]]
+            func_self[(leaf["name"], leaf["file"])] += 1
+            line_self[(leaf["name"], leaf["file"], leaf.get("line") or 0)] += 1
+            for key in {(frames[i]["name"], frames[i]["file"]) for i in stack}:
+                func_total[key] += 1
+    n = max(samples, 1)
+    short = engine_replay._short_path
+    functions = [
+        engine_replay.HotSpot(name, short(file), count / n, func_total[(name, file)] / n)
+        for (name, file), count in func_self.most_common(30)
+    ]
+    lines = [
+        engine_replay.HotSpot(
+            name, f"{short(file)}:{line}", count / n, source=linecache.getline(file, line).strip()
+        )
+        for (name, file, line), count in line_self.most_common(30)
+    ]
+    return engine_replay.PySpyProfile(samples, functions, lines, [])
+
+
 def _applied(health: dict[str, Any]) -> int:
     """Events the worker has dealt with since it started: applied to an engine (valid or
     rejected there), or dead-lettered at ingest."""
@@ -370,9 +480,10 @@ def run(cfg: Config, log: Log) -> str:
         log("churn-detector worker over the loaded topic ...")
         worker = bench.start_worker("worker")
         try:
-            full = bench.wait_applied(worker, n_pre, "worker")
+            full = bench.wait_applied(worker, n_pre, "worker", bench.start_profile)
         finally:
             worker.stop()
+        profile = bench.finish_profile()
         log(f"  {full.applied:,} events, {full.rate_from_start:,.0f} events/s from start")
 
         log(f"worker stopped; producing {n_lag:,} events (lag) ...")
@@ -392,7 +503,7 @@ def run(cfg: Config, log: Log) -> str:
             worker.stop()
     body = _report(
         cfg, pinning, path, total, (n_pre, n_lag, n_paced), load, lag_load, ceilings, peer, full,
-        recovery, live,
+        recovery, live, profile,
     )  # fmt: skip
     return body + f"\nBenchmark wall time: {time.perf_counter() - wall:.0f} s.\n"
 
@@ -429,6 +540,7 @@ def _report(
     full: WorkerRun,
     recovery: WorkerRun,
     live: Live | None,
+    profile: engine_replay.PySpyProfile | None,
 ) -> str:
     n_pre, n_lag, n_paced = counts
     e = cfg.events
@@ -531,6 +643,24 @@ def _report(
             f"{paced.seconds / max(span_ms / 86_400_000, 1e-9):.1f} s instead of once a day: "
             "pessimistic for live traffic."
         )
+    if profile is not None:
+        out += [
+            "",
+            f"Worker hot path while catching up (py-spy, {profile.samples:,} samples over all "
+            "threads, idle excluded; self time, total = inclusive):",
+            "",
+            "| self | total | function |",
+            "|---:|---:|---|",
+            *(
+                f"| {h.self_share:.1%} | {h.total_share:.1%} | `{h.name}` ({h.where}) |"
+                for h in profile.functions[:15]
+            ),
+            "",
+            "Profiles (latest run): "
+            + ", ".join(f"`{p.relative_to(REPO_ROOT)}`" for p in profile.files)
+            + ".",
+            "",
+        ]
     out.append(
         "- Not measured here (issue 6): memory per user/team at 1M users / 100k teams through "
         "the worker, recovery time at that scale, 10M-event replay."

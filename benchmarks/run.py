@@ -97,6 +97,7 @@ def _broker(args: argparse.Namespace) -> str:
         peer_seconds=args.peer_seconds,
         worker_timeout_s=args.worker_timeout,
         pin=not args.no_pin,
+        profile_seconds=0.0 if args.no_profile else 30.0,
     )
     return broker_bench.run(cfg, _log)
 
