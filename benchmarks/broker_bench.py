@@ -501,6 +501,8 @@ def run(cfg: Config, log: Log) -> str:
                 log(f"  {len(live.run.alerts):,} alerts read")
         finally:
             worker.stop()
+    for part in (preload, lag, paced):
+        part.unlink()  # copies of the cached event file; the logs stay for a look afterwards
     body = _report(
         cfg, pinning, path, total, (n_pre, n_lag, n_paced), load, lag_load, ceilings, peer, full,
         recovery, live, profile,
