@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import broker_bench, engine_replay
+from . import broker_bench, dedup_cost, engine_replay
 
 RESULTS = engine_replay.BENCH_DIR / "RESULTS.md"
 REPO_ROOT = engine_replay.REPO_ROOT
@@ -102,8 +102,13 @@ def _broker(args: argparse.Namespace) -> str:
     return broker_bench.run(cfg, _log)
 
 
+def _dedup(args: argparse.Namespace) -> str:
+    return dedup_cost.run(500_000, max(args.reps, 5), _log)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
     "engine": ("Pure engine replay (no Kafka)", _engine),
+    "dedup": ("Cost of duplicate detection (engine, no Kafka)", _dedup),
     "broker": ("Ceiling vs textbook Faust peer vs churn-detector worker, real broker", _broker),
 }
 
