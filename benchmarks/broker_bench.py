@@ -191,9 +191,8 @@ class Bench:
         )
         return env
 
-    def produce(self, path: Path) -> Rate:
-        """`churn-detector produce` of one file (on the driver's CPU), timed."""
-        n = sum(1 for _ in path.open("rb"))
+    def produce(self, path: Path, n: int) -> Rate:
+        """`churn-detector produce` of one file of ``n`` events (on the driver's CPU), timed."""
         started = time.perf_counter()
         subprocess.run(
             [*self.pinning.prefix(False), self.cli, "produce", str(path), "--quiet"],
@@ -206,7 +205,6 @@ class Bench:
     def ceiling(self, rep: int) -> Rate:
         out = self.run_dir / f"ceiling-{rep}.json"
         child = Child(
-            "ceiling",
             [
                 *self.pinning.prefix(True),
                 self.python,
@@ -219,15 +217,14 @@ class Bench:
             self.run_dir / "ceiling.log",
         )
         code = child.wait(300)
+        child.stop()
         if code != 0:
-            child.stop()
             raise RuntimeError(f"ceiling run failed ({code}):\n{child.tail()}")
         return Rate.of(orjson.loads(out.read_bytes()))
 
     def peer(self) -> Rate:
         out = self.run_dir / "peer.json"
         child = Child(
-            "peer",
             [
                 *self.pinning.prefix(True),
                 self.python,
@@ -256,7 +253,6 @@ class Bench:
     def start_worker(self, name: str) -> Child:
         self.web_port = free_port()
         return Child(
-            name,
             [*self.pinning.prefix(True), self.cli, "worker"],
             self.run_dir / f"{name}.log",
             env=self.detector_env(),
@@ -464,7 +460,7 @@ def run(cfg: Config, log: Log) -> str:
     with local_broker(RUN_DIR / "kafka", cfg.partitions, pinning, log) as bootstrap:
         bench = Bench(cfg, bootstrap, RUN_DIR, pinning, log)
         log(f"loading {n_pre:,} events into {bench.topic} (churn-detector produce) ...")
-        load = bench.produce(preload)
+        load = bench.produce(preload, n_pre)
         log(f"  {load.per_s:,.0f} events/s ({load.seconds:.1f} s)")
 
         ceilings = []
@@ -487,7 +483,7 @@ def run(cfg: Config, log: Log) -> str:
         log(f"  {full.applied:,} events, {full.rate_from_start:,.0f} events/s from start")
 
         log(f"worker stopped; producing {n_lag:,} events (lag) ...")
-        lag_load = bench.produce(lag)
+        lag_load = bench.produce(lag, n_lag)
         log("restarting the worker: lag recovery ...")
         worker = bench.start_worker("worker-restart")
         live: Live | None = None

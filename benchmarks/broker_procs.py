@@ -106,9 +106,8 @@ class Child:
     """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], log_file: Path, env: dict[str, str] | None = None
+        self, argv: Sequence[str], log_file: Path, env: dict[str, str] | None = None
     ) -> None:
-        self.name = name
         self.log_file = log_file
         self.started = time.perf_counter()
         self._out = log_file.open("ab")
