@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import orjson
 
-from .events import Event
+from .events import EventFields
 
 _SEP = b"\x00"  # JSON output never contains a raw NUL byte
 
@@ -25,7 +25,8 @@ class Item(NamedTuple):
     source_partition: int
     source_offset: int
     raw: bytes
-    event: Event
+    #: the decoded event (its fields as :func:`detector.events.decode_fields` returns them)
+    event: EventFields
 
 
 class Bundle(NamedTuple):
@@ -36,11 +37,11 @@ class Bundle(NamedTuple):
 
 def encode_bundle(items: list[Item]) -> bytes:
     """
-    >>> e = Event("e1", "session.started", 5, "u1", "t1", {"k": 1})
+    >>> e = ("e1", "session.started", 5, "u1", "t1", {"k": 1})
     >>> b = decode_bundle(encode_bundle([Item(0, 5, b'{"a":1}', e), Item(1, 9, b"x\\x00y", e)]))
     >>> [(i.source_partition, i.source_offset, i.raw) for i in b.items]
     [(0, 5, b'{"a":1}'), (1, 9, b'x\\x00y')]
-    >>> b.items[1].event == e
+    >>> tuple(b.items[1].event) == e
     True
     """
     header = orjson.dumps(
@@ -64,10 +65,10 @@ def decode_bundle(data: bytes) -> Bundle:
         return Bundle([], int(meta["tick_ms"]))
     items = []
     pos = 0
-    make_event = Event._make
     for row in meta:
         length = row[2]
-        items.append(Item(row[0], row[1], body[pos : pos + length], make_event(row[3:])))
+        # the fields come back as a list: the engine unpacks them the same way
+        items.append(Item(row[0], row[1], body[pos : pos + length], row[3:]))
         pos += length
     return Bundle(items)
 
