@@ -39,7 +39,9 @@ def events_file(teams: int, days: int, seed: int) -> tuple[Path, int]:
     path = DATA_DIR / f"worker-t{teams}-d{days}-s{seed}.jsonl"
     count_file = path.with_suffix(".count")
     if not (path.exists() and count_file.exists()):
-        count = write_jsonl(path, simulate(SimulationConfig(teams=teams, days=days, seed=seed)).events())
+        count = write_jsonl(
+            path, simulate(SimulationConfig(teams=teams, days=days, seed=seed)).events()
+        )
         count_file.write_text(str(count))
     return path, int(count_file.read_text())
 

@@ -383,7 +383,6 @@ def build_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         partitions=partitions,
     )
-    runtime = EngineRuntime(settings, lambda partition: restore_records(partition))
     ingest = Ingest(settings, partitions)
 
     def transactional_id(partition: int) -> str:
@@ -394,6 +393,8 @@ def build_app(settings: Settings) -> faust.App:
     async def restore_records(partition: int) -> dict[bytes, bytes]:
         await state_changelog.wait_fenced(app.producer, transactional_id(partition), 60)
         return await state_changelog.read_partition(k, changelog, partition)
+
+    runtime = EngineRuntime(settings, restore_records)
 
     @app.agent(bundles)
     async def process(stream: Any) -> None:

@@ -208,7 +208,7 @@ def test_metrics_rules_dashboard_and_health_api_on_two_workers(
 
     wait_until(settled, 120, "both workers ready and both consumer groups settled")
     # events only once the groups are settled: a rebalance in the middle of exactly-once
-    # processing is the fault tests' subject (tests/faults), not this test's
+    # processing is the fault tests' subject (tests/integration/test_worker.py), not this test's
     produce_file(events, settings, progress=False)
 
     def all_applied() -> bool:
