@@ -29,6 +29,7 @@ event is what lets the detector run at the throughput DESIGN.md budgets for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -148,6 +149,13 @@ class Ingest:
             # The source partitions moved to another worker meanwhile: it reads them again
             # from the last commit, and the engine skips what it has already applied.
             log.info("ingest commit skipped: the group rebalanced")
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Stop the ingest ``task`` and leave its consumer group at once (not after the
+        session timeout), so another worker takes the source partitions over quickly."""
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def send_tick(self, partition: int, elapsed_ms: int) -> None:
         if self.producer is not None:
@@ -428,7 +436,13 @@ def build_app(settings: Settings) -> faust.App:
         for name in ("aiokafka", "kafka"):
             logger = logging.getLogger(name)
             logger.setLevel(max(logger.getEffectiveLevel(), logging.INFO))
-        await ingest.run()
+        task = asyncio.ensure_future(ingest.run())
+
+        async def stop_ingest(sender: Any, **kwargs: Any) -> None:
+            await ingest.stop(task)
+
+        app.on_before_shutdown.connect(stop_ingest)  # type: ignore[arg-type]
+        await task
 
     def assigned() -> list[int]:
         topic = bundles.get_topic_name()
