@@ -39,6 +39,7 @@ from .scoring import (
     explain,
     low_activity_p_value,
     payment_strength,
+    sharp_drop_strength,
     silence_strength,
 )
 from .settings import EngineSettings
@@ -63,6 +64,10 @@ from .timemodel import DAY_MS, Watermark, day_end_ms, utc_offset_ms
 _NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
 _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
+#: "Key action stopped while logins go on" is cooling-level evidence: on its own it was wrong
+#: more often than right (healthy teams have quiet publishing weeks); with another signal
+#: (noisy-or) it still escalates.
+KEY_ACTION_STRENGTH = 0.3
 
 
 @dataclass
@@ -344,7 +349,7 @@ class PartitionEngine:
             return
         team.advance_ring(day)
         w = s.recent_window_days
-        wins = team.windows(day, (1, w, 2 * w, _STRUGGLE_DAYS))
+        wins = team.windows(day, (1, s.sharp_drop_days, w, 2 * w, _STRUGGLE_DAYS))
         win, today = wins[w], wins[1]
         pop = self.population
         pop_w = max(0.05, pop.window_factor(day, w))
@@ -359,6 +364,7 @@ class PartitionEngine:
         silent_days = pop.effective_days(team.last_active_day + 1, day)
         if mature:
             norm = self._team_decay(team, wins, pop_w, signals)
+            self._sharp_drop(team, day, wins[s.sharp_drop_days], signals)
             self._team_silence(team, silent_days, signals)
             self._key_action(team, wins, pop_w, norm, signals)
             self._champion(team, day, norm, signals)
@@ -504,6 +510,47 @@ class PartitionEngine:
             out.append(Signal("team_decay", strength, tuple(reasons)))
         return norm_week
 
+    def _sharp_drop(
+        self, team: TeamState, day: int, win: list[float], out: list[Signal]
+    ) -> None:
+        """The last few days far below what this team does on the same weekdays.
+
+        A whole week has to pass before a week's average falls to half; a team that dropped
+        to a fifth of its activity shows it within days. The expectation is the team's own
+        daily baseline times each day's weekday weight and population factor (so a weekend, a
+        holiday or a tracking outage is expected to be quiet). Only a deep, significant drop
+        counts, so a seasonal dip to half is left to the weekly windows.
+        """
+        s = self.settings
+        days = s.sharp_drop_days
+        expected_days = self.population.expected_days(day - days + 1, day)
+        exp_active = team.base_active * expected_days
+        exp_events = team.base_events * expected_days
+        if exp_active <= 0.0 or exp_events <= 0.0:
+            return
+        n_active = min(1.5, win[ACTIVE_USERS] / exp_active)
+        n_events = min(1.5, win[EVENTS] / exp_events)
+        norm = 0.6 * n_active + 0.4 * n_events
+        p_value = low_activity_p_value(win[ACTIVE_USERS], exp_active)
+        strength = sharp_drop_strength(norm, p_value, s.sharp_drop_alpha)
+        if strength <= 0.0:
+            return
+        out.append(
+            Signal(
+                "team_decay",
+                strength,
+                (
+                    Reason(
+                        "sharp_drop",
+                        f"{win[ACTIVE_USERS]:.0f} active user-days in the last {days} days "
+                        f"vs {exp_active:.1f} usual for these weekdays",
+                        win[ACTIVE_USERS],
+                        exp_active,
+                    ),
+                ),
+            )
+        )
+
     def _silence_threshold(self, team: TeamState) -> float:
         floor = 7.0 if team.base_active >= 1.5 else 14.0
         return max(floor, 4.0 * team.gap)
@@ -551,7 +598,7 @@ class PartitionEngine:
             out.append(
                 Signal(
                     "key_action_stopped",
-                    0.6 if win[KEY_ACTIONS] == 0 else 0.45,
+                    KEY_ACTION_STRENGTH,
                     (
                         Reason(
                             "key_action_drop",

@@ -49,7 +49,7 @@ class EngineSettings:
     at_risk_risk: float = 0.60
     recovered_risk: float = 0.25
     #: consecutive scored days needed to escalate to at_risk, and to recover
-    at_risk_days: int = 2
+    at_risk_days: int = 3
     recovery_days: int = 5
     #: after a recovery, no new cooling alert for this many days
     cooldown_days: int = 7
@@ -57,6 +57,11 @@ class EngineSettings:
     churn_silence_days: int = 45
     #: significance level for "activity is lower than the baseline by chance"
     decay_alpha: float = 0.01
+    #: sharp drop: the last this-many days against the team's usual for those weekdays; it
+    #: answers a sudden drop days before a weekly average does
+    sharp_drop_days: int = 3
+    #: significance level of a sharp drop (stricter than decay_alpha: a few days are noisy)
+    sharp_drop_alpha: float = 0.001
     #: a population day below this share of its baseline is a tracking gap, not churn
     tracking_gap_ratio: float = 0.5
     #: minimum days of population history before population normalisation applies
