@@ -64,9 +64,9 @@ from .timemodel import DAY_MS, Watermark, day_end_ms, utc_offset_ms
 _NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
 _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
-#: "Key action stopped while logins go on" is cooling-level evidence: on its own it was wrong
-#: more often than right (healthy teams have quiet publishing weeks); with another signal
-#: (noisy-or) it still escalates.
+#: "Key action stopped while logins go on" is weak evidence: on its own it was wrong more often
+#: than right (healthy teams have quiet publishing weeks), so alone it raises no alert; with
+#: another signal (noisy-or) it adds to the risk.
 KEY_ACTION_STRENGTH = 0.3
 
 
