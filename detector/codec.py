@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from .engine import PartitionEngine
+from .risk_model import RiskModel
 from .state import TeamState, UserState
 
 _SEP = b"\x00"  # never appears raw in JSON output
@@ -77,6 +78,7 @@ def encode_partition(engine: PartitionEngine, source_offset: int) -> bytes:
         "first_day": engine.first_day,
         "next_sweep_ms": engine.next_sweep_ms,
         "feature_bits": engine.feature_bits,
+        "risk": engine.risk.state(),
     }
     return orjson.dumps(meta)
 
@@ -114,4 +116,6 @@ def restore_partition(
     engine.first_day = m["first_day"]
     engine.next_sweep_ms = m["next_sweep_ms"]
     engine.feature_bits = m["feature_bits"]
+    if "risk" in m:  # state written before the risk model existed has none
+        engine.risk = RiskModel.from_state(m["risk"])
     return int(m["offset"])

@@ -31,6 +31,7 @@ from .events import (
     decode_event,
 )
 from .population import Population
+from .risk_model import RiskModel, features_of, snapshot
 from .scoring import (
     Reason,
     Signal,
@@ -103,6 +104,8 @@ class PartitionEngine:
             settings.future_jump_confirmations,
         )
         self.population = Population(settings.population_min_days)
+        #: population-level online risk model, learning from this partition's cancellations
+        self.risk = RiskModel()
         self.teams: dict[str, TeamState] = {}
         self.users: dict[str, UserState] = {}
         #: teams grouped by UTC offset: a group's days close together
@@ -425,6 +428,7 @@ class PartitionEngine:
                 ]
             else:
                 signal, reasons = explain(signals)
+                reasons += self._model_reason(signals, norm, mature)
             self._emit(
                 "team",
                 team.team_id,
@@ -438,6 +442,48 @@ class PartitionEngine:
                 day_end_ms(day, team.offset_ms),
             )
         self._learn_team(team, today, win, pop_d, norm, mature)
+        if step.state == hs.CHURNED:
+            if team.cancelled:
+                self._label_cancelled(team, day)
+            team.snapshots = []
+        elif (day - team.first_day) % s.risk_snapshot_days == 0:
+            self._keep_snapshot(team, day, risk_features(signals, norm, mature))
+
+    # ------------------------------------------------------------------ learned risk
+    def _keep_snapshot(self, team: TeamState, day: int, features: dict[str, float]) -> None:
+        """Keep today's features; a snapshot older than the horizon is now a negative."""
+        horizon = self.settings.risk_horizon_days
+        snaps = team.snapshots
+        while snaps and day - snaps[0][0] >= horizon:
+            self.risk.label(team.team_id, features_of(snaps.pop(0)), False)
+        snaps.append(snapshot(day, features))
+
+    def _label_cancelled(self, team: TeamState, day: int) -> None:
+        """The team cancelled: what it looked like 1-4 weeks before is what churn looks like."""
+        s = self.settings
+        for snap in team.snapshots:
+            if s.risk_label_min_days <= day - snap[0] <= s.risk_horizon_days:
+                self.risk.label(team.team_id, features_of(snap), True)
+
+    def _model_reason(self, signals: list[Signal], norm: float, mature: bool) -> list[Reason]:
+        """The learned risk and its strongest contributions, once the model has learned."""
+        model = self.risk
+        if not model.ready(self.settings.risk_min_labels):
+            return []
+        features = risk_features(signals, norm, mature)
+        p = model.predict(features)
+        top = [name for name, part in model.contributions(features)[:2] if part > 0.0]
+        base_rate = model.positives / (model.positives + model.negatives)
+        because = f" ({', '.join(top)} weigh most)" if top else ""
+        return [
+            Reason(
+                "learned_risk",
+                f"{p:.0%} chance of cancelling within {self.settings.risk_horizon_days} days "
+                f"learned from past cancellations{because}",
+                p,
+                base_rate,
+            )
+        ]
 
     def _team_decay(
         self, team: TeamState, wins: dict[int, list[float]], pop_w: float, out: list[Signal]
@@ -510,9 +556,7 @@ class PartitionEngine:
             out.append(Signal("team_decay", strength, tuple(reasons)))
         return norm_week
 
-    def _sharp_drop(
-        self, team: TeamState, day: int, win: list[float], out: list[Signal]
-    ) -> None:
+    def _sharp_drop(self, team: TeamState, day: int, win: list[float], out: list[Signal]) -> None:
         """The last few days far below what this team does on the same weekdays.
 
         A whole week has to pass before a week's average falls to half; a team that dropped
@@ -901,4 +945,21 @@ class PartitionEngine:
         return counts
 
 
-__all__ = ["EngineStats", "PartitionEngine"]
+def risk_features(signals: list[Signal], norm: float, mature: bool) -> dict[str, float]:
+    """The risk model's features: the hand rules' combined risk, each signal's strength and
+    the activity deficit against the own baseline.
+
+    >>> risk_features([Signal("silence", 0.45, ())], 0.6, True)
+    {'hand_risk': 0.45, 'activity_deficit': 0.4, 'silence': 0.45}
+    """
+    features = {
+        "hand_risk": round(combine(signals), 6),
+        "activity_deficit": round(max(0.0, 1.0 - norm), 6) if mature else 0.0,
+    }
+    for sig in signals:
+        if sig.strength > features.get(sig.name, 0.0):
+            features[sig.name] = sig.strength
+    return features
+
+
+__all__ = ["EngineStats", "PartitionEngine", "risk_features"]

@@ -74,8 +74,8 @@ __all__ = [
     "evaluate",
     "format_time_ms",
     "load_jsonl",
-    "parse_time_ms",
     "nab_score",
+    "parse_time_ms",
     "quantile",
 ]
 
