@@ -69,6 +69,8 @@ _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
 #: than right (healthy teams have quiet publishing weeks), so alone it raises no alert; with
 #: another signal (noisy-or) it adds to the risk.
 KEY_ACTION_STRENGTH = 0.3
+#: the most a team's shortfall counts in a window that is mostly a population-wide low
+LOW_POPULATION_STRENGTH = 0.3
 
 
 @dataclass
@@ -355,7 +357,6 @@ class PartitionEngine:
         wins = team.windows(day, (1, s.sharp_drop_days, w, 2 * w, _STRUGGLE_DAYS))
         win, today = wins[w], wins[1]
         pop = self.population
-        pop_w = max(0.05, pop.window_factor(day, w))
         pop_d = pop.day_factor(day)
         if pop_d < s.tracking_gap_ratio:
             self.stats.tracking_gap_days += 1
@@ -366,10 +367,10 @@ class PartitionEngine:
 
         silent_days = pop.effective_days(team.last_active_day + 1, day)
         if mature:
-            norm = self._team_decay(team, wins, pop_w, signals)
+            norm = self._team_decay(team, day, wins, signals)
             self._sharp_drop(team, day, wins[s.sharp_drop_days], signals)
             self._team_silence(team, silent_days, signals)
-            self._key_action(team, wins, pop_w, norm, signals)
+            self._key_action(team, wins, max(0.05, pop.window_factor(day, 2 * w)), norm, signals)
             self._champion(team, day, norm, signals)
             self._user_decay(team, signals)
         if team.is_new and s.onboarding_days - 3 <= age <= s.onboarding_days + 7:
@@ -486,7 +487,7 @@ class PartitionEngine:
         ]
 
     def _team_decay(
-        self, team: TeamState, wins: dict[int, list[float]], pop_w: float, out: list[Signal]
+        self, team: TeamState, day: int, wins: dict[int, list[float]], out: list[Signal]
     ) -> float:
         """Activity, active seats and feature breadth against the team's own baseline.
 
@@ -498,6 +499,9 @@ class PartitionEngine:
         norm_week = 1.0
         for days in (w, 2 * w):
             win = wins[days]
+            # each window against the population over the same days: a two-week window that
+            # still holds a holiday expects less than the week after it
+            pop_w = max(0.05, self.population.window_factor(day, days))
             exp_active = days * team.base_active * pop_w
             exp_events = days * team.base_events * pop_w
             if exp_active <= 0.0 or exp_events <= 0.0:
@@ -512,7 +516,16 @@ class PartitionEngine:
             if days == w:
                 norm_week = norm
             p_value = low_activity_p_value(win[ACTIVE_USERS], exp_active)
-            strength = decay_strength(norm, p_value, self.settings.decay_alpha)
+            alpha = self.settings.decay_alpha
+            if team.base_active < 1.0:
+                # under one active user a day, the team's days are one person's days: absences
+                # come in blocks (a vacation), so ask for ten times stronger evidence
+                alpha /= 10.0
+            strength = decay_strength(norm, p_value, alpha)
+            if pop_w < self.settings.tracking_gap_ratio:
+                # mostly a population-wide low (holiday, outage): how deep each team dips in
+                # it varies, so a shortfall there is weak evidence
+                strength = min(strength, LOW_POPULATION_STRENGTH)
             if best is None or strength > best[0]:
                 best = (strength, norm, win, days)
         assert best is not None
@@ -577,6 +590,8 @@ class PartitionEngine:
         norm = 0.6 * n_active + 0.4 * n_events
         p_value = low_activity_p_value(win[ACTIVE_USERS], exp_active)
         strength = sharp_drop_strength(norm, p_value, s.sharp_drop_alpha)
+        if self.population.window_factor(day, days) < s.tracking_gap_ratio:
+            strength = min(strength, LOW_POPULATION_STRENGTH)
         if strength <= 0.0:
             return
         out.append(

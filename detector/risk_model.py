@@ -52,7 +52,7 @@ FEATURES: tuple[str, ...] = (
     "payment_failure",
 )
 
-_LR = 0.5
+_LR = 0.2
 _INTERCEPT_LR = 0.1
 _L2 = 1e-4
 

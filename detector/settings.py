@@ -49,7 +49,7 @@ class EngineSettings:
     at_risk_risk: float = 0.60
     recovered_risk: float = 0.25
     #: consecutive scored days needed to escalate to at_risk, and to recover
-    at_risk_days: int = 3
+    at_risk_days: int = 2
     recovery_days: int = 5
     #: after a recovery, no new cooling alert for this many days
     cooldown_days: int = 7
