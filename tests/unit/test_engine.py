@@ -219,3 +219,11 @@ def test_key_action_stopped_alone_is_weak_evidence():
     signals: list = []
     engine._key_action(team, team.windows(team.last_scored_day, (14,)), 1.0, 1.0, signals)
     assert [(s.name, s.strength) for s in signals] == [("key_action_stopped", 0.3)]
+
+
+def test_team_quieter_than_others_in_a_holiday_is_not_decaying_after_it():
+    holiday = lambda d: 0.4 if 70 <= d < 77 else 1.0  # noqa: E731
+    teams = [TeamSpec(f"h{i}", 8, level=holiday) for i in range(30)]
+    teams.append(TeamSpec("deep", 20, level=lambda d: 0.1 if 70 <= d < 77 else 1.0))
+    _, alerts = run(stream(teams, days=95))
+    assert team_alerts(alerts, "deep") == [], "the two-week window still holds the holiday"
