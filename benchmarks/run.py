@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.run            # all benchmarks (``make bench``)
     .venv/bin/python -m benchmarks.run engine     # the pure-engine replay benchmark
+    .venv/bin/python -m benchmarks.run broker     # ceiling / Faust peer / worker via Kafka
 
 The same summary that is appended to RESULTS.md is printed to stdout; progress goes to
 stderr.
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import engine_replay
+from . import broker_bench, dedup_cost, engine_replay
 
 RESULTS = engine_replay.BENCH_DIR / "RESULTS.md"
 REPO_ROOT = engine_replay.REPO_ROOT
@@ -89,8 +90,26 @@ def _engine(args: argparse.Namespace) -> str:
     return engine_replay.run(cfg, _log)
 
 
+def _broker(args: argparse.Namespace) -> str:
+    cfg = broker_bench.Config(
+        events=engine_replay.Config(teams=args.teams),
+        ceiling_reps=args.reps,
+        peer_seconds=args.peer_seconds,
+        worker_timeout_s=args.worker_timeout,
+        pin=not args.no_pin,
+        profile_seconds=0.0 if args.no_profile else 30.0,
+    )
+    return broker_bench.run(cfg, _log)
+
+
+def _dedup(args: argparse.Namespace) -> str:
+    return dedup_cost.run(500_000, max(args.reps, 5), _log)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
     "engine": ("Pure engine replay (no Kafka)", _engine),
+    "dedup": ("Cost of duplicate detection (engine, no Kafka)", _dedup),
+    "broker": ("Ceiling vs textbook Faust peer vs churn-detector worker, real broker", _broker),
 }
 
 
@@ -108,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         "--synth-users", type=int, default=1_000_000, help="synthetic users (teams: a tenth)"
     )
     ap.add_argument("--no-profile", action="store_true", help="skip py-spy and cProfile")
+    ap.add_argument(
+        "--peer-seconds", type=float, default=30.0, help="broker: textbook peer run time"
+    )
+    ap.add_argument(
+        "--worker-timeout", type=float, default=600.0, help="broker: give up on the worker after"
+    )
+    ap.add_argument("--no-pin", action="store_true", help="broker: do not pin processes to CPUs")
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]

@@ -5,20 +5,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .redaction import redact_in_logs
 from .settings import Settings, SettingsError, build_settings
+
+if TYPE_CHECKING:
+    from .evaluation import EvaluationReport
 
 
 def _settings(args: argparse.Namespace, engine: dict[str, Any] | None = None) -> Settings:
     overrides: dict[str, dict[str, Any]] = {}
     if engine:
         overrides["engine"] = {k: v for k, v in engine.items() if v is not None}
-    return build_settings(os.environ, getattr(args, "config", None), overrides)
+    settings = build_settings(os.environ, getattr(args, "config", None), overrides)
+    redact_in_logs(settings.kafka.sasl_password, settings.service.user_id_key)
+    return settings
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -66,13 +72,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in (args.events, args.alerts, args.truth):
         if not path.is_file():
             raise SettingsError(f"file {path} does not exist")
+    events: Iterator[dict[str, Any]] = load_jsonl(args.events)
+    if args.report is not None:
+        events, write_report = _html_report(args, events)
     report = evaluate(
-        load_jsonl(args.events),
+        events,
         load_jsonl(args.alerts),
         load_jsonl(args.truth),
         inactivity_days=args.inactivity_days,
         nab_window_days=args.nab_window_days,
     )
+    if args.report is not None:
+        write_report(report)
     if args.json:
         sys.stdout.buffer.write(
             orjson.dumps(report.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
@@ -80,6 +91,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(report.to_text())
     return 0
+
+
+def _html_report(
+    args: argparse.Namespace, events: Iterator[dict[str, Any]]
+) -> tuple[Iterator[dict[str, Any]], Callable[[EvaluationReport], None]]:
+    """Prepare the HTML report: the events stream tapped (with a progress bar) so that the
+    big file is read once, by ``evaluate``, and the function that writes the page."""
+    import time
+
+    from tqdm import tqdm
+
+    from .eval_report import DailyActivity, index_inputs, pick_timelines, render_html
+    from .evaluation import load_jsonl
+
+    started = time.perf_counter()
+    inputs = index_inputs(load_jsonl(args.truth), load_jsonl(args.alerts))
+    picks = pick_timelines(inputs)
+    activity = DailyActivity(pick.team_id for pick in picks)
+
+    def write(report: EvaluationReport) -> None:
+        args.report.write_text(render_html(report, inputs, picks, activity), encoding="utf-8")
+        print(
+            f"wrote {args.report} ({len(picks)} team timelines) in "
+            f"{time.perf_counter() - started:.1f} s",
+            file=sys.stderr,
+        )
+
+    bar = tqdm(events, desc="evaluate", unit=" events", unit_scale=True, disable=None)
+    return activity.tap(bar), write
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -173,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="days before a cancellation in which an alert earns NAB credit (default 30)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument(
+        "--report",
+        type=Path,
+        help="also write a self-contained HTML report (plots and tables) to this file",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

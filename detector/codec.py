@@ -11,12 +11,14 @@ from typing import Any
 
 import orjson
 
+from .dedup import RecentIds
 from .engine import PartitionEngine
 from .risk_model import RiskModel
-from .state import TeamState, UserState
+from .state import FIELDS, RING_DAYS, TeamState, UserState
 
 _SEP = b"\x00"  # never appears raw in JSON output
-_TEAM_FIELDS = tuple(s for s in TeamState.__slots__ if s != "ring")
+_TEAM_FIELDS = tuple(s for s in TeamState.__slots__ if s not in ("ring", "recent_ids"))
+_RING_BYTES = 8 * RING_DAYS * FIELDS
 _USER_FIELDS = UserState.__slots__
 
 
@@ -27,7 +29,7 @@ def encode_team(team: TeamState) -> bytes:
     ('t-1', 'pro', 2.0, 100)
     """
     values = [getattr(team, name) for name in _TEAM_FIELDS]
-    return orjson.dumps(values) + _SEP + team.ring.tobytes()
+    return orjson.dumps(values) + _SEP + team.ring.tobytes() + team.recent_ids.to_bytes()
 
 
 def decode_team(data: bytes) -> TeamState:
@@ -36,7 +38,8 @@ def decode_team(data: bytes) -> TeamState:
     for name, value in zip(_TEAM_FIELDS, orjson.loads(head), strict=True):
         setattr(team, name, value)
     team.ring = array("d")
-    team.ring.frombytes(ring)
+    team.ring.frombytes(ring[:_RING_BYTES])
+    team.recent_ids = RecentIds.from_bytes(ring[_RING_BYTES:])
     return team
 
 

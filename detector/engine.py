@@ -14,10 +14,11 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import health as hs
 from .alerts import build_alert
+from .buckets import RISK_BOUNDS, SWEEP_BOUNDS, BucketCounts
 from .events import (
     NON_ACTIVITY_TYPES,
     PAYMENT_FAILED,
@@ -84,6 +85,17 @@ class EngineStats:
     sweep_seconds_total: float = 0.0
     last_sweep_seconds: float = 0.0
     tracking_gap_days: int = 0
+    #: distribution of team risk scores, one observation per scored team-day
+    risk: BucketCounts = field(default_factory=lambda: BucketCounts(RISK_BOUNDS))
+    sweep_duration: BucketCounts = field(default_factory=lambda: BucketCounts(SWEEP_BOUNDS))
+
+
+class LatestScore(NamedTuple):
+    """An entity's latest score, kept for the health query API (not persisted)."""
+
+    day: int
+    risk: float
+    signals: list[Signal]
 
 
 class PartitionEngine:
@@ -119,10 +131,15 @@ class PartitionEngine:
         self.first_day: int | None = None
         self.next_sweep_ms: int | None = None
         self.sweep_ms = settings.sweep_interval_s * 1000
+        #: event ids are kept for two spans: longer than any accepted event can be late
+        self.dedup_span_ms = max(settings.allowed_lateness_s * 1000, 3_600_000)
         self.key_types = frozenset(settings.key_action_types)
         self.feature_bits: dict[str, int] = {}
         self.outbox: list[dict[str, Any]] = []
         self.stats = EngineStats()
+        self.scores: dict[str, LatestScore] = {}
+        #: users' latest scores, only while they carry a signal (memory: users at risk only)
+        self.user_scores: dict[str, LatestScore] = {}
         #: ids whose state changed since the last flush (None: not tracked, as in replay)
         self.dirty_teams: set[str] | None = None
         self.dirty_users: set[str] | None = None
@@ -152,10 +169,11 @@ class PartitionEngine:
         if rejected is not None:
             self._count_invalid(rejected)
             return Invalid(rejected, f"event time {ts} is outside the accepted window")
+        team = self.teams.get(ev.team_id) or self._new_team(ev.team_id, ts)
+        if team.recent_ids.seen(ev.event_id, ts, self.dedup_span_ms):
+            self._count_invalid("duplicate")
+            return Invalid("duplicate", f"event_id {ev.event_id!r:.80} was already applied")
         self.stats.events_valid += 1
-        team = self.teams.get(ev.team_id)
-        if team is None:
-            team = self._new_team(ev.team_id, ts)
         team.events_total += 1
         etype = ev.type
         if etype in NON_ACTIVITY_TYPES:
@@ -315,6 +333,7 @@ class PartitionEngine:
         self.stats.sweeps += 1
         self.stats.sweep_seconds_total += spent
         self.stats.last_sweep_seconds = spent
+        self.stats.sweep_duration.observe(spent)
 
     def _sweep(self, t_ms: int) -> None:
         utc_day = t_ms // DAY_MS
@@ -393,6 +412,8 @@ class PartitionEngine:
             )
 
         risk = combine(signals)
+        self.stats.risk.observe(risk)
+        self.scores[team.team_id] = LatestScore(day, risk, signals)
         silence_churn = silent_days >= s.churn_silence_days and team.active_days > 0
         churned = team.cancelled or silence_churn
         active = today[EVENTS] > 0
@@ -860,6 +881,10 @@ class PartitionEngine:
                     )
                 )
         risk = combine(signals)
+        if signals:
+            self.user_scores[uid] = LatestScore(day, risk, signals)
+        elif self.user_scores:
+            self.user_scores.pop(uid, None)
         before = user.health
         step = hs.step(
             user.health,
@@ -977,4 +1002,4 @@ def risk_features(signals: list[Signal], norm: float, mature: bool) -> dict[str,
     return features
 
 
-__all__ = ["EngineStats", "PartitionEngine", "risk_features"]
+__all__ = ["EngineStats", "LatestScore", "PartitionEngine", "risk_features"]

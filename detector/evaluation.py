@@ -312,6 +312,8 @@ class EvaluationReport:
     signals: dict[str, dict[str, SignalReport]]  # level -> signal -> report
     scenarios: dict[str, dict[str, ScenarioReport]]  # level -> scenario -> report
     data: DataSummary
+    #: level -> method -> lead time in days of each TP (for plots; not part of ``to_dict``)
+    lead_days: dict[str, dict[str, list[float]]] = field(default_factory=dict, compare=False)
 
     @property
     def baseline_name(self) -> str:
@@ -635,6 +637,7 @@ def evaluate(
     signals: dict[str, dict[str, SignalReport]] = {}
     scenarios: dict[str, dict[str, ScenarioReport]] = {}
     evaluated_counts: dict[str, int] = {}
+    lead_days: dict[str, dict[str, list[float]]] = {}
     for level, states in (("team", teams), ("user", users)):
         evaluated = [
             (truth_row, states[truth_row.entity_id])
@@ -665,6 +668,10 @@ def evaluate(
         )
         signals[level] = _signals(truths, detector_outcomes)
         scenarios[level] = _scenarios(truths, detector_outcomes, baseline_outcomes)
+        lead_days[level] = {
+            DETECTOR: _leads(truths, detector_outcomes),
+            baseline: _leads(truths, baseline_outcomes),
+        }
 
     truth_counts = {level: sum(1 for lvl, _ in table if lvl == level) for level in LEVELS}
     data = DataSummary(
@@ -681,7 +688,9 @@ def evaluate(
         inactivity_days=inactivity_days,
         nab_window_days=nab_window_days,
     )
-    return EvaluationReport(levels=levels, signals=signals, scenarios=scenarios, data=data)
+    return EvaluationReport(
+        levels=levels, signals=signals, scenarios=scenarios, data=data, lead_days=lead_days
+    )
 
 
 def _outcome(alerts: Iterable[tuple[int, str]], cutoff: int | None) -> _Outcome:

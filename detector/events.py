@@ -99,7 +99,7 @@ def known_timezone(name: str) -> bool:
     """
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # 'Europe' is a directory
         return False
     return True
 
@@ -175,6 +175,11 @@ def parse_timestamp(value: Any) -> int | Invalid:
     if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
         return Invalid("timestamp_out_of_range", f"timestamp {ts_ms} ms is outside 2000..2100")
     return ts_ms
+
+
+def _brief(value: Any) -> str:
+    """Short text of a rejected value; containers by type only (repr of deep nesting recurses)."""
+    return f"a {type(value).__name__}" if isinstance(value, dict | list) else f"{value!r:.80}"
 
 
 def _missing(name: str) -> Invalid:
@@ -278,7 +283,7 @@ def validate_event(obj: Any) -> Event | Invalid:
             if name in properties and not _PROPERTY_CHECKS[name](properties[name]):
                 return Invalid(
                     f"invalid_property:{name}",
-                    f"property {name!r} of {etype} has an invalid value: {properties[name]!r:.80}",
+                    f"property {name!r} of {etype} has an invalid value: {_brief(properties[name])}",
                 )
     return Event(event_id, etype, ts_ms, user_id, team_id, properties)
 

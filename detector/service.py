@@ -31,9 +31,8 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client import CollectorRegistry, generate_latest
 
-from . import faust_store, health_view
+from . import faust_store, health_view, web
 from .bundles import Item, decode_bundle, encode_bundle, encode_tick
 from .codec import (
     decode_team,
@@ -46,8 +45,9 @@ from .codec import (
 from .engine import PartitionEngine
 from .events import Invalid, decode_event
 from .kafka_clients import aiokafka_config, ensure_topics
-from .metrics import register_engines
+from .metrics import ServiceMetrics
 from .partitioning import partition_for
+from .pseudonyms import Pseudonyms
 from .replay import dead_letter
 from .settings import Settings
 from .state import TeamState, UserState
@@ -74,6 +74,11 @@ class Ingest:
         self.max_bytes = settings.engine.max_event_bytes
         self.consumed = 0
         self.invalid = 0
+        self.invalid_reasons: dict[str, int] = {}
+        #: next offset to read per source partition, and the consumer (for the lag metric)
+        self.positions: dict[int, int] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.metrics: ServiceMetrics | None = None
         self.producer: AIOKafkaProducer | None = None
         self._partition_of: dict[str, int] = {}
 
@@ -99,7 +104,7 @@ class Ingest:
         )
         await consumer.start()
         await producer.start()
-        self.producer = producer
+        self.producer, self.consumer = producer, consumer
         try:
             while True:
                 batch = await consumer.getmany(
@@ -107,9 +112,14 @@ class Ingest:
                 )
                 if batch:
                     await self._forward(batch, producer)
-                    await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+                    read = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+                    await consumer.commit(read)
+                    self.positions.update((tp.partition, n) for tp, n in read.items())
+                    if self.metrics is not None:
+                        oldest = min(msgs[0].timestamp for msgs in batch.values())
+                        self.metrics.observe("ingest", time.time() - oldest / 1000)
         finally:
-            self.producer = None
+            self.producer = self.consumer = None
             await consumer.stop()
             await producer.stop()
 
@@ -131,6 +141,8 @@ class Ingest:
                 decoded = decode_event(raw, self.max_bytes)
                 if isinstance(decoded, Invalid):
                     self.invalid += 1
+                    reasons = self.invalid_reasons
+                    reasons[decoded.reason] = reasons.get(decoded.reason, 0) + 1
                     record = dead_letter(
                         raw,
                         decoded,
@@ -177,6 +189,7 @@ class EngineRuntime:
         self.bundle_offset: dict[int, int] = {}
         self.source_offsets: dict[int, dict[int, int]] = {}
         self.last_seen_wall: dict[int, float] = {}
+        self.pseudonyms = Pseudonyms.from_settings(settings.service)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -262,7 +275,7 @@ class EngineRuntime:
                         )
                     )
         self.bundle_offset[partition] = offset
-        return engine.drain_alerts(), dead
+        return self.pseudonyms.alerts(engine.drain_alerts()), dead
 
     def team_view(self, team_id: str) -> dict[str, Any] | None:
         for engine in self.engines.values():
@@ -272,11 +285,7 @@ class EngineRuntime:
         return None
 
     def user_view(self, user_id: str) -> dict[str, Any] | None:
-        for engine in self.engines.values():
-            user = engine.users.get(user_id)
-            if user is not None:
-                return health_view.user(user_id, user, engine)
-        return None
+        return health_view.find_user(self.engines.values(), user_id, self.pseudonyms)
 
     def changes(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
         """Records to write for what changed in ``partition`` since the last call."""
@@ -321,6 +330,7 @@ def build_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         web_host=s.web_host,
+        web_bind=s.web_host,  # Faust binds web_bind (default 0.0.0.0), not web_host
         web_port=s.web_port,
         web_in_thread=False,
         producer_acks=-1,
@@ -342,8 +352,6 @@ def build_app(settings: Settings) -> faust.App:
     table = app.Table("state", key_type=bytes, value_type=bytes, partitions=partitions)
     runtime = EngineRuntime(settings, table)
     ingest = Ingest(settings, partitions)
-    registry = CollectorRegistry()
-    register_engines(registry, lambda: sorted(runtime.engines.items()))
 
     @app.agent(bundles)
     async def process(stream: Any) -> None:
@@ -374,6 +382,7 @@ def build_app(settings: Settings) -> faust.App:
                 )
             for key, value in runtime.changes(partition):
                 table[key] = value
+            pages.observe_bundle(event.message.timestamp, len(alerts))
 
     @app.task
     async def run_ingest() -> None:
@@ -412,34 +421,6 @@ def build_app(settings: Settings) -> faust.App:
                 runtime.last_seen_wall[partition] = now
                 await ingest.send_tick(partition, int(idle * 1000 * s.idle_clock_scale))
 
-    @app.page("/metrics")
-    async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        applied = sum(
-            e.stats.events_valid + sum(e.stats.invalid.values()) for e in runtime.engines.values()
-        )
-        return web.json(
-            {
-                "status": "ok",
-                "ingested": ingest.consumed,
-                "ingest_invalid": ingest.invalid,
-                "applied_since_start": applied,
-                "partitions": sorted(runtime.engines),
-                "assigned": assigned(),
-            }
-        )
-
-    @app.page("/teams/{team_id}")
-    async def team_state(web: Any, request: Any, team_id: str) -> Any:
-        return _entity_response(web, runtime.team_view(team_id))
-
-    @app.page("/users/{user_id}")
-    async def user_state(web: Any, request: Any, user_id: str) -> Any:
-        return _entity_response(web, runtime.user_view(user_id))
-
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         recovered["ready"] = False
         runtime.drop(tp.partition for tp in revoked if tp.topic == bundles.get_topic_name())
@@ -450,15 +431,10 @@ def build_app(settings: Settings) -> faust.App:
     app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    pages = web.install(
+        app, runtime, ingest, table, bundles.get_topic_name(), lambda: recovered["ready"]
+    )
     return app
-
-
-def _entity_response(web: Any, view: dict[str, Any] | None) -> Any:
-    if view is None:
-        return web.json(
-            {"error": "not_found", "message": "no such entity on this worker"}, status=404
-        )
-    return web.json(view)
 
 
 def _credentials(settings: Settings) -> Any:

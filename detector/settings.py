@@ -104,6 +104,10 @@ class ServiceSettings:
     state_dir: str = ".state"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    #: how the other workers reach this one's web server (the health API forwards requests
+    #: for keys another worker owns); empty: http://<web_host>:<web_port>, which must then
+    #: be reachable from the peers (not 0.0.0.0)
+    web_advertised_url: str = ""
     batch_size: int = 5000
     batch_timeout_s: float = 0.2
     #: a partition without new events for this long lets its clock run by the idle time
@@ -112,6 +116,10 @@ class ServiceSettings:
     #: demos of live silence detection speed the clock up)
     idle_clock_scale: float = 1.0
     log_level: str = "INFO"
+    #: pseudonymise user ids in alerts and the health API with HMAC-SHA256 under this key
+    #: (DETECTOR_SERVICE_USER_ID_KEY), or under the key in this file; never logged
+    user_id_key: str | None = field(default=None, repr=False)
+    user_id_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +244,18 @@ def validate(settings: Settings) -> None:
             "service.web_port must be a valid TCP port (1..65535)",
         ),
         (s.batch_size >= 1, "service.batch_size must be >= 1"),
+        (
+            not s.web_advertised_url or s.web_advertised_url.startswith(("http://", "https://")),
+            "service.web_advertised_url must be an http:// or https:// URL",
+        ),
+        (
+            not (s.user_id_key and s.user_id_key_file),
+            "set service.user_id_key or service.user_id_key_file, not both",
+        ),
+        (
+            s.user_id_key is None or len(s.user_id_key) >= 16,
+            "service.user_id_key must have at least 16 characters",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -244,6 +264,12 @@ def validate(settings: Settings) -> None:
         value = getattr(k, path_name)
         if value and not Path(value).is_file():
             raise SettingsError(f"kafka.{path_name}: file {value} does not exist")
+    if s.user_id_key_file:
+        key_file = Path(s.user_id_key_file)
+        if not key_file.is_file() or len(key_file.read_bytes().strip()) < 16:
+            raise SettingsError(
+                f"service.user_id_key_file: {key_file} must exist and hold at least 16 bytes"
+            )
 
 
 def replace_engine(settings: Settings, **changes: Any) -> Settings:

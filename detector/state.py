@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from array import array
 
+from .dedup import RecentIds
 from .health import NOT_ENOUGH_DATA
 
 #: days kept in a team's ring of daily buckets
@@ -46,6 +47,7 @@ class TeamState:
         "payment_failures",
         "plan",
         "reactivated",
+        "recent_ids",
         "ring",
         "ring_day",
         "seats",
@@ -95,6 +97,7 @@ class TeamState:
         self.hot_days = 0
         self.calm_days = 0
         self.cooldown_until = 0
+        self.recent_ids = RecentIds()  # duplicate detection (detector/dedup.py)
 
     def advance_ring(self, day: int) -> None:
         """Make ``day`` the newest bucket, clearing the buckets of days that passed."""

@@ -92,7 +92,7 @@ class Worker:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as resp:
                 return dict(json.load(resp))
         except urllib.error.HTTPError as exc:
-            if exc.code == 404:
+            if exc.code in (404, 503):  # 503: partition not assigned or restored yet
                 return None
             raise
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -155,3 +158,103 @@ def test_dockerfile_runs_the_cli():
     ]
     assert ".venv" in ignored and ".git" in ignored
     assert not {"detector", "pyproject.toml", "README.md"} & set(ignored)
+
+
+GRAFANA = ROOT / "deploy" / "grafana"
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads((GRAFANA / "dashboards" / "churn-detector.json").read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def rule_expressions() -> list[str]:
+    out = []
+    for path in sorted((PROMETHEUS / "rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            out.extend(rule["expr"] for rule in group["rules"])
+    return out
+
+
+def test_prometheus_scrapes_the_detector_and_loads_the_mounted_rules(compose):
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    port = build_settings(environ=env_of(compose["services"]["detector"])).service.web_port
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = [t for sc in jobs["churn-detector"]["static_configs"] for t in sc["targets"]]
+    assert targets == [f"detector:{port}"]
+    assert jobs["churn-detector"].get("metrics_path", "/metrics") == "/metrics"
+    # rule_files are relative to the config file, which compose mounts next to rules/
+    assert config["rule_files"] == ["rules/*.yml"]
+    assert list((PROMETHEUS / "rules").glob("*.yml"))
+
+
+def test_grafana_provisioning_points_at_prometheus_and_the_mounted_dashboards(compose):
+    grafana = {norm(t): norm(s) for s, t in mounts_of(compose["services"]["grafana"])}
+    datasource = yaml.safe_load(
+        (GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"][0]
+    prometheus_port = next(c for _, c in ports_of(compose["services"]["prometheus"]))
+    assert datasource["url"] == f"http://prometheus:{prometheus_port}"
+    provider = yaml.safe_load(
+        (GRAFANA / "provisioning" / "dashboards" / "churn-detector.yml").read_text()
+    )["providers"][0]
+    assert grafana[norm(provider["options"]["path"])] == "./deploy/grafana/dashboards"
+    dashboard = json.loads((GRAFANA / "dashboards" / "churn-detector.json").read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    for panel in panels:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        assert panel["targets"], panel["title"]
+
+
+def _exposed_names() -> set[str]:
+    """Every sample name the worker can expose (its collectors on a registry of their own)."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from detector.engine import PartitionEngine
+    from detector.metrics import (
+        FaustCollector,
+        Lag,
+        ServiceCollector,
+        ServiceMetrics,
+        register_engines,
+    )
+    from detector.settings import EngineSettings
+
+    registry = CollectorRegistry()
+    register_engines(registry, lambda: [(0, PartitionEngine(EngineSettings()))], _FakeIngest())
+    registry.register(ServiceCollector(lambda: [Lag("engine", 0, 0)], lambda: True, list, int))
+    ServiceMetrics(registry).observe("state", 1.0)
+    ProcessCollector(registry=registry)
+    registry.register(
+        FaustCollector(
+            SimpleNamespace(rebalancing_count=0, monitor=SimpleNamespace(commit_latency=[1.0]))
+        )
+    )
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    return {m.name + end for m in registry.collect() for end in suffixes.get(m.type, ("",))}
+
+
+class _FakeIngest:
+    consumed = 0
+    invalid_reasons: ClassVar[dict[str, int]] = {"late": 1}
+
+
+def test_every_metric_in_the_dashboard_and_the_rules_is_exposed_by_the_worker():
+    exposed = _exposed_names()
+    recorded = {
+        rule["record"]
+        for path in (PROMETHEUS / "rules").glob("*.yml")
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    names = {
+        name
+        for expr in dashboard_expressions() + rule_expressions()
+        for name in re.findall(r"\b((?:churn_detector|process|job:churn_detector)[\w:]*)", expr)
+    }
+    assert names, "no metric names found"
+    missing = sorted(n for n in names if n not in exposed and n not in recorded)
+    assert not missing, f"used in dashboard/rules but never exposed: {missing}"

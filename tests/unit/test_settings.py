@@ -34,6 +34,7 @@ def test_layers_file_then_env_then_overrides(tmp_path):
         ({"DETECTOR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs"),
         ({"DETECTOR_KAFKA_SSL_CAFILE": "/nope/ca.pem"}, "does not exist"),
         ({"DETECTOR_ENGINE_COOLING_RISK": "0.9"}, "risk thresholds"),
+        ({"DETECTOR_SERVICE_WEB_ADVERTISED_URL": "w1:6066"}, "web_advertised_url"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_message(env, message):
