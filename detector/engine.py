@@ -27,9 +27,9 @@ from .events import (
     SUBSCRIPTION_STARTED,
     TEAM_UPDATED,
     TRIAL_STARTED,
-    Event,
+    EventFields,
     Invalid,
-    decode_event,
+    decode_fields,
 )
 from .population import Population
 from .risk_model import RiskModel, features_of, snapshot
@@ -156,95 +156,107 @@ class PartitionEngine:
 
     # ------------------------------------------------------------------ hot path
     def process_raw(self, raw: bytes) -> Invalid | None:
-        decoded = decode_event(raw, self.settings.max_event_bytes)
+        decoded = decode_fields(raw, self.settings.max_event_bytes)
         if isinstance(decoded, Invalid):
             self._count_invalid(decoded.reason)
             return decoded
         return self.process(decoded)
 
-    def process(self, ev: Event) -> Invalid | None:
-        """Apply one valid event. Returns an Invalid (late, future) instead of raising."""
-        ts = ev.ts_ms
-        rejected = self.watermark.observe(ts, ev.team_id)
+    def process(self, ev: EventFields) -> Invalid | None:
+        """Apply one valid event (an :class:`Event` or its plain fields).
+
+        Returns an Invalid (late, future) instead of raising. Product activity (all but the
+        lifecycle types) is counted inline (a call per event costs more than it reads well):
+        today's bucket of the team, the user's cadence, the partition's daily count."""
+        event_id, etype, ts, uid, team_id, props = ev
+        watermark = self.watermark
+        rejected = watermark.observe(ts, team_id)
         if rejected is not None:
             self._count_invalid(rejected)
             return Invalid(rejected, f"event time {ts} is outside the accepted window")
-        team = self.teams.get(ev.team_id) or self._new_team(ev.team_id, ts)
-        if team.recent_ids.seen(ev.event_id, ts, self.dedup_span_ms):
+        team = self.teams.get(team_id)
+        if team is None:
+            team = self._new_team(team_id, ts)
+        if team.recent_ids.seen(event_id, ts, self.dedup_span_ms):
             self._count_invalid("duplicate")
-            return Invalid("duplicate", f"event_id {ev.event_id!r:.80} was already applied")
+            return Invalid("duplicate", f"event_id {event_id!r:.80} was already applied")
         self.stats.events_valid += 1
         team.events_total += 1
-        etype = ev.type
-        if etype in NON_ACTIVITY_TYPES:
-            self._lifecycle(team, ev)
-        else:
-            self._activity(team, ev, etype, ts)
         if self.dirty_teams is not None:
-            self.dirty_teams.add(ev.team_id)
+            self.dirty_teams.add(team_id)
+        if etype in NON_ACTIVITY_TYPES:
+            self._lifecycle(team, etype, ts, props)
+        else:
+            counts = self.population.counts  # Population.count(ts), inlined
+            utc_day = ts // DAY_MS
+            counts[utc_day] = counts.get(utc_day, 0) + 1
+            day = (ts + team.offset_ms) // DAY_MS
+            if day > team.ring_day:
+                team.advance_ring(day)
+            # else older than any bucket: possible only with a lateness beyond the ring
+            if day > team.ring_day - RING_DAYS:
+                ring = team.ring
+                slot = (day % RING_DAYS) * FIELDS
+                ring[slot + EVENTS] += 1.0
+                if day > team.last_active_day:
+                    self._team_active_day(team, day, ts)
+                assert uid is not None  # validation: only team-level types may lack a user
+                user = self.users.get(uid)
+                if user is None:
+                    user = self._new_user(uid, team, day)
+                user.events_total += 1
+                if self.dirty_users is not None:
+                    self.dirty_users.add(uid)
+                if day > user.last_day:
+                    self._user_active_day(team, user, day)
+                    ring[slot + ACTIVE_USERS] += 1.0
+                if etype in self.key_types:
+                    ring[slot + KEY_ACTIONS] += 1.0
+                    team.key_total += 1
+                elif etype == "feature.used":
+                    feature = props.get("feature")
+                    if isinstance(feature, str):
+                        bit = self.feature_bits.get(feature) or self._feature_bit(feature)
+                        mask = int(ring[slot + FEATURES])
+                        if not mask & bit:
+                            ring[slot + FEATURES] = float(mask | bit)
+                elif etype == "task.completed":
+                    ring[slot + TASKS] += 1.0
+                    ring[slot + TASK_RATIO] += self.population.observe_task(
+                        props["task"], props["duration_s"]
+                    )
+                elif etype == "task.failed":
+                    ring[slot + TASK_FAILURES] += 1.0
+                elif etype == "session.ended" and team.first_session_s < 0.0:
+                    team.first_session_s = float(props["duration_s"])
         next_sweep = self.next_sweep_ms
         if next_sweep is None:
             next_sweep = self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
-        max_seen = self.watermark.max_seen
-        if max_seen is not None and max_seen - self.watermark.lateness_ms >= next_sweep:
-            self.sweep_until(max_seen - self.watermark.lateness_ms)
+        max_seen = watermark.max_seen
+        if max_seen is not None and max_seen - watermark.lateness_ms >= next_sweep:
+            self.sweep_until(max_seen - watermark.lateness_ms)
         return None
 
-    def _activity(self, team: TeamState, ev: Event, etype: str, ts: int) -> None:
-        self.population.count(ts)
-        day = (ts + team.offset_ms) // DAY_MS
-        if day > team.ring_day:
-            team.advance_ring(day)
-        elif day <= team.ring_day - RING_DAYS:
-            return  # older than any bucket; cannot happen within allowed lateness
-        ring = team.ring
-        slot = (day % RING_DAYS) * FIELDS
-        ring[slot + EVENTS] += 1.0
-        if day > team.last_active_day:
-            self.population.count_team(ts)
-            if team.last_active_day >= team.first_day:
-                team.gap += 0.2 * ((day - team.last_active_day) - team.gap)
-            team.last_active_day = day
-            team.active_days += 1
-            if team.health == hs.CHURNED:
-                team.reactivated = True
-        uid = ev.user_id
-        assert uid is not None
-        user = self.users.get(uid)
-        if user is None:
-            user = self._new_user(uid, team, day)
-        user.events_total += 1
-        if self.dirty_users is not None:
-            self.dirty_users.add(uid)
-        if day > user.last_day:
-            if user.last_day >= user.first_day:
-                fold_user(user, day - 1)
-                gap = day - user.last_day
-                user.gap = gap if user.active_days == 1 else user.gap + 0.2 * (gap - user.gap)
-            user.last_day = day
-            user.active_days += 1
-            if user.active_days == _REGULAR_USER_DAYS:
-                team.users_regular += 1
-            ring[slot + ACTIVE_USERS] += 1.0
-        if etype in self.key_types:
-            ring[slot + KEY_ACTIONS] += 1.0
-            team.key_total += 1
-        elif etype == "feature.used":
-            feature = ev.properties.get("feature")
-            if isinstance(feature, str):
-                ring[slot + FEATURES] = float(
-                    int(ring[slot + FEATURES]) | self._feature_bit(feature)
-                )
-        elif etype == "task.completed":
-            props = ev.properties
-            ring[slot + TASKS] += 1.0
-            ring[slot + TASK_RATIO] += self.population.observe_task(
-                props["task"], props["duration_s"]
-            )
-        elif etype == "task.failed":
-            ring[slot + TASK_FAILURES] += 1.0
-        elif etype == "session.ended" and team.first_session_s < 0.0:
-            team.first_session_s = float(ev.properties["duration_s"])
+    def _team_active_day(self, team: TeamState, day: int, ts: int) -> None:
+        """The team's first activity of its local ``day``."""
+        self.population.count_team(ts)
+        if team.last_active_day >= team.first_day:
+            team.gap += 0.2 * ((day - team.last_active_day) - team.gap)
+        team.last_active_day = day
+        team.active_days += 1
+        if team.health == hs.CHURNED:
+            team.reactivated = True
+
+    def _user_active_day(self, team: TeamState, user: UserState, day: int) -> None:
+        """The user's first activity of the team's local ``day``."""
+        if user.last_day >= user.first_day:
+            fold_user(user, day - 1)
+            gap = day - user.last_day
+            user.gap = gap if user.active_days == 1 else user.gap + 0.2 * (gap - user.gap)
+        user.last_day = day
+        user.active_days += 1
+        if user.active_days == _REGULAR_USER_DAYS:
+            team.users_regular += 1
 
     def _feature_bit(self, feature: str) -> int:
         bit = self.feature_bits.get(feature)
@@ -254,8 +266,7 @@ class PartitionEngine:
                 self.feature_bits[feature] = bit
         return bit
 
-    def _lifecycle(self, team: TeamState, ev: Event) -> None:
-        etype, props = ev.type, ev.properties
+    def _lifecycle(self, team: TeamState, etype: str, ts: int, props: dict[str, Any]) -> None:
         if etype in (TEAM_UPDATED, SUBSCRIPTION_STARTED, TRIAL_STARTED):
             if "plan" in props:
                 team.plan = props["plan"]
@@ -266,13 +277,13 @@ class PartitionEngine:
             tz = props.get("timezone")
             if tz and tz != team.tz:
                 team.tz = tz
-                self._regroup(team, utc_offset_ms(tz, ev.ts_ms))
+                self._regroup(team, utc_offset_ms(tz, ts))
             if etype == TRIAL_STARTED:
                 team.trial = True
                 team.is_new = True
             elif etype == SUBSCRIPTION_STARTED:
                 team.trial = False
-                if ev.ts_ms // DAY_MS - team.first_day <= 1:
+                if ts // DAY_MS - team.first_day <= 1:
                     team.is_new = True
                 if team.cancelled:
                     team.cancelled = False

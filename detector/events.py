@@ -7,8 +7,9 @@ event format and Segment/RudderStack spec messages are accepted (see schemas/REA
 
 from __future__ import annotations
 
-import math
 import re
+import sys
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -21,6 +22,7 @@ MAX_ID_CHARS = 256
 MAX_TYPE_CHARS = 128
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+_FLOAT_MAX = sys.float_info.max  # a finite float is at most this (inf and nan are not)
 
 TRIAL_STARTED = "trial.started"
 SUBSCRIPTION_STARTED = "subscription.started"
@@ -45,15 +47,29 @@ TEAM_LEVEL_TYPES = frozenset(
 NON_ACTIVITY_TYPES = TEAM_LEVEL_TYPES | {USER_IDENTIFIED}
 
 TYPE_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*")
-_KNOWN_GOOD_TYPES: set[str] = set()  # types that passed TYPE_RE (bounded cache)
+#: types that passed TYPE_RE (bounded cache); never a Segment message kind, so a type found
+#: here also means "a canonical event", which the fast path relies on
+_KNOWN_GOOD_TYPES: set[str] = set()
 _SPACES = re.compile(r"\s+")
 
 
 def segment_event_type(name: Any) -> Any:
-    """'Feature Used' -> 'feature.used' (trim, lowercase, whitespace runs -> '.', '-' -> '_')."""
+    """'Feature Used' -> 'feature.used' (trim, lowercase, whitespace runs -> '.', '-' -> '_').
+
+    >>> segment_event_type(" Feature  Used "), segment_event_type("sign-up"), segment_event_type(3)
+    ('feature.used', 'sign_up', 3)
+    """
     if not isinstance(name, str):
         return name
-    return _SPACES.sub(".", name.strip().lower()).replace("-", "_")
+    mapped = _SEGMENT_NAMES.get(name)
+    if mapped is None:
+        mapped = _SPACES.sub(".", name.strip().lower()).replace("-", "_")
+        if len(_SEGMENT_NAMES) < 4096:
+            _SEGMENT_NAMES[name] = mapped
+    return mapped
+
+
+_SEGMENT_NAMES: dict[str, str] = {}  # Segment event name -> type (bounded cache)
 
 
 SEGMENT_TYPES = frozenset({"track", "group", "page", "screen", "identify", "alias"})
@@ -70,6 +86,11 @@ class Event(NamedTuple):
     properties: dict[str, Any]
 
 
+#: An event's fields in :class:`Event` order, as a plain tuple: what the engine consumes
+#: (building the named tuple costs more than the rest of the fast path's bookkeeping).
+EventFields = tuple[str, str, int, str | None, str, dict[str, Any]]
+
+
 class Invalid(NamedTuple):
     """Input that cannot be used, with a stable reason code and a human detail."""
 
@@ -78,11 +99,13 @@ class Invalid(NamedTuple):
 
 
 def _number(value: Any) -> bool:
+    """A finite number >= 0 that fits a float (not a bool; no overflow on huge ints).
+
+    >>> _number(2.5), _number(0), _number(-1), _number(True), _number(float("nan")), _number(10**400)
+    (True, True, False, False, False, False)
+    """
     return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= _FLOAT_MAX
     )
 
 
@@ -143,6 +166,14 @@ _REQUIRED_PROPERTIES: dict[str, tuple[str, ...]] = {
     "feature.used": ("feature",),
     "task.completed": ("task", "duration_s"),
     "task.failed": ("task",),
+}
+#: The same two tables as one per-type rule list, (property, check, required), for the fast path.
+_PROPERTY_RULES: dict[str, tuple[tuple[str, Callable[[Any], bool], bool], ...]] = {
+    etype: tuple(
+        (name, _PROPERTY_CHECKS[name], name in _REQUIRED_PROPERTIES.get(etype, ()))
+        for name in names
+    )
+    for etype, names in _TYPED_PROPERTIES.items()
 }
 
 
@@ -226,6 +257,92 @@ def _from_segment(msg: dict[str, Any]) -> dict[str, Any] | Invalid:
 
 def validate_event(obj: Any) -> Event | Invalid:
     """Validate an already-parsed object (canonical or Segment) and normalise it."""
+    fields = validate_fields(obj)
+    return fields if isinstance(fields, Invalid) else Event._make(fields)
+
+
+def validate_fields(obj: Any) -> EventFields | Invalid:
+    """:func:`validate_event` as plain fields (the engine's input).
+
+    The common shape, a well-formed canonical event or Segment message, is accepted in one
+    pass over the fields; anything else goes through :func:`_validate_in_full`, which finds
+    the reason. Both accept exactly the same input.
+
+    >>> validate_fields({"event_id": "e1", "type": "session.started", "timestamp": 1772356502123,
+    ...                  "user_id": "u1", "team_id": "t1"})
+    ('e1', 'session.started', 1772356502123, 'u1', 't1', {})
+    """
+    if type(obj) is dict:
+        if "messageId" not in obj:
+            fields = _well_formed(obj)
+        else:
+            mapped = _from_segment(obj)
+            fields = None if isinstance(mapped, Invalid) else _well_formed(mapped)
+        if fields is not None:
+            return fields
+    return _validate_in_full(obj)
+
+
+def _well_formed(obj: dict[str, Any]) -> EventFields | None:
+    """The fields of a canonical event that passes every check, else None (no reasons)."""
+    try:  # subscripts: cheaper than .get() calls, and a missing field is not the common case
+        etype = obj["type"]
+        event_id = obj["event_id"]
+        team_id = obj["team_id"]
+        user_id = obj["user_id"]
+        ts = obj["timestamp"]
+    except KeyError:
+        return None
+    properties = obj.get("properties")
+    if properties is None:
+        properties = {}
+    if not (
+        type(etype) is str
+        and etype in _KNOWN_GOOD_TYPES
+        and type(event_id) is str
+        and 0 < len(event_id) <= MAX_ID_CHARS
+        and type(team_id) is str
+        and 0 < len(team_id) <= MAX_ID_CHARS
+        and type(user_id) is str
+        and 0 < len(user_id) <= MAX_ID_CHARS
+        and type(properties) is dict
+    ):
+        return None
+    if type(ts) is str:
+        try:
+            parsed = _fromisoformat(ts)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            return None
+        ts = int(parsed.timestamp() * 1000.0 + 0.5)
+    elif type(ts) is not int:
+        return None
+    if not MIN_TS_MS <= ts < MAX_TS_MS:
+        return None
+    for name, check, required in _PROPERTY_RULES.get(etype, ()):
+        value = properties.get(name, _ABSENT)
+        if value is _ABSENT:
+            if required:
+                return None
+        # the two common checks inline (calling them costs more than checking)
+        elif check is _nonempty_str:
+            if type(value) is not str or not 0 < len(value) <= MAX_ID_CHARS:
+                return None
+        elif check is _number:
+            if not ((type(value) is float or type(value) is int) and 0 <= value <= _FLOAT_MAX):
+                return None
+        elif not check(value):
+            return None
+    return (event_id, etype, ts, user_id, team_id, properties)
+
+
+_fromisoformat = datetime.fromisoformat
+_ABSENT = object()
+
+
+def _validate_in_full(obj: Any) -> Event | Invalid:
+    """Every check in order, so that a bad event gets the reason of its first problem."""
     if not isinstance(obj, dict):
         return Invalid("not_an_object", f"event must be a JSON object, got {type(obj).__name__}")
     kind = obj.get("type")
@@ -250,7 +367,7 @@ def validate_event(obj: Any) -> Event | Invalid:
     if etype not in _KNOWN_GOOD_TYPES:
         if not TYPE_RE.fullmatch(etype):
             return _bad("type", "must be lowercase words joined by '.' or '_'")
-        if len(_KNOWN_GOOD_TYPES) < 4096:
+        if len(_KNOWN_GOOD_TYPES) < 4096 and etype not in SEGMENT_TYPES:
             _KNOWN_GOOD_TYPES.add(etype)
     raw_ts = obj.get("timestamp")
     if raw_ts is None:
@@ -299,10 +416,25 @@ def decode_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event | Invali
     >>> decode_event(b'[1]').reason
     'not_an_object'
     """
+    fields = decode_fields(raw, max_bytes)
+    return fields if isinstance(fields, Invalid) else Event._make(fields)
+
+
+def decode_fields(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> EventFields | Invalid:
+    """:func:`decode_event` as plain fields (the engine's input). Never raises.
+
+    >>> decode_fields(b'{"event_id":"e1","type":"session.started","timestamp":1772356502123,'
+    ...               b'"user_id":"u1","team_id":"t1"}')[4]
+    't1'
+    """
     if len(raw) > max_bytes:
         return Invalid("oversized", f"event is {len(raw)} bytes, limit is {max_bytes}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return Invalid("malformed_json", f"not valid JSON: {str(exc)[:120]}")
-    return validate_event(obj)
+    if type(obj) is dict and "messageId" not in obj:  # validate_fields, one call less
+        fields = _well_formed(obj)
+        if fields is not None:
+            return fields
+    return validate_fields(obj)

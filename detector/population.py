@@ -93,18 +93,21 @@ class Population:
 
     def window_factor(self, last_day: int, days: int) -> float:
         """Mean day factor over ``days`` days ending at ``last_day``, capped at 1."""
-        total = 0.0
-        for d in range(last_day - days + 1, last_day + 1):
-            total += min(1.0, self.factors.get(d, 1.0))
-        return total / days
+        return self._capped_sum(last_day - days + 1, last_day) / days
 
     def effective_days(self, first_day: int, last_day: int) -> float:
         """Days from first_day to last_day inclusive, each weighted by its day factor."""
         if last_day - first_day > _KEEP_DAYS:
             return float(last_day - first_day + 1)
+        return self._capped_sum(first_day, last_day)
+
+    def _capped_sum(self, first_day: int, last_day: int) -> float:
+        """Sum of the day factors, each capped at 1, from first_day to last_day inclusive."""
         total = 0.0
+        factor_of = self.factors.get
         for d in range(first_day, last_day + 1):
-            total += min(1.0, self.factors.get(d, 1.0))
+            factor = factor_of(d, 1.0)
+            total += factor if factor < 1.0 else 1.0  # min(1.0, factor) without the call
         return total
 
     def expected_days(self, first_day: int, last_day: int) -> float:

@@ -8,6 +8,7 @@ the same alerts. Bad lines go to the dead-letter file with a reason; none is dro
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,21 @@ def _parquet_rows(path: Path, progress: Callable[[int], None] | None) -> Iterato
             yield data
 
 
+#: lines handed to the engines at once (bounds the memory of a batch's alerts and rejections)
+BATCH_LINES = 4096
+
+
+def batches(lines: Iterable[bytes], size: int = BATCH_LINES) -> Iterator[list[bytes]]:
+    """Consecutive lists of up to ``size`` lines.
+
+    >>> [len(b) for b in batches([b"x"] * 5, 2)]
+    [2, 2, 1]
+    """
+    it = iter(lines)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
 def replay(
     lines: Iterable[bytes],
     settings: EngineSettings,
@@ -84,19 +100,19 @@ def replay(
     engines = engines or PartitionedEngines(settings)
     result = ReplayResult()
     dumps = orjson.dumps
-    for number, raw in enumerate(lines, 1):
-        rejected = engines.process_raw(raw)
-        if rejected is not None:
-            dlq_out.write(dumps(dead_letter(raw, rejected, {"line": number})) + b"\n")
-        else:
-            for engine in engines.engines:
-                if engine.outbox:
-                    for alert in engine.drain_alerts():
-                        alerts_out.write(dumps(alert) + b"\n")
-                        state = alert["data"]["state"]
-                        result.alerts_by_state[state] = result.alerts_by_state.get(state, 0) + 1
-                        result.alerts += 1
-        result.lines = number
+    for batch in batches(lines):
+        rejected: list[tuple[int, Invalid]] = []
+        alerts: list[dict[str, Any]] = []
+        engines.process_lines(batch, rejected, alerts)
+        for index, why in rejected:
+            source = {"line": result.lines + index + 1}
+            dlq_out.write(dumps(dead_letter(batch[index], why, source)) + b"\n")
+        for alert in alerts:
+            alerts_out.write(dumps(alert) + b"\n")
+            state = alert["data"]["state"]
+            result.alerts_by_state[state] = result.alerts_by_state.get(state, 0) + 1
+        result.alerts += len(alerts)
+        result.lines += len(batch)
     result.invalid = engines.invalid_counts()
     result.valid = engines.events_valid
     return result
@@ -129,4 +145,4 @@ def replay_file(
     return result
 
 
-__all__ = ["ReplayResult", "dead_letter", "read_lines", "replay", "replay_file"]
+__all__ = ["ReplayResult", "batches", "dead_letter", "read_lines", "replay", "replay_file"]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .engine import PartitionEngine
-from .events import Event, Invalid, decode_event
+from .events import EventFields, Invalid, decode_fields
 from .partitioning import partition_for
 from .settings import EngineSettings
 
@@ -30,14 +30,49 @@ class PartitionedEngines:
         return p
 
     def process_raw(self, raw: bytes) -> Invalid | None:
-        decoded = decode_event(raw, self.settings.max_event_bytes)
+        decoded = decode_fields(raw, self.settings.max_event_bytes)
         if isinstance(decoded, Invalid):
             self.decode_invalid[decoded.reason] = self.decode_invalid.get(decoded.reason, 0) + 1
             return decoded
         return self.process(decoded)
 
-    def process(self, event: Event) -> Invalid | None:
-        return self.engines[self.partition(event.team_id)].process(event)
+    def process(self, event: EventFields) -> Invalid | None:
+        """Apply one valid event (an Event or its plain fields) in its partition's engine."""
+        return self.engines[self.partition(event[4])].process(event)
+
+    def process_lines(
+        self,
+        lines: Iterable[bytes],
+        rejected: list[tuple[int, Invalid]],
+        alerts: list[dict[str, Any]],
+    ) -> int:
+        """:meth:`process_raw` over many lines, with every lookup bound once.
+
+        Appends ``(index in lines, why)`` to ``rejected`` for each line not applied, and each
+        alert to ``alerts`` in the order it was raised (alerts already waiting first); returns
+        the number of lines. The same as process_raw line by line, draining after each: an
+        engine raises alerts only while it processes its own event, so draining that engine
+        alone keeps the order.
+        """
+        alerts.extend(self.drain_alerts())
+        decode, max_bytes = decode_fields, self.settings.max_event_bytes
+        engines, partition_of = self.engines, self._partition_cache
+        decode_invalid = self.decode_invalid
+        n = 0
+        for n, raw in enumerate(lines, 1):
+            fields = decode(raw, max_bytes)
+            if isinstance(fields, Invalid):
+                decode_invalid[fields.reason] = decode_invalid.get(fields.reason, 0) + 1
+                rejected.append((n - 1, fields))
+                continue
+            p = partition_of.get(fields[4])
+            engine = engines[self.partition(fields[4]) if p is None else p]
+            why = engine.process(fields)
+            if why is not None:
+                rejected.append((n - 1, why))
+            elif engine.outbox:
+                alerts.extend(engine.drain_alerts())
+        return n
 
     def drain_alerts(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

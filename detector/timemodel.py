@@ -20,12 +20,19 @@ def iso_ms(ts_ms: int) -> str:
     >>> iso_ms(1772356502123)
     '2026-03-01T09:15:02.123Z'
     """
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    seconds, ms = divmod(ts_ms, 1000)
+    return f"{datetime.fromtimestamp(seconds, UTC).isoformat()[:19]}.{ms:03d}Z"
+
+
+@lru_cache(maxsize=1024)
+def _zone(tz: str) -> ZoneInfo:
+    # ZoneInfo keeps only a few zones alive by itself; past those it reads the file again
+    return ZoneInfo(tz)
 
 
 @lru_cache(maxsize=4096)
 def _offset_at_hour(tz: str, hour: int) -> int:
-    offset = datetime.fromtimestamp(hour * 3600, ZoneInfo(tz)).utcoffset()
+    offset = datetime.fromtimestamp(hour * 3600, _zone(tz)).utcoffset()
     return int(offset.total_seconds() * 1000) if offset is not None else 0
 
 

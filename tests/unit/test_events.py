@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 
+from detector import events
 from detector.events import Event, Invalid, decode_event, validate_event
 
 BASE = {
@@ -109,3 +112,124 @@ def test_lifecycle_events_need_no_user():
 def test_decoder_never_raises_on_odd_json():
     for raw in (b"null", b"1e999", b'"s"', b"{}", b'{"type": {}}', b"[" * 2000):
         assert isinstance(decode_event(raw), Invalid)
+
+
+def _variants() -> list[object]:
+    """Canonical events and Segment messages with one or two fields swapped for odd values."""
+    rng = random.Random(3)
+    values: dict[str, list[object]] = {
+        "type": [
+            "session.started",
+            "feature.used",
+            "task.completed",
+            "session.ended",
+            "team.updated",
+            "payment.failed",
+            "track",
+            "group",
+            "alias",
+            "Feature.Used",
+            "x" * 129,
+            "",
+            7,
+            None,
+            ["feature.used"],
+        ],
+        "event_id": ["e", "x" * 256, "x" * 257, "", 5, None, True],
+        "team_id": ["t", "", "t" * 257, 3, None],
+        "user_id": ["u", "", "u" * 257, 42, None],
+        "timestamp": [
+            "2026-03-01T09:15:02.123Z",
+            "2026-03-01T09:15:02Z",
+            "2026-03-01T09:15:02.1234567Z",
+            "2026-03-01T09:15:02.0005Z",
+            "2026-03-01T09:15:02.9995Z",
+            "2026-03-01T10:15:02+01:00",
+            "2026-03-01T09:15:02.123+00:00",
+            "2026-03-01 09:15:02.123Z",
+            "2026-03-01T09:15:02",
+            "20260301T091502Z",
+            "2026-03-01",
+            "1999-12-31T23:59:59.999Z",
+            "2099-12-31T23:59:59.9995Z",
+            "2100-01-01T00:00:00Z",
+            "yesterday",
+            "",
+            1772356502123,
+            0,
+            4_102_444_800_000,
+            True,
+            1.7e12,
+            None,
+        ],
+        "properties": [
+            {},
+            None,
+            [],
+            {"feature": "editor"},
+            {"feature": ""},
+            {"feature": 3},
+            {"feature": "f" * 257},
+            {"task": "t", "duration_s": 2.5},
+            {"task": "t"},
+            {"task": "t", "duration_s": -1},
+            {"task": "t", "duration_s": True},
+            {"task": "t", "duration_s": float("inf")},
+            {"task": "t", "duration_s": float("nan")},
+            {"task": "t", "duration_s": 10**400},
+            {"duration_s": 0},
+            {"duration_s": 1e308},
+            {"plan": "pro", "mrr": 9, "seats": 3, "timezone": "Europe/Paris"},
+            {"seats": 0},
+            {"seats": True},
+            {"timezone": "Mars/Olympus"},
+            {"amount": "9"},
+            {"amount": 9.5, "reason": "card"},
+            {"error": None},
+            {"task": "t", "error": "x"},
+        ],
+    }
+    segment = {
+        "type": "track",
+        "messageId": "m1",
+        "event": "Feature Used",
+        "userId": "u",
+        "timestamp": "2026-03-01T09:15:02Z",
+        "context": {"groupId": "t"},
+        "properties": {"feature": "editor"},
+    }
+    out: list[object] = []
+    for _ in range(3000):
+        obj: dict[str, object] = dict(BASE)
+        for name in rng.sample(sorted(values), rng.choice([1, 1, 2])):
+            if rng.random() < 0.1:
+                obj.pop(name, None)
+            else:
+                obj[name] = rng.choice(values[name])
+        if rng.random() < 0.05:
+            obj["messageId"] = "m"
+        out.append(obj)
+        seg = dict(segment)
+        seg["type"] = rng.choice(["track", "track", "group", "page", "identify", "alias", 5])
+        seg["timestamp"] = rng.choice(values["timestamp"])
+        seg["event"] = rng.choice(["Feature Used", "task.completed", "Track", None])
+        seg["properties"] = rng.choice(values["properties"])
+        if rng.random() < 0.2:
+            seg.pop("userId")
+        out.append(seg)
+    return out
+
+
+def test_fast_path_accepts_exactly_what_full_validation_accepts():
+    """validate_fields' one-pass check must agree with the full, reason-finding validation."""
+    cases = _variants()
+    for _ in range(2):  # the second round runs with the cache of known types warm
+        for obj in cases:
+            full = events._validate_in_full(obj)
+            fast = events.validate_fields(obj)
+            assert isinstance(fast, Invalid) == isinstance(full, Invalid), obj
+            assert tuple(fast) == tuple(full), obj
+    outcomes = [type(events.validate_fields(o)) for o in cases]
+    fast, full = outcomes.count(tuple), outcomes.count(Event)  # a plain tuple: the fast path
+    assert fast > 0.1 * len(cases) and full > 0, "both paths are exercised"
+    assert outcomes.count(Invalid) > 0.2 * len(cases)
