@@ -119,10 +119,11 @@ class Population:
         (7.0, 0.636)
         """
         weekday = self.weekday
+        known = min(weekday) > 0.0  # every weekday seen at least once
         mean = sum(weekday) / 7.0
         total = 0.0
         for d in range(first_day, last_day + 1):
-            weight = weekday[d % 7] / mean if mean > 0.0 and min(weekday) > 0.0 else 1.0
+            weight = weekday[d % 7] / mean if known else 1.0
             total += weight * min(1.0, self.factors.get(d, 1.0))
         return total
 
