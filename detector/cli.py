@@ -80,6 +80,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         load_jsonl(args.alerts),
         load_jsonl(args.truth),
         inactivity_days=args.inactivity_days,
+        nab_window_days=args.nab_window_days,
     )
     if args.report is not None:
         write_report(report)
@@ -204,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", type=Path, required=True, help="truth JSONL from the simulator")
     p.add_argument(
         "--inactivity-days", type=int, default=14, help="days of the baseline rule (default 14)"
+    )
+    p.add_argument(
+        "--nab-window-days",
+        type=int,
+        default=30,
+        help="days before a cancellation in which an alert earns NAB credit (default 30)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument(

@@ -13,6 +13,7 @@ import orjson
 
 from .dedup import RecentIds
 from .engine import PartitionEngine
+from .risk_model import RiskModel
 from .state import FIELDS, RING_DAYS, TeamState, UserState
 
 _SEP = b"\x00"  # never appears raw in JSON output
@@ -80,6 +81,7 @@ def encode_partition(engine: PartitionEngine, source_offset: int) -> bytes:
         "first_day": engine.first_day,
         "next_sweep_ms": engine.next_sweep_ms,
         "feature_bits": engine.feature_bits,
+        "risk": engine.risk.state(),
     }
     return orjson.dumps(meta)
 
@@ -117,4 +119,6 @@ def restore_partition(
     engine.first_day = m["first_day"]
     engine.next_sweep_ms = m["next_sweep_ms"]
     engine.feature_bits = m["feature_bits"]
+    if "risk" in m:  # state written before the risk model existed has none
+        engine.risk = RiskModel.from_state(m["risk"])
     return int(m["offset"])

@@ -32,6 +32,7 @@ from .events import (
     decode_fields,
 )
 from .population import Population
+from .risk_model import RiskModel, features_of, snapshot
 from .scoring import (
     Reason,
     Signal,
@@ -40,6 +41,7 @@ from .scoring import (
     explain,
     low_activity_p_value,
     payment_strength,
+    sharp_drop_strength,
     silence_strength,
 )
 from .settings import EngineSettings
@@ -64,6 +66,12 @@ from .timemodel import DAY_MS, Watermark, day_end_ms, utc_offset_ms
 _NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
 _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
+#: "Key action stopped while logins go on" is weak evidence: on its own it was wrong more often
+#: than right (healthy teams have quiet publishing weeks), so alone it raises no alert; with
+#: another signal (noisy-or) it adds to the risk.
+KEY_ACTION_STRENGTH = 0.3
+#: the most a team's shortfall counts in a window that is mostly a population-wide low
+LOW_POPULATION_STRENGTH = 0.3
 
 
 @dataclass
@@ -110,6 +118,8 @@ class PartitionEngine:
             settings.future_jump_confirmations,
         )
         self.population = Population(settings.population_min_days)
+        #: population-level online risk model, learning from this partition's cancellations
+        self.risk = RiskModel()
         self.teams: dict[str, TeamState] = {}
         self.users: dict[str, UserState] = {}
         #: teams grouped by UTC offset: a group's days close together
@@ -374,10 +384,9 @@ class PartitionEngine:
             return
         team.advance_ring(day)
         w = s.recent_window_days
-        wins = team.windows(day, (1, w, 2 * w, _STRUGGLE_DAYS))
+        wins = team.windows(day, (1, s.sharp_drop_days, w, 2 * w, _STRUGGLE_DAYS))
         win, today = wins[w], wins[1]
         pop = self.population
-        pop_w = max(0.05, pop.window_factor(day, w))
         pop_d = pop.day_factor(day)
         if pop_d < s.tracking_gap_ratio:
             self.stats.tracking_gap_days += 1
@@ -388,9 +397,10 @@ class PartitionEngine:
 
         silent_days = pop.effective_days(team.last_active_day + 1, day)
         if mature:
-            norm = self._team_decay(team, wins, pop_w, signals)
+            norm = self._team_decay(team, day, wins, signals)
+            self._sharp_drop(team, day, wins[s.sharp_drop_days], signals)
             self._team_silence(team, silent_days, signals)
-            self._key_action(team, wins, pop_w, norm, signals)
+            self._key_action(team, wins, max(0.05, pop.window_factor(day, 2 * w)), norm, signals)
             self._champion(team, day, norm, signals)
             self._user_decay(team, signals)
         if team.is_new and s.onboarding_days - 3 <= age <= s.onboarding_days + 7:
@@ -451,6 +461,7 @@ class PartitionEngine:
                 ]
             else:
                 signal, reasons = explain(signals)
+                reasons += self._model_reason(signals, norm, mature)
             self._emit(
                 "team",
                 team.team_id,
@@ -464,9 +475,51 @@ class PartitionEngine:
                 day_end_ms(day, team.offset_ms),
             )
         self._learn_team(team, today, win, pop_d, norm, mature)
+        if step.state == hs.CHURNED:
+            if team.cancelled:
+                self._label_cancelled(team, day)
+            team.snapshots = []
+        elif (day - team.first_day) % s.risk_snapshot_days == 0:
+            self._keep_snapshot(team, day, risk_features(signals, norm, mature))
+
+    # ------------------------------------------------------------------ learned risk
+    def _keep_snapshot(self, team: TeamState, day: int, features: dict[str, float]) -> None:
+        """Keep today's features; a snapshot older than the horizon is now a negative."""
+        horizon = self.settings.risk_horizon_days
+        snaps = team.snapshots
+        while snaps and day - snaps[0][0] >= horizon:
+            self.risk.label(team.team_id, features_of(snaps.pop(0)), False)
+        snaps.append(snapshot(day, features))
+
+    def _label_cancelled(self, team: TeamState, day: int) -> None:
+        """The team cancelled: what it looked like 1-4 weeks before is what churn looks like."""
+        s = self.settings
+        for snap in team.snapshots:
+            if s.risk_label_min_days <= day - snap[0] <= s.risk_horizon_days:
+                self.risk.label(team.team_id, features_of(snap), True)
+
+    def _model_reason(self, signals: list[Signal], norm: float, mature: bool) -> list[Reason]:
+        """The learned risk and its strongest contributions, once the model has learned."""
+        model = self.risk
+        if not model.ready(self.settings.risk_min_labels):
+            return []
+        features = risk_features(signals, norm, mature)
+        p = model.predict(features)
+        top = [name for name, part in model.contributions(features)[:2] if part > 0.0]
+        base_rate = model.positives / (model.positives + model.negatives)
+        because = f" ({', '.join(top)} weigh most)" if top else ""
+        return [
+            Reason(
+                "learned_risk",
+                f"{p:.0%} chance of cancelling within {self.settings.risk_horizon_days} days "
+                f"learned from past cancellations{because}",
+                p,
+                base_rate,
+            )
+        ]
 
     def _team_decay(
-        self, team: TeamState, wins: dict[int, list[float]], pop_w: float, out: list[Signal]
+        self, team: TeamState, day: int, wins: dict[int, list[float]], out: list[Signal]
     ) -> float:
         """Activity, active seats and feature breadth against the team's own baseline.
 
@@ -478,6 +531,9 @@ class PartitionEngine:
         norm_week = 1.0
         for days in (w, 2 * w):
             win = wins[days]
+            # each window against the population over the same days: a two-week window that
+            # still holds a holiday expects less than the week after it
+            pop_w = max(0.05, self.population.window_factor(day, days))
             exp_active = days * team.base_active * pop_w
             exp_events = days * team.base_events * pop_w
             if exp_active <= 0.0 or exp_events <= 0.0:
@@ -492,7 +548,16 @@ class PartitionEngine:
             if days == w:
                 norm_week = norm
             p_value = low_activity_p_value(win[ACTIVE_USERS], exp_active)
-            strength = decay_strength(norm, p_value, self.settings.decay_alpha)
+            alpha = self.settings.decay_alpha
+            if team.base_active < 1.0:
+                # under one active user a day, the team's days are one person's days: absences
+                # come in blocks (a vacation), so ask for ten times stronger evidence
+                alpha /= 10.0
+            strength = decay_strength(norm, p_value, alpha)
+            if pop_w < self.settings.tracking_gap_ratio:
+                # mostly a population-wide low (holiday, outage): how deep each team dips in
+                # it varies, so a shortfall there is weak evidence
+                strength = min(strength, LOW_POPULATION_STRENGTH)
             if best is None or strength > best[0]:
                 best = (strength, norm, win, days)
         assert best is not None
@@ -535,6 +600,47 @@ class PartitionEngine:
                 )
             out.append(Signal("team_decay", strength, tuple(reasons)))
         return norm_week
+
+    def _sharp_drop(self, team: TeamState, day: int, win: list[float], out: list[Signal]) -> None:
+        """The last few days far below what this team does on the same weekdays.
+
+        A whole week has to pass before a week's average falls to half; a team that dropped
+        to a fifth of its activity shows it within days. The expectation is the team's own
+        daily baseline times each day's weekday weight and population factor (so a weekend, a
+        holiday or a tracking outage is expected to be quiet). Only a deep, significant drop
+        counts, so a seasonal dip to half is left to the weekly windows.
+        """
+        s = self.settings
+        days = s.sharp_drop_days
+        expected_days = self.population.expected_days(day - days + 1, day)
+        exp_active = team.base_active * expected_days
+        exp_events = team.base_events * expected_days
+        if exp_active <= 0.0 or exp_events <= 0.0:
+            return
+        n_active = min(1.5, win[ACTIVE_USERS] / exp_active)
+        n_events = min(1.5, win[EVENTS] / exp_events)
+        norm = 0.6 * n_active + 0.4 * n_events
+        p_value = low_activity_p_value(win[ACTIVE_USERS], exp_active)
+        strength = sharp_drop_strength(norm, p_value, s.sharp_drop_alpha)
+        if self.population.window_factor(day, days) < s.tracking_gap_ratio:
+            strength = min(strength, LOW_POPULATION_STRENGTH)
+        if strength <= 0.0:
+            return
+        out.append(
+            Signal(
+                "team_decay",
+                strength,
+                (
+                    Reason(
+                        "sharp_drop",
+                        f"{win[ACTIVE_USERS]:.0f} active user-days in the last {days} days "
+                        f"vs {exp_active:.1f} usual for these weekdays",
+                        win[ACTIVE_USERS],
+                        exp_active,
+                    ),
+                ),
+            )
+        )
 
     def _silence_threshold(self, team: TeamState) -> float:
         floor = 7.0 if team.base_active >= 1.5 else 14.0
@@ -583,7 +689,7 @@ class PartitionEngine:
             out.append(
                 Signal(
                     "key_action_stopped",
-                    0.6 if win[KEY_ACTIONS] == 0 else 0.45,
+                    KEY_ACTION_STRENGTH,
                     (
                         Reason(
                             "key_action_drop",
@@ -890,4 +996,21 @@ class PartitionEngine:
         return counts
 
 
-__all__ = ["EngineStats", "LatestScore", "PartitionEngine"]
+def risk_features(signals: list[Signal], norm: float, mature: bool) -> dict[str, float]:
+    """The risk model's features: the hand rules' combined risk, each signal's strength and
+    the activity deficit against the own baseline.
+
+    >>> risk_features([Signal("silence", 0.45, ())], 0.6, True)
+    {'hand_risk': 0.45, 'activity_deficit': 0.4, 'silence': 0.45}
+    """
+    features = {
+        "hand_risk": round(combine(signals), 6),
+        "activity_deficit": round(max(0.0, 1.0 - norm), 6) if mature else 0.0,
+    }
+    for sig in signals:
+        if sig.strength > features.get(sig.name, 0.0):
+            features[sig.name] = sig.strength
+    return features
+
+
+__all__ = ["EngineStats", "LatestScore", "PartitionEngine", "risk_features"]

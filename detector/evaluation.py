@@ -23,6 +23,15 @@ flagged. Lead time per TP is ``churned_at - first qualifying alert`` in days. Fa
 1,000 healthy entity-weeks count every alert (every firing for the baseline) on non-churned
 entities over the weeks from each non-churned entity's first event to the end of the data.
 
+A NAB-style early-detection score (Numenta Anomaly Benchmark, "standard" profile) sums, per
+level: for each churned entity, the window of ``nab_window_days`` before ``churned_at``; the
+earliest alert inside it earns ``A_TP x sigma(y)``, where ``y`` is its position in the window
+(-1 at the start, 0 at the cancellation) and ``sigma(y) = 2 / (1 + e^(5y)) - 1``, so an early
+alert earns close to 1 and a last-minute one close to 0; a window without an alert costs
+``A_FN``. Every alert outside a window (on a healthy entity, or on a churned entity before its
+window) costs ``A_FP``. The sum is normalised to 100 for a perfect detector (every window hit
+at its start, no other alert) and 0 for one that never alerts.
+
 Example (one team, one user, churned 30 days after an at_risk alert):
 
 >>> DAY = 86_400_000
@@ -65,6 +74,7 @@ __all__ = [
     "evaluate",
     "format_time_ms",
     "load_jsonl",
+    "nab_score",
     "parse_time_ms",
     "quantile",
 ]
@@ -85,6 +95,9 @@ NON_ACTIVITY_TYPES: frozenset[str] = frozenset(
 )
 DETECTOR = "detector"
 UNDEFINED = "—"
+#: NAB "standard" application profile weights
+NAB_A_TP, NAB_A_FP, NAB_A_FN = 1.0, 0.11, 1.0
+NAB_WINDOW_DAYS = 30
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -219,6 +232,7 @@ class LevelReport:
     false_alarms: int  # alerts on non-churned entities
     healthy_weeks: float  # non-churned entity-weeks, first event -> end of data
     false_alarms_per_1000_weeks: float | None
+    nab_score: float | None  # NAB-style early-detection score, 100 = perfect, 0 = never alerts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -286,6 +300,7 @@ class DataSummary:
     truth_entities: dict[str, int]
     evaluated_entities: dict[str, int]  # in truth and present in the events
     inactivity_days: int
+    nab_window_days: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -351,6 +366,7 @@ class EvaluationReport:
                     _fmt(rep.lead_p25_days, 1),
                     str(rep.false_alarms),
                     _fmt(rep.false_alarms_per_1000_weeks, 2),
+                    _fmt(rep.nab_score, 1),
                 ]
                 for rep in (comp.detector, comp.baseline)
             ]
@@ -365,6 +381,7 @@ class EvaluationReport:
                 "lead p25 (d)",
                 "false alarms",
                 "FA/1k healthy wk",
+                f"NAB ({data.nab_window_days} d)",
             ]
             lines += _table(header, rows)
         for level, by_scenario in self.scenarios.items():
@@ -508,6 +525,7 @@ class _Outcome:
     first_signal: str | None = None
     count: int = 0
     by_signal: dict[str, int] = field(default_factory=dict)
+    times: list[int] = field(default_factory=list)
 
 
 def _read_truth(truth: Iterable[dict[str, Any]]) -> dict[tuple[str, str], _Truth]:
@@ -539,6 +557,7 @@ def evaluate(
     alerts: Iterable[dict[str, Any]],
     truth: Iterable[dict[str, Any]],
     inactivity_days: int = 14,
+    nab_window_days: int = NAB_WINDOW_DAYS,
 ) -> EvaluationReport:
     """Score the detector's at_risk alerts and the "inactive for N days" rule against truth.
 
@@ -546,6 +565,8 @@ def evaluate(
     """
     if inactivity_days <= 0:
         raise ValueError("inactivity_days must be positive")
+    if nab_window_days <= 0:
+        raise ValueError("nab_window_days must be positive")
     window = inactivity_days * DAY_MS
     table = _read_truth(truth)
 
@@ -642,8 +663,8 @@ def evaluate(
         healthy_weeks = healthy_ms / WEEK_MS
         levels[level] = LevelComparison(
             level=level,
-            detector=_score(DETECTOR, truths, detector_outcomes, healthy_weeks),
-            baseline=_score(baseline, truths, baseline_outcomes, healthy_weeks),
+            detector=_score(DETECTOR, truths, detector_outcomes, healthy_weeks, nab_window_days),
+            baseline=_score(baseline, truths, baseline_outcomes, healthy_weeks, nab_window_days),
         )
         signals[level] = _signals(truths, detector_outcomes)
         scenarios[level] = _scenarios(truths, detector_outcomes, baseline_outcomes)
@@ -665,6 +686,7 @@ def evaluate(
         truth_entities=truth_counts,
         evaluated_entities=evaluated_counts,
         inactivity_days=inactivity_days,
+        nab_window_days=nab_window_days,
     )
     return EvaluationReport(
         levels=levels, signals=signals, scenarios=scenarios, data=data, lead_days=lead_days
@@ -678,6 +700,7 @@ def _outcome(alerts: Iterable[tuple[int, str]], cutoff: int | None) -> _Outcome:
         if cutoff is not None and ts >= cutoff:
             continue
         outcome.count += 1
+        outcome.times.append(ts)
         outcome.by_signal[signal] = outcome.by_signal.get(signal, 0) + 1
         if outcome.first_ms is None or ts < outcome.first_ms:
             outcome.first_ms, outcome.first_signal = ts, signal
@@ -692,8 +715,56 @@ def _leads(truths: Sequence[_Truth], outcomes: Sequence[_Outcome]) -> list[float
     ]
 
 
+def nab_sigmoid(y: float) -> float:
+    """NAB's scaled sigmoid of the relative position ``y`` of a detection in its window.
+
+    >>> round(nab_sigmoid(-1.0), 3), nab_sigmoid(0.0), round(nab_sigmoid(-0.5), 3)
+    (0.987, 0.0, 0.848)
+    """
+    return 2.0 / (1.0 + math.exp(5.0 * y)) - 1.0
+
+
+def nab_score(
+    windows: Sequence[tuple[int, Sequence[int]]],
+    false_alarms: int,
+    window_ms: int,
+) -> float | None:
+    """Normalised NAB score from ``(churned_at, alert times)`` per churned entity and the count
+    of alerts outside every window; ``None`` without windows.
+
+    Alert times must already exclude alerts at or after ``churned_at``; alerts before the
+    window count as false alarms here (the caller's ``false_alarms`` holds the others).
+
+    >>> DAY = 86_400_000
+    >>> nab_score([(30 * DAY, [0])], 0, 30 * DAY)  # alerted at the window start
+    100.0
+    >>> nab_score([(30 * DAY, [])], 0, 30 * DAY), nab_score([], 3, 30 * DAY)
+    (0.0, None)
+    >>> round(nab_score([(30 * DAY, [15 * DAY])], 1, 30 * DAY), 1)  # halfway, one false alarm
+    87.5
+    """
+    if not windows:
+        return None
+    raw = -NAB_A_FP * false_alarms
+    for churned_at, times in windows:
+        start = churned_at - window_ms
+        inside = [t for t in times if t >= start]
+        raw -= NAB_A_FP * (len(times) - len(inside))
+        if inside:
+            raw += NAB_A_TP * nab_sigmoid((min(inside) - churned_at) / window_ms)
+        else:
+            raw -= NAB_A_FN
+    null = -NAB_A_FN * len(windows)
+    perfect = NAB_A_TP * nab_sigmoid(-1.0) * len(windows)
+    return round(100.0 * (raw - null) / (perfect - null), 6)
+
+
 def _score(
-    method: str, truths: Sequence[_Truth], outcomes: Sequence[_Outcome], healthy_weeks: float
+    method: str,
+    truths: Sequence[_Truth],
+    outcomes: Sequence[_Outcome],
+    healthy_weeks: float,
+    nab_window_days: int = NAB_WINDOW_DAYS,
 ) -> LevelReport:
     tp = fp = fn = alerts = false_alarms = 0
     for row, out in zip(truths, outcomes, strict=True):
@@ -706,6 +777,11 @@ def _score(
             fp += flagged
             false_alarms += out.count
     leads = _leads(truths, outcomes)
+    windows = [
+        (row.churned_at, out.times)
+        for row, out in zip(truths, outcomes, strict=True)
+        if row.churned and row.churned_at is not None
+    ]
     return LevelReport(
         method=method,
         entities=len(truths),
@@ -724,6 +800,7 @@ def _score(
         false_alarms_per_1000_weeks=(
             false_alarms / healthy_weeks * 1000 if healthy_weeks > 0 else None
         ),
+        nab_score=nab_score(windows, false_alarms, nab_window_days * DAY_MS),
     )
 
 

@@ -110,6 +110,23 @@ class Population:
             total += factor if factor < 1.0 else 1.0  # min(1.0, factor) without the call
         return total
 
+    def expected_days(self, first_day: int, last_day: int) -> float:
+        """Days from first_day to last_day, each weighted by its weekday's share of a usual
+        week's activity and by its day factor: how many "average days" of activity to expect.
+
+        >>> p = Population(0); p.weekday = [2.0, 2.0, 2.0, 2.0, 2.0, 0.5, 0.5]
+        >>> p.expected_days(0, 6), round(p.expected_days(5, 6), 3)
+        (7.0, 0.636)
+        """
+        weekday = self.weekday
+        known = min(weekday) > 0.0  # every weekday seen at least once
+        mean = sum(weekday) / 7.0
+        total = 0.0
+        for d in range(first_day, last_day + 1):
+            weight = weekday[d % 7] / mean if known else 1.0
+            total += weight * min(1.0, self.factors.get(d, 1.0))
+        return total
+
     def observe_task(self, task: str, duration_s: float) -> float:
         """Learn the task's norm and return this duration as a multiple of it."""
         x = math.log1p(duration_s)

@@ -114,6 +114,22 @@ def decay_strength(normalised_ratio: float, p_value: float, alpha: float) -> flo
     return round(strength, 6)
 
 
+def sharp_drop_strength(normalised_ratio: float, p_value: float, alpha: float) -> float:
+    """Strength of "the last few days are a small fraction of usual", gated by significance.
+
+    Stricter than :func:`decay_strength` (a few days are noisier than a week): at risk only
+    below about a third of the usual activity, and only when chance cannot explain it.
+
+    >>> sharp_drop_strength(0.2, 1e-5, 1e-3), sharp_drop_strength(0.2, 0.01, 1e-3)
+    (1.0, 0.0)
+    >>> sharp_drop_strength(0.35, 1e-5, 1e-3), sharp_drop_strength(0.6, 1e-5, 1e-3)
+    (0.5, 0.0)
+    """
+    if p_value > alpha:
+        return 0.0
+    return round(clip01((0.5 - normalised_ratio) / 0.3), 6)
+
+
 def silence_strength(effective_days: float, threshold_days: float) -> float:
     """Strength of an absence measured against the entity's own cadence.
 

@@ -57,6 +57,11 @@ class EngineSettings:
     churn_silence_days: int = 45
     #: significance level for "activity is lower than the baseline by chance"
     decay_alpha: float = 0.01
+    #: sharp drop: the last this-many days against the team's usual for those weekdays; it
+    #: answers a sudden drop days before a weekly average does
+    sharp_drop_days: int = 3
+    #: significance level of a sharp drop (stricter than decay_alpha: a few days are noisy)
+    sharp_drop_alpha: float = 0.001
     #: a population day below this share of its baseline is a tracking gap, not churn
     tracking_gap_ratio: float = 0.5
     #: minimum days of population history before population normalisation applies
@@ -64,6 +69,14 @@ class EngineSettings:
     #: onboarding window for early-life red flags
     onboarding_days: int = 10
     short_first_session_s: float = 120.0
+    #: online risk model: a team's features are kept every this many days; a snapshot taken
+    #: risk_label_min_days..risk_horizon_days before a cancellation is a positive, one whose
+    #: team is still there risk_horizon_days later a negative
+    risk_snapshot_days: int = 7
+    risk_label_min_days: int = 7
+    risk_horizon_days: int = 28
+    #: the model's risk is shown on alerts once it has learned this many labels of each class
+    risk_min_labels: int = 20
     #: users: a user silent for max(this, 4x their usual gap) days is decaying
     user_min_silence_days: int = 10
     #: partitions used by replay and the demo (mirror the Kafka topic)

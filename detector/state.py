@@ -51,6 +51,7 @@ class TeamState:
         "ring",
         "ring_day",
         "seats",
+        "snapshots",
         "team_id",
         "trial",
         "tz",
@@ -89,6 +90,9 @@ class TeamState:
         self.champion_rate = 0.0
         self.users_at_risk = 0
         self.users_regular = 0
+        #: risk-model feature snapshots awaiting their delayed label, oldest first; each is
+        #: sparse: [day, feature index, value, feature index, value, ...]
+        self.snapshots: list[list[float]] = []
         self.health = NOT_ENOUGH_DATA
         self.hot_days = 0
         self.calm_days = 0

@@ -175,7 +175,9 @@ def test_out_of_order_within_the_allowed_lateness_counts_the_same(shuffle_seed, 
 
 
 @pytest.mark.xfail(
-    strict=True,
+    # not strict: whether the transient difference (a user's gap) reaches an alert's reasons
+    # in this stream depends on the scoring, so unrelated scoring changes can hide it
+    strict=False,
     reason="known: a user's event of local day D-1 delivered after their first event of day D "
     "(out of order across midnight, within the lateness) does not make D-1 an active day "
     "(engine._activity keeps only the last active day per user and team), so active-user "

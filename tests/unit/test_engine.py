@@ -184,3 +184,46 @@ def test_trial_that_never_activates_is_flagged_early():
     codes = {r["code"] for r in flagged[0]["data"]["reasons"]}
     assert {"few_active_days", "no_key_action", "short_first_session"} <= codes
     assert day_of(flagged[0]) <= 40 + 10
+
+
+def test_sharp_drop_is_flagged_within_days_with_its_reason():
+    drop = TeamSpec("drop", 20, level=lambda d: 1.0 if d < 62 else 0.1)  # day 62 is a Monday
+    _, alerts = run(stream([*healthy_teams(25), drop], days=90))
+    first = team_alerts(alerts, "drop", "at_risk")[0]
+    assert day_of(first) <= 62 + 5, "a drop to a tenth is clear after a few working days"
+    assert "sharp_drop" in {r["code"] for r in first["data"]["reasons"]}
+
+
+def test_weekend_is_not_a_sharp_drop():
+    engine = PartitionEngine(EngineSettings(sharp_drop_days=2), clock=lambda: 0.0)
+    for ev in stream(healthy_teams(20, users=30), days=60):
+        engine.process(ev)
+    team = engine.teams["h0"]
+    sunday = START_DAY + 59  # (START_DAY + 59 + 3) % 7 == 6; weekends run at 15 %
+    signals: list = []
+    engine._sharp_drop(team, sunday, team.window(sunday, 2), signals)
+    assert signals == [], "the population's weekday rhythm makes a quiet weekend expected"
+
+
+def test_key_action_stopped_alone_is_weak_evidence():
+    stop = (START_DAY + 50) * DAY_MS
+    events = [
+        ev._replace(type="feature.used")
+        if ev.team_id == "k" and ev.type == "document.published" and ev.ts_ms >= stop
+        else ev
+        for ev in stream([*healthy_teams(20), TeamSpec("k", 10)], days=80)
+    ]
+    engine, alerts = run(events)
+    assert team_alerts(alerts, "k") == [], "a publishing pause alone raises no alert"
+    team = engine.teams["k"]
+    signals: list = []
+    engine._key_action(team, team.windows(team.last_scored_day, (14,)), 1.0, 1.0, signals)
+    assert [(s.name, s.strength) for s in signals] == [("key_action_stopped", 0.3)]
+
+
+def test_team_quieter_than_others_in_a_holiday_is_not_decaying_after_it():
+    holiday = lambda d: 0.4 if 70 <= d < 77 else 1.0  # noqa: E731
+    teams = [TeamSpec(f"h{i}", 8, level=holiday) for i in range(30)]
+    teams.append(TeamSpec("deep", 20, level=lambda d: 0.1 if 70 <= d < 77 else 1.0))
+    _, alerts = run(stream(teams, days=95))
+    assert team_alerts(alerts, "deep") == [], "the two-week window still holds the holiday"

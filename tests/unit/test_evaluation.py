@@ -353,3 +353,28 @@ def test_parse_time_ms_forms():
     assert parse_time_ms(format_time_ms(ms)) == ms
     with pytest.raises(TypeError):
         parse_time_ms(True)
+
+
+def test_nab_score_rewards_early_alerts_and_charges_false_alarms(report):
+    # detector: t_churn alerted on d30 = the start of its 30-day window (sigma(-1) = 0.98661),
+    # three alerts on t_healthy; baseline: fires d34 (sigma(-26/30) = 0.97410), two firings on t_gap
+    perfect, null = 0.98661, -1.0
+    det = report.levels["team"].detector.nab_score
+    base = report.levels["team"].baseline.nab_score
+    assert det == pytest.approx(100 * (0.98661 - 3 * 0.11 - null) / (perfect - null), abs=1e-3)
+    assert base == pytest.approx(100 * (0.97410 - 2 * 0.11 - null) / (perfect - null), abs=1e-3)
+
+
+def test_nab_alert_before_its_window_is_a_false_alarm():
+    events = [ev(0, "u1", "t1"), ev(50, "u1", "t1")]
+    truth = [
+        {"entity_type": "team", "entity_id": "t1", "churned": True,
+         "churned_at": format_time_ms(at(60)), "scenario": "team_decay"}
+    ]  # fmt: skip
+    early = evaluate(events, [alert("team", "t1", 10)], truth, nab_window_days=30)
+    team = early.levels["team"].detector
+    assert team.tp == 1, "flagged before the cancellation: a TP for precision and recall"
+    # but for NAB it is a false alarm (-0.11) and the window is missed (-1)
+    assert team.nab_score == pytest.approx(100 * (-1.11 + 1) / (0.98661 + 1), abs=1e-3)
+    with pytest.raises(ValueError):
+        evaluate(events, [], truth, nab_window_days=0)
