@@ -231,20 +231,20 @@ class Lag(NamedTuple):
 
 
 class ServiceCollector(Collector):
-    """Worker-level gauges read at scrape time: consumer lag, readiness, state store size."""
+    """Worker-level gauges read at scrape time: consumer lag, readiness, state size."""
 
     def __init__(
         self,
         lag: Callable[[], Iterable[Lag]],
         ready: Callable[[], bool],
         assigned: Callable[[], Sequence[int]],
-        store_bytes: Callable[[], int],
+        state_bytes: Callable[[], int],
     ) -> None:
-        self._lag, self._ready, self._assigned, self._store_bytes = (
+        self._lag, self._ready, self._assigned, self._state_bytes = (
             lag,
             ready,
             assigned,
-            store_bytes,
+            state_bytes,
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -267,9 +267,9 @@ class ServiceCollector(Collector):
             value=len(self._assigned()),
         )
         yield GaugeMetricFamily(
-            f"{PREFIX}_state_store_bytes",
-            "Size of the local state store (RocksDB) on disk",
-            value=self._store_bytes(),
+            f"{PREFIX}_state_bytes",
+            "Estimated size of the partition state held (entities x mean encoded record size)",
+            value=self._state_bytes(),
         )
 
 

@@ -20,12 +20,9 @@ Several workers: each owns some partitions, and a request may arrive at any of t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -48,16 +45,6 @@ PEER_TIMEOUT_S = 5.0
 MAX_LIST = 100
 
 
-def directory_bytes(path: str) -> int:
-    """Total size of the files under ``path`` (0 if it does not exist)."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):  # a RocksDB file compacted away meanwhile
-                total += (Path(root) / name).stat().st_size
-    return total
-
-
 def _error(web: Any, status: int, error: str, message: str) -> Any:
     return web.json({"error": error, "message": message}, status=status)
 
@@ -78,16 +65,13 @@ class HealthApi:
         self.bundle_topic = bundle_topic
         self.recovered = recovered
         self.partitions = runtime.settings.engine.partitions
-        self.state_dir = runtime.settings.service.state_dir
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
         ProcessCollector(registry=self.registry)  # process_start_time_seconds, memory, CPU
         self.registry.register(FaustCollector(app))
         register_engines(self.registry, lambda: sorted(runtime.engines.items()), ingest)
         self.registry.register(
-            ServiceCollector(
-                self.lag, self.ready, self.assigned, lambda: directory_bytes(self.state_dir)
-            )
+            ServiceCollector(self.lag, self.ready, self.assigned, runtime.state_bytes)
         )
 
     # ------------------------------------------------------------------ worker state
@@ -294,4 +278,4 @@ def install(
     return api
 
 
-__all__ = ["FORWARDED", "HealthApi", "directory_bytes", "install"]
+__all__ = ["FORWARDED", "HealthApi", "install"]

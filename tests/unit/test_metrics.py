@@ -14,7 +14,6 @@ from detector.metrics import (
     top_at_risk,
 )
 from detector.settings import EngineSettings
-from detector.web import directory_bytes
 
 from .streams import TeamSpec, healthy_teams, stream
 
@@ -99,16 +98,14 @@ def test_plans_are_capped_so_input_cannot_blow_up_label_cardinality():
     assert sum(_capped(plans, MAX_PLANS).values()) == sum(plans.values())
 
 
-def test_service_gauges_and_latency_histogram_use_the_injected_registry(tmp_path):
+def test_service_gauges_and_latency_histogram_use_the_injected_registry():
     registry = CollectorRegistry()
-    (tmp_path / "store").mkdir()
-    (tmp_path / "store" / "000001.sst").write_bytes(b"x" * 1000)
     registry.register(
         ServiceCollector(
             lambda: [Lag("engine", 0, 5), Lag("ingest", 1, -1)],
             lambda: True,
             lambda: [0, 1],
-            lambda: directory_bytes(str(tmp_path)),
+            lambda: 1000,
         )
     )
     latency = ServiceMetrics(registry)
@@ -118,7 +115,7 @@ def test_service_gauges_and_latency_histogram_use_the_injected_registry(tmp_path
     assert get("churn_detector_consumer_lag", {"stage": "engine", "partition": "0"}) == 5
     assert get("churn_detector_consumer_lag", {"stage": "ingest", "partition": "1"}) == 0
     assert get("churn_detector_ready") == 1 and get("churn_detector_partitions_assigned") == 2
-    assert get("churn_detector_state_store_bytes") == 1000
+    assert get("churn_detector_state_bytes") == 1000
     assert get("churn_detector_processing_latency_seconds_count", {"stage": "state"}) == 1
     assert (
         get("churn_detector_processing_latency_seconds_bucket", {"stage": "alert", "le": "2.5"})

@@ -69,3 +69,18 @@ def test_a_runtime_restored_from_the_changelog_continues_like_one_that_never_sto
 
     assert counts(second) == counts(straight)
     assert sum(counts(straight).values()) > 0
+
+
+def test_state_bytes_estimates_what_a_new_owner_reads_back_from_the_changelog():
+    partitions = 4
+    partition = partition_for(EVENTS[0]["team_id"], partitions)
+    runtime = runtime_over({})
+    asyncio.run(runtime.ensure(partition))
+    assert runtime.state_bytes() == 0  # nothing written yet, nothing to estimate from
+    changelog: dict[bytes, bytes] = {}
+    for offset, bundle in enumerate(bundles_for(partition, partitions, size=200)):
+        runtime.apply(partition, offset, bundle)
+        changelog.update(runtime.changes(partition))
+    entity_bytes = sum(len(v) for k, v in changelog.items() if k[:2] in (b"t:", b"u:"))
+    assert entity_bytes > 0
+    assert abs(runtime.state_bytes() - entity_bytes) <= 0.25 * entity_bytes
