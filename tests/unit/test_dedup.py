@@ -174,13 +174,6 @@ def test_out_of_order_within_the_allowed_lateness_counts_the_same(shuffle_seed, 
         assert ring[KEY_ACTIONS::FIELDS] == expected_ring[KEY_ACTIONS::FIELDS]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: a user's event of local day D-1 delivered after their first event of day D "
-    "(out of order across midnight, within the lateness) does not make D-1 an active day "
-    "(engine._activity keeps only the last active day per user and team), so active-user "
-    "counts, gaps and then alerts can differ from in-order delivery",
-)
 def test_out_of_order_across_midnight_gives_the_in_order_alerts_and_active_days():
     events = night_owl_stream(2)
     assert run(deliver_late(events, 50)) == run(events)
