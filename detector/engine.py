@@ -430,8 +430,12 @@ class PartitionEngine:
                 if team.last_scored_day < closed:
                     self._close_team(team, closed)
         # a user's check of day D reads the team's local day D: wait until every group has
-        # closed it (teams west of UTC close it hours after UTC midnight)
-        user_day = min([utc_day - 1, *(self.group_closed[o] for o, g in self.groups.items() if g)])
+        # closed it (west of UTC, hours after UTC midnight). A group new in this sweep holds
+        # teams that moved from a group that closed the day.
+        closed_days = self.group_closed
+        user_day = min(
+            [utc_day - 1, *(closed_days.get(o, utc_day - 1) for o, g in self.groups.items() if g)]
+        )
         if self.user_day_closed is None:
             self.user_day_closed = user_day
             for day in [d for d in self.wheel if d <= user_day]:
@@ -455,6 +459,8 @@ class PartitionEngine:
                 self.unsettled.setdefault(team.offset_ms, []).append(uid)
                 continue
             self._settle_user(team, user, closed)
+            if self.dirty_users is not None:
+                self.dirty_users.add(uid)
             if user.open_days:
                 keep.append(uid)
         if keep:
