@@ -201,7 +201,10 @@ class PartitionEngine:
                     if not team.open_days & bit:
                         team.open_days |= bit
                         self._count_team_day(team, ts, day, bit, True)
-                    elif not team.open_days_early & bit:
+                    elif (
+                        not team.open_days_early & bit
+                        and ts // DAY_MS == (day * DAY_MS - team.offset_ms) // DAY_MS
+                    ):
                         self._count_team_day(team, ts, day, bit, False)
                 assert uid is not None  # validation: only team-level types may lack a user
                 user = self.users.get(uid)
@@ -270,6 +273,8 @@ class PartitionEngine:
         if utc_day >= team.first_day or team.last_scored_day != team.first_day - 1:
             return -1
         shift = team.first_day - utc_day
+        if self.first_day is not None and utc_day < self.first_day:
+            self.first_day = utc_day
         team.first_day, team.last_scored_day = utc_day, utc_day - 1
         team.last_active_day = utc_day - 1
         team.open_days <<= shift
@@ -367,7 +372,7 @@ class PartitionEngine:
 
     def _new_team(self, team_id: str, ts: int) -> TeamState:
         utc_day = ts // DAY_MS
-        if self.first_day is None:
+        if self.first_day is None or utc_day < self.first_day:  # (< : delivered out of order)
             self.first_day = utc_day
         team = TeamState(team_id, utc_day, utc_day - self.first_day >= _NEW_TEAM_GRACE_DAYS)
         self.teams[team_id] = team

@@ -288,3 +288,20 @@ def test_the_zoned_stream_crosses_local_and_utc_midnights_and_raises_alerts():
     alerts, teams, _, _ = run_state(events)
     assert {a["data"]["entity_id"] for a in alerts} >= {"ny", "delhi"}
     assert teams["tokyo"]["offset_ms"] == 9 * HOUR_MS
+
+
+def test_first_events_delivered_after_later_ones_start_the_team_and_user_on_their_day():
+    midnight = (START_DAY + 1) * DAY_MS
+    events = [
+        ev("a", midnight - HOUR_MS // 2, team="t1", user="u1"),
+        ev("b", midnight - HOUR_MS // 4, team="t1", user="u2"),
+        ev("c", midnight + HOUR_MS // 2, team="t1", user="u1"),
+        ev("d", midnight + HOUR_MS, team="t1", user="u2"),
+        *(ev(f"x{i}", midnight + (i + 2) * HOUR_MS, user=f"u{i % 3}") for i in range(60)),
+    ]
+    in_order = run_state(events)
+    reversed_start = run_state([events[2], events[3], events[1], events[0], *events[4:]])
+    assert reversed_start[1:] == in_order[1:]
+    assert in_order[2]["u1"]["first_day"] == START_DAY
+    assert in_order[2]["u1"]["active_days"] == in_order[2]["u2"]["active_days"] >= 2
+    assert in_order[1]["t1"]["first_day"] == in_order[3]["first_day"] == START_DAY
