@@ -1,8 +1,10 @@
 """End-to-end alert latency: paced events in, alerts out, matched to the event that caused them.
 
 An alert is published by the sweep that first reaches its ``time`` (the end of the scored
-day): team alerts for local day ``d`` at the first sweep boundary ``S >= day_end_ms(d)``,
-user alerts at the first ``S >= (d + 1) * DAY_MS``. A partition sweeps up to boundary ``S``
+day): team alerts for local day ``d`` at the first sweep boundary ``S >= day_end_ms(d)``.
+User alerts for UTC day ``d`` wait until every time-zone group of the partition has closed
+its local day ``d`` (hours after UTC midnight west of UTC), so their trigger depends on the
+partition's zones: they are counted, not timed. A partition sweeps up to boundary ``S``
 while applying the first event that lifts its watermark (newest event time minus the
 allowed lateness) to ``S`` or beyond. So the triggering event of each alert is known from
 the events alone: the latency is the alert's arrival on the alerts topic minus the moment
@@ -219,13 +221,17 @@ class Latencies:
     before_phase: int
     unmatched: int
     early: int
+    users: int = 0
 
 
 def alert_latencies(run: PacedRun, triggers: Triggers, partitions: int) -> Latencies:
     """Latency of every alert caused by a paced event; counts the others."""
     seconds: list[float] = []
-    before = unmatched = early = 0
+    before = unmatched = early = users = 0
     for arrived, alert in run.alerts:
+        if alert["data"]["entity_type"] == "user":
+            users += 1
+            continue
         partition = partition_for(alert["data"]["team_id"], partitions)
         at_ms = int(datetime.fromisoformat(alert["time"]).timestamp() * 1000)
         index = triggers.trigger_of(partition, at_ms)
@@ -239,7 +245,7 @@ def alert_latencies(run: PacedRun, triggers: Triggers, partitions: int) -> Laten
                 early += 1
             else:
                 seconds.append(latency)
-    return Latencies(sorted(seconds), before, unmatched, early)
+    return Latencies(sorted(seconds), before, unmatched, early, users)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

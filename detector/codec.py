@@ -20,6 +20,12 @@ _SEP = b"\x00"  # never appears raw in JSON output
 _TEAM_FIELDS = tuple(s for s in TeamState.__slots__ if s not in ("ring", "recent_ids"))
 _RING_BYTES = 8 * RING_DAYS * FIELDS
 _USER_FIELDS = UserState.__slots__
+# fields added since the first release, with what an older record implies for them: no
+# open days (their activity was already taken in; the user's settled up to its last day)
+_TEAM_ADDED = {"open_days": 0, "open_days_early": 0}
+_USER_ADDED = {"open_days": 0, "settled_day": None}
+_TEAM_FIELDS_V1 = tuple(s for s in _TEAM_FIELDS if s not in _TEAM_ADDED)
+_USER_FIELDS_V1 = tuple(s for s in _USER_FIELDS if s not in _USER_ADDED)
 
 
 def encode_team(team: TeamState) -> bytes:
@@ -35,7 +41,14 @@ def encode_team(team: TeamState) -> bytes:
 def decode_team(data: bytes) -> TeamState:
     head, _, ring = data.partition(_SEP)
     team = TeamState.__new__(TeamState)
-    for name, value in zip(_TEAM_FIELDS, orjson.loads(head), strict=True):
+    values = orjson.loads(head)
+    if len(values) != len(_TEAM_FIELDS):
+        for name, default in _TEAM_ADDED.items():
+            setattr(team, name, default)
+        names = _TEAM_FIELDS_V1
+    else:
+        names = _TEAM_FIELDS
+    for name, value in zip(names, values, strict=True):
         setattr(team, name, value)
     team.ring = array("d")
     team.ring.frombytes(ring[:_RING_BYTES])
@@ -54,7 +67,13 @@ def encode_user(user: UserState) -> bytes:
 
 def decode_user(data: bytes) -> UserState:
     user = UserState.__new__(UserState)
-    for name, value in zip(_USER_FIELDS, orjson.loads(data), strict=True):
+    values = orjson.loads(data)
+    if len(values) != len(_USER_FIELDS):
+        for name, value in zip(_USER_FIELDS_V1, values, strict=True):
+            setattr(user, name, value)
+        user.open_days, user.settled_day = 0, user.last_day
+        return user
+    for name, value in zip(_USER_FIELDS, values, strict=True):
         setattr(user, name, value)
     return user
 
@@ -99,9 +118,13 @@ def restore_partition(
     for team in teams.values():
         engine.groups.setdefault(team.offset_ms, {})[team.team_id] = team
     engine.wheel = {}
+    engine.unsettled = {}
     for uid, user in users.items():
         if user.check_day >= 0:
             engine.wheel.setdefault(user.check_day, []).append(uid)
+        if user.open_days:
+            offset = teams[user.team_id].offset_ms
+            engine.unsettled.setdefault(offset, []).append(uid)
     if meta is None:
         return -1
     m = orjson.loads(meta)

@@ -59,6 +59,7 @@ from .state import (
     TASKS,
     TeamState,
     UserState,
+    fold_past_active_day,
     fold_user,
 )
 from .timemodel import DAY_MS, Watermark, day_end_ms, utc_offset_ms
@@ -127,6 +128,8 @@ class PartitionEngine:
         self.group_closed: dict[int, int] = {}
         #: user checks due per UTC day (each user has at most one live entry)
         self.wheel: dict[int, list[str]] = {}
+        #: users with open active days, by their team's UTC offset (settled as days close)
+        self.unsettled: dict[int, list[str]] = {}
         self.user_day_closed: int | None = None
         self.first_day: int | None = None
         self.next_sweep_ms: int | None = None
@@ -198,8 +201,21 @@ class PartitionEngine:
                 ring = team.ring
                 slot = (day % RING_DAYS) * FIELDS
                 ring[slot + EVENTS] += 1.0
-                if day > team.last_active_day:
-                    self._team_active_day(team, day, ts)
+                # active days are bits of the days not closed yet (set in any order); the
+                # statistics take them in, in day order, when the day closes (_close_team)
+                back = day - team.last_scored_day - 1
+                if back < 0:
+                    back = self._team_earlier_start(team, ts, day)
+                if back >= 0:
+                    bit = 1 << back
+                    if not team.open_days & bit:
+                        team.open_days |= bit
+                        self._count_team_day(team, ts, day, bit, True)
+                    elif (
+                        not team.open_days_early & bit
+                        and ts // DAY_MS == (day * DAY_MS - team.offset_ms) // DAY_MS
+                    ):
+                        self._count_team_day(team, ts, day, bit, False)
                 assert uid is not None  # validation: only team-level types may lack a user
                 user = self.users.get(uid)
                 if user is None:
@@ -207,9 +223,17 @@ class PartitionEngine:
                 user.events_total += 1
                 if self.dirty_users is not None:
                     self.dirty_users.add(uid)
-                if day > user.last_day:
-                    self._user_active_day(team, user, day)
-                    ring[slot + ACTIVE_USERS] += 1.0
+                back = day - user.settled_day - 1
+                if back < 0:
+                    back = self._user_earlier_start(uid, user, team, day)
+                if back >= 0:
+                    bit = 1 << back
+                    open_days = user.open_days
+                    if not open_days & bit:
+                        if not open_days:
+                            self.unsettled.setdefault(team.offset_ms, []).append(uid)
+                        user.open_days = open_days | bit
+                        ring[slot + ACTIVE_USERS] += 1.0
                 if etype in self.key_types:
                     ring[slot + KEY_ACTIONS] += 1.0
                     team.key_total += 1
@@ -237,9 +261,52 @@ class PartitionEngine:
             self.sweep_until(max_seen - watermark.lateness_ms)
         return None
 
-    def _team_active_day(self, team: TeamState, day: int, ts: int) -> None:
-        """The team's first activity of its local ``day``."""
-        self.population.count_team(ts)
+    def _count_team_day(self, team: TeamState, ts: int, day: int, bit: int, first: bool) -> None:
+        """Count the team's local ``day`` once among the population's active teams, in the UTC
+        day of its earliest event, as in-order delivery does. A local day spans two UTC days:
+        an earlier event delivered later moves the count back (both UTC days are still open)."""
+        utc_day = ts // DAY_MS
+        early = utc_day == (day * DAY_MS - team.offset_ms) // DAY_MS
+        counts = self.population.team_counts
+        if first:
+            self.population.count_team(ts)
+        elif early and counts.get(utc_day + 1, 0) > 0:
+            counts[utc_day + 1] -= 1
+            counts[utc_day] = counts.get(utc_day, 0) + 1
+        if early:
+            team.open_days_early |= bit
+
+    def _team_earlier_start(self, team: TeamState, ts: int, day: int) -> int:
+        """An event of a day before the team's first (delivered out of order, within the
+        lateness): the team starts on that day, if nothing of it was closed yet."""
+        utc_day = ts // DAY_MS
+        if utc_day >= team.first_day or team.last_scored_day != team.first_day - 1:
+            return -1
+        shift = team.first_day - utc_day
+        if self.first_day is not None and utc_day < self.first_day:
+            self.first_day = utc_day
+        team.first_day, team.last_scored_day = utc_day, utc_day - 1
+        team.last_active_day = utc_day - 1
+        team.open_days <<= shift
+        team.open_days_early <<= shift
+        return day - team.last_scored_day - 1
+
+    def _user_earlier_start(self, uid: str, user: UserState, team: TeamState, day: int) -> int:
+        """As :meth:`_team_earlier_start`, for a user whose first day was not taken in yet."""
+        if day >= user.first_day or day <= team.last_scored_day or user.last_day >= user.first_day:
+            return -1
+        shift = user.first_day - day
+        user.first_day = day
+        user.settled_day = user.last_day = user.ewma_day = day - 1
+        user.open_days <<= shift
+        if user.check_day == day + shift + self.settings.user_min_silence_days:
+            self._schedule(uid, user, day + self.settings.user_min_silence_days)
+        return 0
+
+    def _team_active_day(self, team: TeamState, day: int) -> None:
+        """The team was active on its local ``day``, which is closing (days come in order)."""
+        if day <= team.last_active_day:
+            return  # taken in before open days were tracked (a record of an older version)
         if team.last_active_day >= team.first_day:
             team.gap += 0.2 * ((day - team.last_active_day) - team.gap)
         team.last_active_day = day
@@ -247,10 +314,28 @@ class PartitionEngine:
         if team.health == hs.CHURNED:
             team.reactivated = True
 
+    def _settle_user(self, team: TeamState, user: UserState, upto: int) -> None:
+        """Take the user's active days up to ``upto`` (closed for the team) into the
+        statistics, in day order, whatever order their events came in."""
+        open_days, day = user.open_days, user.settled_day
+        while open_days and day < upto:
+            day += 1
+            if open_days & 1:
+                self._user_active_day(team, user, day)
+            open_days >>= 1
+        user.open_days = open_days
+        if upto > user.settled_day:
+            user.settled_day = upto
+
     def _user_active_day(self, team: TeamState, user: UserState, day: int) -> None:
-        """The user's first activity of the team's local ``day``."""
-        if user.last_day >= user.first_day:
+        """The user was active on the team's local ``day`` (days come in order)."""
+        if day <= user.last_day:
+            return  # taken in before open days were tracked (a record of an older version)
+        if day <= user.ewma_day:
+            fold_past_active_day(user, day)
+        elif user.last_day >= user.first_day:
             fold_user(user, day - 1)
+        if user.last_day >= user.first_day:
             gap = day - user.last_day
             user.gap = gap if user.active_days == 1 else user.gap + 0.2 * (gap - user.gap)
         user.last_day = day
@@ -297,7 +382,7 @@ class PartitionEngine:
 
     def _new_team(self, team_id: str, ts: int) -> TeamState:
         utc_day = ts // DAY_MS
-        if self.first_day is None:
+        if self.first_day is None or utc_day < self.first_day:  # (< : delivered out of order)
             self.first_day = utc_day
         team = TeamState(team_id, utc_day, utc_day - self.first_day >= _NEW_TEAM_GRACE_DAYS)
         self.teams[team_id] = team
@@ -349,28 +434,65 @@ class PartitionEngine:
     def _sweep(self, t_ms: int) -> None:
         utc_day = t_ms // DAY_MS
         self.population.close_until(utc_day)
-        for offset in list(self.groups):
+        # Groups and teams in a fixed order, not the order their first events arrived in:
+        # the risk model learns while teams are scored, so the order must not depend on
+        # delivery order (out-of-order input gives the in-order result).
+        for offset in sorted(self.groups):
             group = self.groups[offset]
             closed = (t_ms + offset) // DAY_MS - 1
             if self.group_closed.get(offset, -(10**9)) >= closed:
                 continue
             self.group_closed[offset] = closed
-            for team in list(group.values()):
+            self._settle_users(offset, closed)
+            for team in [group[team_id] for team_id in sorted(group)]:
                 if team.last_scored_day < closed:
                     self._close_team(team, closed)
+        # a user's check of day D reads the team's local day D: wait until every group has
+        # closed it (west of UTC, hours after UTC midnight). A group new in this sweep holds
+        # teams that moved from a group that closed the day.
+        closed_days = self.group_closed
+        user_day = min(
+            [utc_day - 1, *(closed_days.get(o, utc_day - 1) for o, g in self.groups.items() if g)]
+        )
         if self.user_day_closed is None:
-            self.user_day_closed = utc_day - 1
-            for day in [d for d in self.wheel if d < utc_day]:
-                self.wheel[utc_day] = self.wheel.pop(day) + self.wheel.get(utc_day, [])
-        while self.user_day_closed < utc_day - 1:
+            self.user_day_closed = user_day
+            for day in [d for d in self.wheel if d <= user_day]:
+                self.wheel[user_day + 1] = self.wheel.pop(day) + self.wheel.get(user_day + 1, [])
+        while self.user_day_closed < user_day:
             self.user_day_closed += 1
             self._check_users(self.user_day_closed)
+
+    def _settle_users(self, offset: int, closed: int) -> None:
+        """Before the group's teams score day ``closed``: their users' open days up to it."""
+        uids = self.unsettled.pop(offset, None)
+        if not uids:
+            return
+        keep: list[str] = []
+        for uid in uids:
+            user = self.users.get(uid)
+            if user is None or not user.open_days:
+                continue
+            team = self.teams[user.team_id]
+            if team.offset_ms != offset:  # the team moved to another group: settle there
+                self.unsettled.setdefault(team.offset_ms, []).append(uid)
+                continue
+            self._settle_user(team, user, closed)
+            if self.dirty_users is not None:
+                self.dirty_users.add(uid)
+            if user.open_days:
+                keep.append(uid)
+        if keep:
+            self.unsettled.setdefault(offset, []).extend(keep)
 
     # ------------------------------------------------------------------ teams
     def _close_team(self, team: TeamState, upto: int) -> None:
         if self.dirty_teams is not None:
             self.dirty_teams.add(team.team_id)
         for day in range(team.last_scored_day + 1, upto + 1):
+            if team.open_days & 1:
+                self._team_active_day(team, day)
+            team.open_days >>= 1
+            team.open_days_early >>= 1
             if day >= team.first_day:
                 self._score_team(team, day)
             team.last_scored_day = day
@@ -838,6 +960,8 @@ class PartitionEngine:
         for uid in sorted(due):
             user = self.users.get(uid)
             if user is not None and user.check_day == day:
+                team = self.teams[user.team_id]
+                self._settle_user(team, user, team.last_scored_day)
                 self._check_user(uid, user, day)
 
     def _check_user(self, uid: str, user: UserState, day: int) -> None:

@@ -44,6 +44,8 @@ class TeamState:
         "last_scored_day",
         "mrr",
         "offset_ms",
+        "open_days",
+        "open_days_early",
         "payment_failures",
         "plan",
         "reactivated",
@@ -73,6 +75,11 @@ class TeamState:
         self.first_day = first_day
         self.last_active_day = first_day - 1
         self.last_scored_day = first_day - 1
+        #: active days not closed yet: bit i is local day ``last_scored_day + 1 + i``; the
+        #: activity statistics take a day in when it closes, so arrival order cannot matter
+        self.open_days = 0
+        #: of those, the days counted in the population's first UTC day of the local day
+        self.open_days_early = 0
         self.active_days = 0
         self.events_total = 0
         self.key_total = 0
@@ -174,6 +181,8 @@ class UserState:
         "health",
         "hot_days",
         "last_day",
+        "open_days",
+        "settled_day",
         "slow",
         "team_id",
     )
@@ -183,6 +192,9 @@ class UserState:
         self.first_day = day
         self.last_day = day - 1
         self.ewma_day = day - 1
+        #: active days the statistics have not taken in: bit i is day ``settled_day + 1 + i``
+        self.open_days = 0
+        self.settled_day = day - 1
         self.active_days = 0
         self.events_total = 0
         self.fast = 0.0
@@ -221,3 +233,16 @@ def fold_user(user: UserState, upto_day: int) -> None:
     user.fast = fast * keep_f**k
     user.slow = slow * keep_s**k
     user.ewma_day = upto_day
+
+
+def fold_past_active_day(user: UserState, day: int) -> None:
+    """Add an active ``day`` that :func:`fold_user` already passed as inactive (a check ran
+    before the team's local day closed): its share, decayed to ``ewma_day``.
+
+    >>> u = UserState("t", 0); fold_user(u, 3); fold_past_active_day(u, 2); round(u.fast, 3)
+    0.122
+    >>> v = UserState("t", 0); v.last_day = 2; fold_user(v, 3); round(v.fast, 3)
+    0.122
+    """
+    user.fast += FAST_ALPHA * (1.0 - FAST_ALPHA) ** (user.ewma_day - day)
+    user.slow += SLOW_ALPHA * (1.0 - SLOW_ALPHA) ** (user.ewma_day - day)

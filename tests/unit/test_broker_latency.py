@@ -37,6 +37,8 @@ def test_trigger_is_the_event_during_which_the_engine_emitted_the_alert() -> Non
     for i, raw in enumerate(paced):
         engines.process_raw(raw)
         for alert in engines.drain_alerts():
+            if alert["data"]["entity_type"] == "user":
+                continue  # user alerts wait for the partition's westmost zone: not timed
             team_id = alert["data"]["team_id"]
             partition = partition_for(team_id, 3)
             assert routes[i][0] == partition  # any team of the partition can close its day
@@ -56,16 +58,19 @@ def test_latency_is_arrival_minus_send_of_the_trigger() -> None:
     first = triggers.index[0][0]
     reached = triggers.reached[0][0]
     team = orjson.loads(lines[0])["team_id"]
-    alert = {"time": iso_ms(reached), "data": {"team_id": team}}
-    old = {"time": iso_ms(triggers.start_wm[0]), "data": {"team_id": team}}
+    data = {"team_id": team, "entity_type": "team"}
+    alert = {"time": iso_ms(reached), "data": data}
+    old = {"time": iso_ms(triggers.start_wm[0]), "data": data}
+    user = {"time": iso_ms(reached), "data": {**data, "entity_type": "user"}}
     run = PacedRun(
         sent_counts=[first, first + 1],  # the trigger went out in the second tick
         sent_times=[10.0, 20.0],
-        alerts=[(21.5, alert), (30.0, old)],
+        alerts=[(21.5, alert), (30.0, old), (22.0, user)],
     )
     result = alert_latencies(run, triggers, 1)
     assert result.seconds == [1.5]
     assert result.before_phase == 1
+    assert result.users == 1  # counted, not timed
 
 
 def test_doctests() -> None:

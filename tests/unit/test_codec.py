@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import orjson
+
 from detector.codec import (
     decode_team,
     decode_user,
@@ -10,6 +12,7 @@ from detector.codec import (
 )
 from detector.engine import PartitionEngine
 from detector.settings import EngineSettings
+from detector.state import TeamState, UserState
 
 from .streams import TeamSpec, healthy_teams, stream
 
@@ -57,3 +60,28 @@ def test_records_stay_within_the_memory_budget():
         engine.process(ev)
     assert max(len(encode_team(t)) for t in engine.teams.values()) < 4096
     assert max(len(encode_user(u)) for u in engine.users.values()) < 1024
+
+
+def test_records_written_before_open_days_were_tracked_still_decode():
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    for ev in stream(healthy_teams(2, users=3), days=12):
+        engine.process(ev)
+    user = next(iter(engine.users.values()))
+    old_user = [
+        getattr(user, n) for n in UserState.__slots__ if n not in ("open_days", "settled_day")
+    ]
+    decoded = decode_user(orjson.dumps(old_user))
+    assert (decoded.open_days, decoded.settled_day) == (0, user.last_day)
+    assert (decoded.gap, decoded.active_days, decoded.check_day) == (
+        user.gap,
+        user.active_days,
+        user.check_day,
+    )
+    team = next(iter(engine.teams.values()))
+    head, sep, rest = encode_team(team).partition(b"\x00")
+    names = [n for n in TeamState.__slots__ if n not in ("ring", "recent_ids")]
+    values = dict(zip(names, orjson.loads(head), strict=True))
+    old_head = orjson.dumps([v for n, v in values.items() if not n.startswith("open_days")])
+    old_team = decode_team(old_head + sep + rest)
+    assert (old_team.open_days, old_team.open_days_early) == (0, 0)
+    assert (old_team.active_days, list(old_team.ring)) == (team.active_days, list(team.ring))
