@@ -1,4 +1,4 @@
-"""Compact byte encodings of engine state, for Faust tables and their changelogs.
+"""Compact byte encodings of engine state, for the state changelog topic and restores.
 
 Records are small (an orjson list of slot values, plus the raw bucket ring for teams)
 rather than pickles: smaller, safe to load, and readable from any language.
