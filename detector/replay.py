@@ -16,6 +16,7 @@ from typing import IO, Any
 import orjson
 
 from .events import Invalid
+from .quarantine import process_or_quarantine
 from .router import PartitionedEngines
 from .settings import EngineSettings
 
@@ -85,7 +86,7 @@ def replay(
     result = ReplayResult()
     dumps = orjson.dumps
     for number, raw in enumerate(lines, 1):
-        rejected = engines.process_raw(raw)
+        rejected = process_or_quarantine(engines.process_raw, raw, engines.decode_invalid)
         if rejected is not None:
             dlq_out.write(dumps(dead_letter(raw, rejected, {"line": number})) + b"\n")
         else:

@@ -1,0 +1,42 @@
+"""Quarantine: an event whose processing raises is dead-lettered, not retried forever.
+
+A bug that makes one input raise inside the engine (a "poison message") must not stop the
+partition: in the worker an exception escaping the agent would stall the partition or
+crash the worker, and after a restart the same bundle would be applied again and raise
+again. Both the worker and replay wrap each event in :func:`process_or_quarantine`, so they
+agree on what is quarantined. Effects of the event up to the point where it raised stay in
+the state (the engine does not roll back); the same happens in replay and in the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .events import Invalid
+
+log = logging.getLogger("churn_detector")
+
+PROCESSING_ERROR = "processing_error"
+
+
+def process_or_quarantine(
+    process_raw: Callable[[bytes], Invalid | None], raw: bytes, counts: dict[str, int]
+) -> Invalid | None:
+    """``process_raw(raw)``, with an exception turned into ``Invalid(processing_error)``.
+
+    ``counts`` (a reason → count dict) gets the quarantined event, so the dead-letter
+    counter moves. The detail names the exception class, never the input.
+
+    >>> counts = {}
+    >>> process_or_quarantine(lambda raw: 1 // 0, b"{}", counts)
+    Invalid(reason='processing_error', detail='ZeroDivisionError: integer division or modulo by zero')
+    >>> counts
+    {'processing_error': 1}
+    """
+    try:
+        return process_raw(raw)
+    except Exception as exc:
+        counts[PROCESSING_ERROR] = counts.get(PROCESSING_ERROR, 0) + 1
+        log.warning("event quarantined: processing raised %s", type(exc).__name__, exc_info=True)
+        return Invalid(PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"[:500])
