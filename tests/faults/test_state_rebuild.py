@@ -19,7 +19,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from detector.service import bundle_topic_name
-from tests.integration.test_faults import events_applied, assert_alerts_equal_replay, split_halves
+from tests.integration.test_faults import assert_alerts_equal_replay, events_applied, split_halves
 from tests.integration.test_worker import (
     QUIET,
     all_teams_complete,
