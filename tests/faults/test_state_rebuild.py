@@ -19,13 +19,15 @@ import pytest
 from kafka import KafkaConsumer
 
 from detector.service import bundle_topic_name
-from tests.integration.test_faults import assert_alerts_equal_replay, events_applied, split_halves
+from tests.integration.test_faults import (
+    assert_alerts_equal_replay,
+    events_applied,
+    simulated_halves,
+)
 from tests.integration.test_worker import (
     QUIET,
     all_teams_complete,
-    make_events,
     produce_file,
-    replay_expectation,
     wait_until,
 )
 
@@ -50,14 +52,11 @@ def test_a_deleted_state_directory_is_rebuilt_from_the_changelog(
     kafka_settings_factory, kafka_admin, workers, tmp_path
 ):
     settings = kafka_settings_factory(service=QUIET)
-    events = tmp_path / "events.jsonl"
-    expected = make_events(events, teams=16, days=80, seed=67)
-    alert_ids, _ = replay_expectation(events, settings, tmp_path)
-    first_half, second_half = split_halves(events)
-    half = len(first_half.read_bytes().splitlines())
+    stream = simulated_halves(settings, tmp_path, teams=16, days=80, seed=67)
 
-    produce_file(first_half, settings, progress=False)
+    produce_file(stream.first, settings, progress=False)
     first = workers(settings, "first").start()
+    half = stream.first_events
     wait_until(lambda: events_applied(first) >= half, 180, "the first half applied")
     wait_until(lambda: _bundles_committed(kafka_admin, settings), 60, "the state committed")
     first.stop()
@@ -66,7 +65,9 @@ def test_a_deleted_state_directory_is_rebuilt_from_the_changelog(
     shutil.rmtree(state_dir)
 
     # the first half is now only in the changelog: the counts must come back from there
-    produce_file(second_half, settings, progress=False)
+    produce_file(stream.second, settings, progress=False)
     second = workers(settings, "second").start()
-    wait_until(all_teams_complete([second], expected), 240, "every event counted after the loss")
-    assert_alerts_equal_replay(settings, alert_ids)
+    wait_until(
+        all_teams_complete([second], stream.expected), 240, "every event counted after the loss"
+    )
+    assert_alerts_equal_replay(settings, stream.alert_ids)

@@ -14,6 +14,7 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 import pytest
@@ -80,13 +81,25 @@ def events_applied(worker: Worker) -> int:
     return int((worker.health() or {}).get("applied_since_start", 0))
 
 
-def split_halves(events: Path) -> tuple[Path, Path]:
-    """The file's first and second halves (file order, so per-team order is kept)."""
+class Halves(NamedTuple):
+    """A simulated stream in two files (file order, so per-team order is kept)."""
+
+    expected: dict[str, int]  # events per team, both halves
+    alert_ids: set[str]  # what a replay of the whole stream publishes
+    first: Path
+    second: Path
+    first_events: int
+
+
+def simulated_halves(settings, tmp_path: Path, teams: int, days: int, seed: int) -> Halves:
+    events = tmp_path / "events.jsonl"
+    expected = make_events(events, teams=teams, days=days, seed=seed)
+    alert_ids, _ = replay_expectation(events, settings, tmp_path)
     lines = events.read_bytes().splitlines(keepends=True)
     first, second = events.with_suffix(".1.jsonl"), events.with_suffix(".2.jsonl")
     first.write_bytes(b"".join(lines[: len(lines) // 2]))
     second.write_bytes(b"".join(lines[len(lines) // 2 :]))
-    return first, second
+    return Halves(expected, alert_ids, first, second, len(lines) // 2)
 
 
 def assert_alerts_equal_replay(settings, alert_ids: set[str]) -> None:
@@ -99,17 +112,12 @@ def test_the_worker_reconnects_after_a_broker_restart_and_loses_nothing(
     own_broker, kafka_settings_factory, workers, tmp_path
 ):
     settings = kafka_settings_factory(service=QUIET, kafka={"brokers": own_broker.bootstrap})
-    events = tmp_path / "events.jsonl"
-    expected = make_events(events, teams=14, days=70, seed=61)
-    alert_ids, _ = replay_expectation(events, settings, tmp_path)
-    first_half, second_half = split_halves(events)
-    half = len(first_half.read_bytes().splitlines())
+    stream = simulated_halves(settings, tmp_path, teams=14, days=70, seed=61)
 
-    produce_file(first_half, settings, progress=False)
+    produce_file(stream.first, settings, progress=False)
     worker = workers(settings).start()
-    wait_until(
-        lambda: events_applied(worker) >= half // 3, 180, "a third of the first half applied"
-    )
+    third = stream.first_events // 3
+    wait_until(lambda: events_applied(worker) >= third, 180, "a third of the first half applied")
 
     logged = worker.log.stat().st_size
     own_broker.stop(keep_data=True)
@@ -117,10 +125,10 @@ def test_the_worker_reconnects_after_a_broker_restart_and_loses_nothing(
     wait_until(lambda: lost.search(worker.log.read_bytes()[logged:]), 60, "the worker to notice")
     assert worker.health() is not None, "the worker keeps running without its broker"
     assert own_broker.start(keep_data=True) == settings.kafka.brokers  # same storage, same port
-    produce_file(second_half, settings, progress=False)
+    produce_file(stream.second, settings, progress=False)
 
-    wait_until(all_teams_complete([worker], expected), 240, "every event applied")
-    assert_alerts_equal_replay(settings, alert_ids)
+    wait_until(all_teams_complete([worker], stream.expected), 240, "every event applied")
+    assert_alerts_equal_replay(settings, stream.alert_ids)
     assert worker.proc is not None and worker.proc.poll() is None, "the same process reconnected"
 
 
