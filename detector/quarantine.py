@@ -11,6 +11,7 @@ the state (the engine does not roll back); the same happens in replay and in the
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
 
 from .events import Invalid
@@ -26,7 +27,8 @@ def process_or_quarantine(
     """``process_raw(raw)``, with an exception turned into ``Invalid(processing_error)``.
 
     ``counts`` (a reason → count dict) gets the quarantined event, so the dead-letter
-    counter moves. The detail names the exception class, never the input.
+    counter moves. The dead letter's detail is the exception class and message; the log
+    line has the class and where it was raised, not the message (it may quote input).
 
     >>> counts = {}
     >>> process_or_quarantine(lambda raw: 1 // 0, b"{}", counts)
@@ -38,5 +40,11 @@ def process_or_quarantine(
         return process_raw(raw)
     except Exception as exc:
         counts[PROCESSING_ERROR] = counts.get(PROCESSING_ERROR, 0) + 1
-        log.warning("event quarantined: processing raised %s", type(exc).__name__, exc_info=True)
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        log.warning(
+            "event quarantined: processing raised %s at %s:%s",
+            type(exc).__name__,
+            where.filename,
+            where.lineno,
+        )
         return Invalid(PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"[:500])

@@ -15,8 +15,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import orjson
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 
 from detector.service import bundle_topic_name
 from tests.integration.test_faults import (
@@ -48,6 +49,32 @@ def _bundles_committed(admin, settings) -> bool:
     return bool(mine) and all(mine[tp] >= end for tp, end in ends.items())
 
 
+def _changelog_bundle_offsets(settings) -> dict[int, int]:
+    """Per bundle partition: the bundle offset in the last committed state record (meta)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka.brokers,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    topic = f"{settings.service.app_id}-state-changelog"
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        latest: dict[int, int] = {}
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    if r.key and r.key.startswith(b"m:") and r.value:
+                        meta = orjson.loads(r.value)
+                        latest[int(r.key[2:])] = meta["offsets"]["bundle"]
+        return latest
+    finally:
+        consumer.close()
+
+
 def test_a_deleted_state_directory_is_rebuilt_from_the_changelog(
     kafka_settings_factory, kafka_admin, workers, tmp_path
 ):
@@ -60,6 +87,16 @@ def test_a_deleted_state_directory_is_rebuilt_from_the_changelog(
     wait_until(lambda: events_applied(first) >= half, 180, "the first half applied")
     wait_until(lambda: _bundles_committed(kafka_admin, settings), 60, "the state committed")
     first.stop()
+    group = settings.service.app_id
+    committed = {
+        tp.partition: meta.offset
+        for tp, meta in kafka_admin.list_group_offsets(group).get(group, {}).items()
+        if tp.topic == bundle_topic_name(settings)
+    }
+    in_changelog = _changelog_bundle_offsets(settings)
+    assert {p: o + 1 for p, o in in_changelog.items()} == committed, (
+        "bundle offsets committed by the worker vs the state committed in the changelog"
+    )
     state_dir = Path(settings.service.state_dir)
     assert any(state_dir.iterdir()), "the worker kept local state"
     shutil.rmtree(state_dir)
