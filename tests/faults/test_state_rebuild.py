@@ -1,13 +1,16 @@
-"""A deleted state directory must be rebuilt from the changelog. Does NOT pass yet.
+"""A deleted state directory must be rebuilt from the changelog. Fails about every other run.
 
-Not part of ``make test`` (run with ``make faults``). Observed on 2026-11-27: the first worker
-applies the first half of the stream, its consumer group has committed every bundle, it is
-stopped with SIGTERM and its state directory deleted; the restarted worker restores older
-state than was committed (e.g. ``partition 0: restored 3 teams, bundle offset 1`` although
-more bundles were committed; Faust logs ``Aborted tx until highwater`` for every changelog
-partition), then continues from the committed bundle offsets, so some teams miss events
-(e.g. 1667 of 1925). ``run_worker`` wipes the local tables on every start, so any restart
-runs into this; it is the same failure as the kill -9 test next to this one.
+Not part of ``make test`` (run with ``make faults``). The first worker applies the first half
+of the stream until its consumer group has committed every bundle, is stopped with SIGTERM,
+and its state directory is deleted. The test then compares, per bundle partition, the
+committed bundle offset with the bundle offset in the last state (meta) record committed to
+the changelog (read_committed). Observed on 2026-11-27 (3 of 6 runs failed): e.g. partition
+3 committed up to bundle 2 while its last committed state is of bundle 1, so the offsets of
+a bundle were committed in a transaction without that bundle's state records (which were
+then lost when the worker stopped). A restarted worker restores the older state and goes on
+from the committed offsets: teams miss events (e.g. 1639 of 2070). ``run_worker`` wipes the
+local tables on every start, so any restart can run into this, as the kill -9 test next to
+this one does.
 """
 
 from __future__ import annotations
