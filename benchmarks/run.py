@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.run            # all benchmarks (``make bench``)
     .venv/bin/python -m benchmarks.run engine     # the pure-engine replay benchmark
     .venv/bin/python -m benchmarks.run broker     # ceiling / Faust peer / worker via Kafka
+    .venv/bin/python -m benchmarks.run soak       # >= 10 min on a local broker (not in `all`)
 
 The same summary that is appended to RESULTS.md is printed to stdout; progress goes to
 stderr.
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import broker_bench, dedup_cost, engine_replay
+from . import broker_bench, dedup_cost, engine_replay, soak
 
 RESULTS = engine_replay.BENCH_DIR / "RESULTS.md"
 REPO_ROOT = engine_replay.REPO_ROOT
@@ -106,18 +107,28 @@ def _dedup(args: argparse.Namespace) -> str:
     return dedup_cost.run(500_000, max(args.reps, 5), _log)
 
 
+def _soak(args: argparse.Namespace) -> str:
+    cfg = soak.Config(
+        minutes=args.soak_minutes, load=args.load, rate=args.rate, backlog=args.backlog
+    )
+    return soak.run(cfg, _log)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
     "engine": ("Pure engine replay (no Kafka)", _engine),
     "dedup": ("Cost of duplicate detection (engine, no Kafka)", _dedup),
     "broker": ("Ceiling vs textbook Faust peer vs churn-detector worker, real broker", _broker),
+    "soak": ("Soak: worker on a local broker at a fraction of its maximum rate", _soak),
 }
+#: run when no name is given (`make bench`); the soak takes over ten minutes, ask for it
+DEFAULT = ["engine", "dedup", "broker"]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     ap.add_argument(
-        "names", nargs="*", help=f"benchmarks to run (default: all of {list(BENCHMARKS)})"
+        "names", nargs="*", help=f"benchmarks to run: {list(BENCHMARKS)} (default: {DEFAULT})"
     )
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions (median reported)")
     ap.add_argument(
@@ -134,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         "--worker-timeout", type=float, default=600.0, help="broker: give up on the worker after"
     )
     ap.add_argument("--no-pin", action="store_true", help="broker: do not pin processes to CPUs")
+    ap.add_argument("--soak-minutes", type=float, default=10.0, help="soak: minutes at load")
+    ap.add_argument("--load", type=float, default=0.5, help="soak: share of the maximum rate")
+    ap.add_argument("--rate", type=float, help="soak: events/s (skips measuring the maximum)")
+    ap.add_argument("--backlog", type=int, default=300_000, help="soak: events to measure max")
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
@@ -141,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown benchmark(s) {unknown}; available: {list(BENCHMARKS)}")
     if args.reps < 3:
         _log("note: fewer than 3 repetitions; the median is less robust")
-    names = args.names or list(BENCHMARKS)
+    names = args.names or DEFAULT
 
     facts = machine_facts()  # load average before the benchmark loads the machine
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

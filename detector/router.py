@@ -9,6 +9,7 @@ from typing import Any
 from .engine import PartitionEngine
 from .events import EventFields, Invalid, decode_fields
 from .partitioning import partition_for
+from .quarantine import quarantined
 from .settings import EngineSettings
 
 
@@ -67,7 +68,10 @@ class PartitionedEngines:
                 continue
             p = partition_of.get(fields[4])
             engine = engines[self.partition(fields[4]) if p is None else p]
-            why = engine.process(fields)
+            try:  # free in CPython 3.11 unless it raises
+                why = engine.process(fields)
+            except Exception as exc:  # a poison event: dead-lettered, the rest keeps flowing
+                why = quarantined(exc, engine.stats.invalid)
             if why is not None:
                 rejected.append((n - 1, why))
             elif engine.outbox:

@@ -57,6 +57,7 @@ from .kafka_clients import aiokafka_config, ensure_topics
 from .metrics import ServiceMetrics
 from .partitioning import partition_for
 from .pseudonyms import Pseudonyms
+from .quarantine import process_or_quarantine
 from .replay import dead_letter
 from .settings import Settings
 from .state import TeamState, UserState
@@ -303,7 +304,7 @@ class EngineRuntime:
                 if item.source_offset <= applied.get(item.source_partition, -1):
                     continue
                 applied[item.source_partition] = item.source_offset
-                rejected = engine.process(item.event)
+                rejected = process_or_quarantine(engine.process, item.event, engine.stats.invalid)
                 if rejected is not None:
                     dead.append(
                         dead_letter(

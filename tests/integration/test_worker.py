@@ -54,6 +54,9 @@ def wait_until(
 class Worker:
     """``churn-detector worker`` as a real subprocess with its own config file."""
 
+    #: what ``python -m`` runs (tests.poison: the same CLI with an injected engine fault)
+    module = "detector.cli"
+
     def __init__(self, settings: Settings, workdir: Path, name: str) -> None:
         self.port = free_port()
         service = dataclasses.replace(settings.service, web_port=self.port)
@@ -67,7 +70,7 @@ class Worker:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "detector.cli", "worker", "--config", str(self.config)],
+                [sys.executable, "-m", self.module, "worker", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
