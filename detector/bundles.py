@@ -8,10 +8,16 @@ and the source offsets let the engine skip events it has already applied (redeli
 a crash never double counts). The original bytes are kept for a dead letter the engine may
 still write (an event that turns out late). A tick is a bundle without events that lets idle
 time pass in live mode.
+
+A bundle is held and sent as columns (one list per field, not one object per event): at
+tens of thousands of events per second, building and unpacking a small object per event on
+both sides was a tenth of the worker's time. The original bytes travel concatenated after
+the header and are cut out only for an event the engine rejects.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import orjson
@@ -20,8 +26,13 @@ from .events import EventFields
 
 _SEP = b"\x00"  # JSON output never contains a raw NUL byte
 
+MAX_ITEMS = 2000
+MAX_BYTES = 900_000
+
 
 class Item(NamedTuple):
+    """One event of a bundle (for callers that build bundles an event at a time)."""
+
     source_partition: int
     source_offset: int
     raw: bytes
@@ -29,25 +40,87 @@ class Item(NamedTuple):
     event: EventFields
 
 
+class Columns:
+    """The events of one bundle being built by ingest, a list per field."""
+
+    __slots__ = ("sources", "offsets", "raws", "events")
+
+    def __init__(self) -> None:
+        self.sources: list[int] = []
+        self.offsets: list[int] = []
+        self.raws: list[bytes] = []
+        self.events: list[EventFields] = []
+
+    def encoded(self) -> Iterator[bytes]:
+        """The bundles, each at most :data:`MAX_ITEMS` events and about :data:`MAX_BYTES`."""
+        for start, end in _chunk_bounds([len(raw) for raw in self.raws]):
+            yield _encode(
+                self.sources[start:end],
+                self.offsets[start:end],
+                self.raws[start:end],
+                self.events[start:end],
+            )
+
+
+def _encode(
+    sources: list[int], offsets: list[int], raws: list[bytes], events: list[EventFields]
+) -> bytes:
+    header = orjson.dumps(
+        {"p": sources, "o": offsets, "n": [len(raw) for raw in raws], "e": events},
+        default=tuple,  # fields as an Event (a NamedTuple, which orjson does not take)
+    )
+    return header + _SEP + b"".join(raws)
+
+
+def _chunk_bounds(lengths: list[int]) -> Iterator[tuple[int, int]]:
+    """
+    >>> list(_chunk_bounds([400_000, 400_000, 400_000, 10]))
+    [(0, 1), (1, 2), (2, 4)]
+    """
+    start, size = 0, 0
+    for i, length in enumerate(lengths):
+        item_size = 2 * length + 40  # its raw bytes, its decoded copy, framing (roughly)
+        if i > start and (i - start >= MAX_ITEMS or size + item_size > MAX_BYTES):
+            yield start, i
+            start, size = i, 0
+        size += item_size
+    if start < len(lengths):
+        yield start, len(lengths)
+
+
 class Bundle(NamedTuple):
-    items: list[Item]
+    #: per event: source partition, source offset, decoded fields (as lists)
+    sources: list[int]
+    offsets: list[int]
+    events: list[EventFields]
+    #: the original bytes of the events, concatenated, and the length of each
+    lengths: list[int]
+    body: bytes
     #: idle milliseconds to let pass (a tick), 0 for an events bundle
     tick_ms: int = 0
 
+    def raw(self, index: int) -> bytes:
+        """The original bytes of event ``index`` (for a dead letter: rare, not cached)."""
+        start = sum(self.lengths[:index])
+        return self.body[start : start + self.lengths[index]]
+
 
 def encode_bundle(items: list[Item]) -> bytes:
-    """
+    """All ``items`` in one bundle.
+
     >>> e = ("e1", "session.started", 5, "u1", "t1", {"k": 1})
     >>> b = decode_bundle(encode_bundle([Item(0, 5, b'{"a":1}', e), Item(1, 9, b"x\\x00y", e)]))
-    >>> [(i.source_partition, i.source_offset, i.raw) for i in b.items]
-    [(0, 5, b'{"a":1}'), (1, 9, b'x\\x00y')]
-    >>> tuple(b.items[1].event) == e
+    >>> b.sources, b.offsets, [b.raw(0), b.raw(1)]
+    ([0, 1], [5, 9], [b'{"a":1}', b'x\\x00y'])
+    >>> tuple(b.events[1]) == e
     True
     """
-    header = orjson.dumps(
-        [[i.source_partition, i.source_offset, len(i.raw), *i.event] for i in items]
+    return _encode(
+        [i.source_partition for i in items],
+        [i.source_offset for i in items],
+        [i.raw for i in items],
+        [i.event for i in items],
     )
-    return header + _SEP + b"".join(i.raw for i in items)
 
 
 def encode_tick(elapsed_ms: int) -> bytes:
@@ -61,18 +134,15 @@ def encode_tick(elapsed_ms: int) -> bytes:
 def decode_bundle(data: bytes) -> Bundle:
     head, _, body = data.partition(_SEP)
     meta = orjson.loads(head)
-    if isinstance(meta, dict):
-        return Bundle([], int(meta["tick_ms"]))
-    items = []
-    pos = 0
-    for row in meta:
-        length = row[2]
-        # the fields come back as a list: the engine unpacks them the same way
-        items.append(Item(row[0], row[1], body[pos : pos + length], row[3:]))
-        pos += length
-    return Bundle(items)
-
-
-def encoded_size(raw: bytes) -> int:
-    """Bytes an item adds to a bundle, roughly: its raw bytes, its decoded copy, framing."""
-    return 2 * len(raw) + 40
+    if isinstance(meta, list):  # a bundle written before columns: one row per event
+        return Bundle(
+            [row[0] for row in meta],
+            [row[1] for row in meta],
+            [row[3:] for row in meta],
+            [row[2] for row in meta],
+            body,
+        )
+    if "tick_ms" in meta:
+        return Bundle([], [], [], [], b"", int(meta["tick_ms"]))
+    # the fields come back as lists: the engine unpacks them the same way
+    return Bundle(meta["p"], meta["o"], meta["e"], meta["n"], body)
