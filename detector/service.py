@@ -29,6 +29,7 @@ event is what lets the detector run at the throughput DESIGN.md budgets for.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -64,6 +65,8 @@ from .state import TeamState, UserState
 
 log = logging.getLogger("churn_detector")
 
+#: ingest batches read ahead of the oldest one still waiting for its bundles' acks
+INGEST_BATCHES_IN_FLIGHT = 4
 _META = b"m:"
 _TEAM = b"t:"
 _USER = b"u:"
@@ -114,7 +117,8 @@ class Ingest:
         await consumer.start()
         await producer.start()
         self.producer, self.consumer = producer, consumer
-        settling: asyncio.Future[None] | None = None
+        #: commits of batches whose bundles are not yet all acknowledged, oldest first
+        settling: collections.deque[asyncio.Future[None]] = collections.deque()
         try:
             while True:
                 batch = await consumer.getmany(
@@ -127,20 +131,33 @@ class Ingest:
                     if self.metrics is not None:
                         oldest = min(msgs[0].timestamp for msgs in batch.values())
                         self.metrics.observe("ingest", time.time() - oldest / 1000)
-                    # The next batch is read and validated while this one is acknowledged;
-                    # commits stay in order (at most one batch waits for its acks).
-                    if settling is not None:
-                        await settling
-                    settling = asyncio.ensure_future(self._commit_when_sent(consumer, sent, read))
+                    # The next batches are read and validated while this one is acknowledged
+                    # (waiting for each batch's acks left the worker idle a third of the
+                    # time); commits stay in order, each waits for the one before.
+                    while len(settling) >= INGEST_BATCHES_IN_FLIGHT:
+                        await settling.popleft()
+                    previous = settling[-1] if settling else None
+                    settling.append(
+                        asyncio.ensure_future(
+                            self._commit_when_sent(consumer, sent, read, previous)
+                        )
+                    )
         finally:
             self.producer = self.consumer = None
             await consumer.stop()
             await producer.stop()
 
     async def _commit_when_sent(
-        self, consumer: AIOKafkaConsumer, sent: list[Any], offsets: dict[Any, int]
+        self,
+        consumer: AIOKafkaConsumer,
+        sent: list[Any],
+        offsets: dict[Any, int],
+        previous: asyncio.Future[None] | None,
     ) -> None:
-        """Commit source offsets once the bundles and dead letters made from them are stored."""
+        """Commit source offsets once the bundles and dead letters made from them are stored
+        (and the batch before has committed)."""
+        if previous is not None:
+            await previous
         await asyncio.gather(*sent)
         try:
             await consumer.commit(offsets)

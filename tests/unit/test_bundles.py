@@ -1,0 +1,78 @@
+"""Bundles: columns in, the same events out, split at the size limits; older bundles still read."""
+
+from __future__ import annotations
+
+import orjson
+
+from detector.bundles import MAX_BYTES, MAX_ITEMS, Columns, Item, decode_bundle, encode_bundle
+from detector.events import Event, decode_fields
+
+
+def _columns(raws: list[bytes]) -> Columns:
+    columns = Columns()
+    for offset, raw in enumerate(raws):
+        fields = decode_fields(raw)
+        assert isinstance(fields, tuple)
+        columns.sources.append(offset % 3)
+        columns.offsets.append(offset)
+        columns.raws.append(raw)
+        columns.events.append(fields)
+    return columns
+
+
+def _event(i: int, padding: int = 0) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": f"e{i}",
+            "type": "feature.used",
+            "timestamp": 1772356502123 + i,
+            "user_id": f"u{i % 7}",
+            "team_id": "t1",
+            "properties": {"feature": "x" * (1 + padding)},
+        }
+    )
+
+
+def test_every_event_comes_back_once_in_order_with_its_bytes_across_the_split_bundles():
+    raws = [_event(i, padding=i % 500) for i in range(5000)]
+    columns = _columns(raws)
+
+    bundles = [decode_bundle(data) for data in columns.encoded()]
+
+    assert len(bundles) > 1
+    assert all(len(b.offsets) <= MAX_ITEMS for b in bundles)
+    assert all(len(b.body) * 2 <= MAX_BYTES for b in bundles)
+    assert [o for b in bundles for o in b.offsets] == list(range(5000))
+    assert [s for b in bundles for s in b.sources] == [i % 3 for i in range(5000)]
+    assert [b.raw(i) for b in bundles for i in range(len(b.offsets))] == raws
+    assert [tuple(e) for b in bundles for e in b.events] == columns.events
+
+
+def test_an_event_larger_than_the_byte_limit_travels_alone():
+    big = _event(1, padding=MAX_BYTES)
+    bundles = [decode_bundle(data) for data in _columns([_event(0), big, _event(2)]).encoded()]
+
+    assert [b.offsets for b in bundles] == [[0], [1], [2]]
+    assert bundles[1].raw(0) == big
+
+
+def test_fields_given_as_an_event_tuple_encode_like_plain_fields():
+    fields = decode_fields(_event(3))
+    assert isinstance(fields, tuple)
+    bundle = decode_bundle(encode_bundle([Item(0, 1, b"raw", Event._make(fields))]))
+
+    assert tuple(bundle.events[0]) == fields
+
+
+def test_a_bundle_in_the_row_format_written_before_columns_still_decodes():
+    rows = [[0, 5, 3, "e1", "session.started", 5, "u1", "t1", {}], [2, 9, 2, "e2", "team.updated", 6, None, "t1", {}]]
+    bundle = decode_bundle(orjson.dumps(rows) + b"\x00" + b"abcde")
+
+    assert (bundle.sources, bundle.offsets, bundle.raw(0), bundle.raw(1)) == (
+        [0, 2],
+        [5, 9],
+        b"abc",
+        b"de",
+    )
+    assert bundle.events[0] == ["e1", "session.started", 5, "u1", "t1", {}]
+    assert bundle.tick_ms == 0
