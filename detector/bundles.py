@@ -43,7 +43,7 @@ class Item(NamedTuple):
 class Columns:
     """The events of one bundle being built by ingest, a list per field."""
 
-    __slots__ = ("sources", "offsets", "raws", "events")
+    __slots__ = ("events", "offsets", "raws", "sources")
 
     def __init__(self) -> None:
         self.sources: list[int] = []

@@ -309,7 +309,7 @@ class EngineRuntime:
             applied = self.source_offsets[partition]
             process = engine.process
             for index, (source, source_offset, event) in enumerate(
-                zip(bundle.sources, bundle.offsets, bundle.events)
+                zip(bundle.sources, bundle.offsets, bundle.events, strict=True)
             ):
                 if source_offset <= applied.get(source, -1):
                     continue

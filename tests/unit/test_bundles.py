@@ -65,7 +65,10 @@ def test_fields_given_as_an_event_tuple_encode_like_plain_fields():
 
 
 def test_a_bundle_in_the_row_format_written_before_columns_still_decodes():
-    rows = [[0, 5, 3, "e1", "session.started", 5, "u1", "t1", {}], [2, 9, 2, "e2", "team.updated", 6, None, "t1", {}]]
+    rows = [
+        [0, 5, 3, "e1", "session.started", 5, "u1", "t1", {}],
+        [2, 9, 2, "e2", "team.updated", 6, None, "t1", {}],
+    ]
     bundle = decode_bundle(orjson.dumps(rows) + b"\x00" + b"abcde")
 
     assert (bundle.sources, bundle.offsets, bundle.raw(0), bundle.raw(1)) == (
