@@ -3,9 +3,10 @@
 A bug that makes one input raise inside the engine (a "poison message") must not stop the
 partition: in the worker an exception escaping the agent would stall the partition or
 crash the worker, and after a restart the same bundle would be applied again and raise
-again. Both the worker and replay wrap each event in :func:`process_or_quarantine`, so they
-agree on what is quarantined. Effects of the event up to the point where it raised stay in
-the state (the engine does not roll back); the same happens in replay and in the stream.
+again. Replay wraps each event in :func:`process_or_quarantine` and the worker does the
+same inline (:func:`quarantined` in its except clause), so they agree on what is
+quarantined. Effects of the event up to the point where it raised stay in the state (the
+engine does not roll back); the same happens in replay and in the stream.
 """
 
 from __future__ import annotations

@@ -132,8 +132,9 @@ class Ingest:
                         oldest = min(msgs[0].timestamp for msgs in batch.values())
                         self.metrics.observe("ingest", time.time() - oldest / 1000)
                     # The next batches are read and validated while this one is acknowledged
-                    # (waiting for each batch's acks left the worker idle a third of the
-                    # time); commits stay in order, each waits for the one before.
+                    # (with one batch in flight the worker sat idle in between: 47k events/s
+                    # wall against 66k per CPU-second); commits stay in order, each waits
+                    # for the one before.
                     while len(settling) >= INGEST_BATCHES_IN_FLIGHT:
                         await settling.popleft()
                     previous = settling[-1] if settling else None
