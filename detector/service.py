@@ -39,7 +39,7 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from . import changelog as state_changelog
 from . import health_view, web
@@ -499,7 +499,13 @@ def build_app(settings: Settings) -> faust.App:
             return
         for partition in assigned():
             if partition not in runtime.engines:
-                await runtime.ensure(partition)
+                try:
+                    await runtime.ensure(partition)
+                except (KafkaError, TimeoutError) as exc:
+                    # e.g. the broker is restarting: try again on the next tick rather
+                    # than let the timer's exception crash the worker
+                    log.warning("partition %s: restore deferred: %r", partition, exc)
+                    return
 
     @app.timer(interval=s.idle_sweep_s)
     async def idle_ticks() -> None:
