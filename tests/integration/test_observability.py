@@ -228,12 +228,18 @@ def test_metrics_rules_dashboard_and_health_api_on_two_workers(
                 "sum(churn_detector_events_processed_total)",
                 'sum(up{job="churn-detector"})',
                 "sum(job:churn_detector_consumer_lag:sum)",
+                # the counters scraped 3 times: a rate needs two samples, and the rules
+                # evaluated after that (fast workers count everything between two scrapes)
+                *(
+                    f"min(count_over_time(churn_detector_{name}_total[1m]))"
+                    for name in ("events_consumed", "events_invalid", "alerts")
+                ),
             )
         ]
         if not all(values):
             return None
-        processed, up = (float(v[0]["value"][1]) for v in values[:2])
-        return now if processed == valid and up == 2 else None
+        processed, up, _, *scrapes = (float(v[0]["value"][1]) for v in values)
+        return now if processed == valid and up == 2 and min(scrapes) >= 3 else None
 
     at = wait_until(scraped, 60, "Prometheus to scrape every processed event", every_s=1)
     empty: list[str] = []
