@@ -484,7 +484,11 @@ def build_app(settings: Settings) -> faust.App:
             return
         for partition in assigned():
             if partition not in runtime.engines:
-                await runtime.ensure(partition)
+                try:
+                    await runtime.ensure(partition)
+                except Exception as exc:  # e.g. the broker is down: a timer must not crash
+                    log.warning("partition %s: restore failed (%r), retrying", partition, exc)
+                    return
 
     @app.timer(interval=s.idle_sweep_s)
     async def idle_ticks() -> None:
@@ -494,7 +498,13 @@ def build_app(settings: Settings) -> faust.App:
             idle = now - last
             if partition in runtime.engines and idle >= s.idle_sweep_s:
                 runtime.last_seen_wall[partition] = now
-                await ingest.send_tick(partition, int(idle * 1000 * s.idle_clock_scale))
+                try:
+                    await ingest.send_tick(partition, int(idle * 1000 * s.idle_clock_scale))
+                except Exception as exc:  # the broker is down: a timer must not crash
+                    if runtime.last_seen_wall.get(partition) == now:
+                        runtime.last_seen_wall[partition] = last  # keep the idle time for later
+                    log.warning("partition %s: idle tick not sent (%r)", partition, exc)
+                    return
 
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         recovered["ready"] = False
