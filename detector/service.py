@@ -39,7 +39,7 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError
 
 from . import changelog as state_changelog
 from . import health_view, web
@@ -501,10 +501,8 @@ def build_app(settings: Settings) -> faust.App:
             if partition not in runtime.engines:
                 try:
                     await runtime.ensure(partition)
-                except (KafkaError, TimeoutError) as exc:
-                    # e.g. the broker is restarting: try again on the next tick rather
-                    # than let the timer's exception crash the worker
-                    log.warning("partition %s: restore deferred: %r", partition, exc)
+                except Exception as exc:  # e.g. the broker is down: a timer must not crash
+                    log.warning("partition %s: restore failed (%r), retrying", partition, exc)
                     return
 
     @app.timer(interval=s.idle_sweep_s)
@@ -515,7 +513,13 @@ def build_app(settings: Settings) -> faust.App:
             idle = now - last
             if partition in runtime.engines and idle >= s.idle_sweep_s:
                 runtime.last_seen_wall[partition] = now
-                await ingest.send_tick(partition, int(idle * 1000 * s.idle_clock_scale))
+                try:
+                    await ingest.send_tick(partition, int(idle * 1000 * s.idle_clock_scale))
+                except Exception as exc:  # the broker is down: a timer must not crash
+                    if runtime.last_seen_wall.get(partition) == now:
+                        runtime.last_seen_wall[partition] = last  # keep the idle time for later
+                    log.warning("partition %s: idle tick not sent (%r)", partition, exc)
+                    return
 
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         recovered["ready"] = False
