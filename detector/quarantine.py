@@ -3,43 +3,22 @@
 A bug that makes one input raise inside the engine (a "poison message") must not stop the
 partition: in the worker an exception escaping the agent would stall the partition or
 crash the worker, and after a restart the same bundle would be applied again and raise
-again. Replay wraps each event in :func:`process_or_quarantine` and the worker does the
-same inline (:func:`quarantined` in its except clause), so they agree on what is
-quarantined. Effects of the event up to the point where it raised stay in the state (the
-engine does not roll back); the same happens in replay and in the stream.
+again. Replay (``PartitionedEngines.process_lines``) and the worker's apply loop both catch
+an exception around ``PartitionEngine.process`` and turn it into :func:`quarantined`, so
+they agree on what is quarantined. Effects of the event up to the point where it raised stay
+in the state (the engine does not roll back); the same happens in replay and in the stream.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable
-from typing import TypeVar
 
 from .events import Invalid
-
-T = TypeVar("T")
 
 log = logging.getLogger("churn_detector")
 
 PROCESSING_ERROR = "processing_error"
-
-
-def process_or_quarantine(
-    process: Callable[[T], Invalid | None], event: T, counts: dict[str, int]
-) -> Invalid | None:
-    """``process(event)``, with an exception turned into ``Invalid(processing_error)``.
-
-    >>> counts = {}
-    >>> process_or_quarantine(lambda event: 1 // 0, ("e-1",), counts)
-    Invalid(reason='processing_error', detail='ZeroDivisionError: integer division or modulo by zero')
-    >>> counts
-    {'processing_error': 1}
-    """
-    try:
-        return process(event)
-    except Exception as exc:
-        return quarantined(exc, counts)
 
 
 def quarantined(exc: Exception, counts: dict[str, int]) -> Invalid:
@@ -48,6 +27,15 @@ def quarantined(exc: Exception, counts: dict[str, int]) -> Invalid:
     ``counts`` (a reason → count dict) gets the quarantined event, so the dead-letter
     counter moves. The dead letter's detail is the exception class and message; the log
     line has the class and where it was raised, not the message (it may quote input).
+
+    >>> counts = {}
+    >>> try:
+    ...     1 // 0
+    ... except ZeroDivisionError as exc:
+    ...     quarantined(exc, counts)
+    Invalid(reason='processing_error', detail='ZeroDivisionError: integer division or modulo by zero')
+    >>> counts
+    {'processing_error': 1}
     """
     counts[PROCESSING_ERROR] = counts.get(PROCESSING_ERROR, 0) + 1
     where = traceback.extract_tb(exc.__traceback__)[-1]

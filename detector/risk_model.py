@@ -31,7 +31,6 @@ True
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -176,11 +175,6 @@ def roc_auc(labels: list[bool], scores: list[float]) -> float | None:
         rank_sum += mid_rank * sum(1 for _, y in pairs[i:j] if y)
         i = j
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-
-
-def logit(p: float) -> float:
-    p = min(max(p, 1e-9), 1.0 - 1e-9)
-    return math.log(p / (1.0 - p))
 
 
 __all__ = ["FEATURES", "RiskModel", "features_of", "roc_auc", "snapshot"]

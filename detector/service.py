@@ -315,7 +315,7 @@ class EngineRuntime:
                 if source_offset <= applied.get(source, -1):
                     continue
                 applied[source] = source_offset
-                # process_or_quarantine, inlined: a call less per event
+                # a poison event is dead-lettered (detector.quarantine), the rest keeps flowing
                 try:
                     rejected = process(event)
                 except Exception as exc:
