@@ -17,12 +17,13 @@ the header and are cut out only for an event the engine rejects.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import orjson
 
-from .events import EventFields
+from .events import EventFields, decode_fields
 
 _SEP = b"\x00"  # JSON output never contains a raw NUL byte
 
@@ -53,20 +54,26 @@ class Columns:
 
     def encoded(self) -> Iterator[bytes]:
         """The bundles, each at most :data:`MAX_ITEMS` events and about :data:`MAX_BYTES`."""
-        for start, end in _chunk_bounds([len(raw) for raw in self.raws]):
+        lengths = [len(raw) for raw in self.raws]
+        for start, end in _chunk_bounds(lengths):
             yield _encode(
                 self.sources[start:end],
                 self.offsets[start:end],
                 self.raws[start:end],
+                lengths[start:end],
                 self.events[start:end],
             )
 
 
 def _encode(
-    sources: list[int], offsets: list[int], raws: list[bytes], events: list[EventFields]
+    sources: list[int],
+    offsets: list[int],
+    raws: list[bytes],
+    lengths: list[int],
+    events: list[EventFields],
 ) -> bytes:
     header = orjson.dumps(
-        {"p": sources, "o": offsets, "n": [len(raw) for raw in raws], "e": events},
+        {"p": sources, "o": offsets, "n": lengths, "e": events},
         default=tuple,  # fields as an Event (a NamedTuple, which orjson does not take)
     )
     return header + _SEP + b"".join(raws)
@@ -119,6 +126,7 @@ def encode_bundle(items: list[Item]) -> bytes:
         [i.source_partition for i in items],
         [i.source_offset for i in items],
         [i.raw for i in items],
+        [len(i.raw) for i in items],
         [i.event for i in items],
     )
 
@@ -134,14 +142,14 @@ def encode_tick(elapsed_ms: int) -> bytes:
 def decode_bundle(data: bytes) -> Bundle:
     head, _, body = data.partition(_SEP)
     meta = orjson.loads(head)
-    if isinstance(meta, list):  # a bundle written before columns: one row per event
-        return Bundle(
-            [row[0] for row in meta],
-            [row[1] for row in meta],
-            [row[3:] for row in meta],
-            [row[2] for row in meta],
-            body,
-        )
+    if isinstance(meta, list):  # a bundle of release 0.1.0: [partition, offset, length] rows
+        lengths = [row[2] for row in meta]
+        starts = itertools.accumulate(lengths, initial=0)
+        # ingest validated these bytes; should the rules have changed since, the engine
+        # raises on the Invalid and the event is quarantined (dead-lettered), not lost
+        events = [decode_fields(body[s : s + n]) for s, n in zip(starts, lengths, strict=False)]
+        sources, offsets = [row[0] for row in meta], [row[1] for row in meta]
+        return Bundle(sources, offsets, cast(list[EventFields], events), lengths, body)
     if "tick_ms" in meta:
         return Bundle([], [], [], [], b"", int(meta["tick_ms"]))
     # the fields come back as lists: the engine unpacks them the same way

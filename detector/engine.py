@@ -213,7 +213,7 @@ class PartitionEngine:
                         self._count_team_day(team, ts, day, bit, True)
                     elif (
                         not team.open_days_early & bit
-                        and ts // DAY_MS == (day * DAY_MS - team.offset_ms) // DAY_MS
+                        and utc_day == (day * DAY_MS - team.offset_ms) // DAY_MS
                     ):
                         self._count_team_day(team, ts, day, bit, False)
                 assert uid is not None  # validation: only team-level types may lack a user

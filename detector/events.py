@@ -434,7 +434,5 @@ def decode_fields(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> EventFields |
     except orjson.JSONDecodeError as exc:
         return Invalid("malformed_json", f"not valid JSON: {str(exc)[:120]}")
     if type(obj) is dict and "messageId" not in obj:  # validate_fields, one call less
-        fields = _well_formed(obj)
-        if fields is not None:
-            return fields
+        return _well_formed(obj) or _validate_in_full(obj)
     return validate_fields(obj)

@@ -85,7 +85,6 @@ class Ingest:
         self.partitions = partitions
         self.max_bytes = settings.engine.max_event_bytes
         self.consumed = 0
-        self.invalid = 0
         self.invalid_reasons: dict[str, int] = {}
         #: next offset to read per source partition, and the consumer (for the lag metric)
         self.positions: dict[int, int] = {}
@@ -93,6 +92,11 @@ class Ingest:
         self.metrics: ServiceMetrics | None = None
         self.producer: AIOKafkaProducer | None = None
         self._partition_of: dict[str, int] = {}
+
+    @property
+    def invalid(self) -> int:
+        """Messages sent to the dead-letter topic by ingest."""
+        return sum(self.invalid_reasons.values())
 
     async def run(self) -> None:
         k = self.settings.kafka
@@ -193,7 +197,6 @@ class Ingest:
                 raw = msg.value if msg.value is not None else b""
                 decoded = decode_fields(raw, self.max_bytes)
                 if isinstance(decoded, Invalid):
-                    self.invalid += 1
                     reasons = self.invalid_reasons
                     reasons[decoded.reason] = reasons.get(decoded.reason, 0) + 1
                     record = dead_letter(
@@ -485,10 +488,6 @@ def build_app(settings: Settings) -> faust.App:
         app.on_before_shutdown.connect(stop_ingest)  # type: ignore[arg-type]
         await task
 
-    def assigned() -> list[int]:
-        topic = bundles.get_topic_name()
-        return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topic)
-
     recovered = {"ready": False}
 
     @app.timer(interval=min(1.0, s.idle_sweep_s))
@@ -497,7 +496,7 @@ def build_app(settings: Settings) -> faust.App:
         (so live mode sees time pass on them), once Faust has finished the rebalance."""
         if not recovered["ready"] or app.rebalancing:
             return
-        for partition in assigned():
+        for partition in pages.assigned():
             if partition not in runtime.engines:
                 try:
                     await runtime.ensure(partition)

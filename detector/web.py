@@ -146,11 +146,12 @@ class HealthApi:
             return resp.status, await resp.read()
 
     async def _ask_all(self, request: Any) -> list[tuple[int, bytes]]:
+        peers = self.peers()
         results = await asyncio.gather(
-            *(self._fetch(peer, request) for peer in self.peers()), return_exceptions=True
+            *(self._fetch(peer, request) for peer in peers), return_exceptions=True
         )
         out: list[tuple[int, bytes]] = []
-        for peer, result in zip(self.peers(), results, strict=False):
+        for peer, result in zip(peers, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("peer %s did not answer: %s", peer, result)
                 out.append((503, b""))

@@ -64,18 +64,20 @@ def test_fields_given_as_an_event_tuple_encode_like_plain_fields():
     assert tuple(bundle.events[0]) == fields
 
 
-def test_a_bundle_in_the_row_format_written_before_columns_still_decodes():
-    rows = [
-        [0, 5, 3, "e1", "session.started", 5, "u1", "t1", {}],
-        [2, 9, 2, "e2", "team.updated", 6, None, "t1", {}],
-    ]
-    bundle = decode_bundle(orjson.dumps(rows) + b"\x00" + b"abcde")
+def test_a_bundle_of_the_first_release_raw_bytes_only_still_decodes():
+    first = b'{"event_id":"e1","type":"session.started","timestamp":1772356502123,"user_id":"u1","team_id":"t1"}'
+    second = (
+        b'{"event_id":"e2","type":"login","timestamp":1772356502124,"user_id":"u2","team_id":"t1"}'
+    )
+    rows = [[0, 5, len(first)], [2, 9, len(second)]]
+    bundle = decode_bundle(orjson.dumps(rows) + b"\x00" + first + second)
 
     assert (bundle.sources, bundle.offsets, bundle.raw(0), bundle.raw(1)) == (
         [0, 2],
         [5, 9],
-        b"abc",
-        b"de",
+        first,
+        second,
     )
-    assert bundle.events[0] == ["e1", "session.started", 5, "u1", "t1", {}]
+    assert bundle.events[0] == ("e1", "session.started", 1772356502123, "u1", "t1", {})
+    assert bundle.events[1][:2] == ("e2", "login")
     assert bundle.tick_ms == 0
