@@ -23,7 +23,7 @@ _USER_FIELDS = UserState.__slots__
 # fields added since the first release, with what an older record implies for them: no
 # open days (their activity was already taken in; the user's settled up to its last day)
 _TEAM_ADDED = {"open_days": 0, "open_days_early": 0}
-_USER_ADDED = {"open_days": 0, "settled_day": None}
+_USER_ADDED = ("open_days", "settled_day")  # 0 and the user's last_day (decode_user)
 _TEAM_FIELDS_V1 = tuple(s for s in _TEAM_FIELDS if s not in _TEAM_ADDED)
 _USER_FIELDS_V1 = tuple(s for s in _USER_FIELDS if s not in _USER_ADDED)
 
@@ -68,13 +68,11 @@ def encode_user(user: UserState) -> bytes:
 def decode_user(data: bytes) -> UserState:
     user = UserState.__new__(UserState)
     values = orjson.loads(data)
-    if len(values) != len(_USER_FIELDS):
-        for name, value in zip(_USER_FIELDS_V1, values, strict=True):
-            setattr(user, name, value)
-        user.open_days, user.settled_day = 0, user.last_day
-        return user
-    for name, value in zip(_USER_FIELDS, values, strict=True):
+    old = len(values) != len(_USER_FIELDS)
+    for name, value in zip(_USER_FIELDS_V1 if old else _USER_FIELDS, values, strict=True):
         setattr(user, name, value)
+    if old:
+        user.open_days, user.settled_day = 0, user.last_day
     return user
 
 

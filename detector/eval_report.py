@@ -31,6 +31,7 @@ from .evaluation import (
     LEVELS,
     NON_ACTIVITY_TYPES,
     EvaluationReport,
+    _fmt,
     format_time_ms,
     parse_time_ms,
 )
@@ -492,7 +493,7 @@ def _precision_recall(report: EvaluationReport, inputs: ReportInputs, level: str
     for i, (rep, colour, shape) in enumerate(
         ((comp.detector, DETECTOR_COLOUR, "circle"), (comp.baseline, BASELINE_COLOUR, "square"))
     ):
-        label = f"{rep.method}: P {_fmt(rep.precision)} R {_fmt(rep.recall)}"
+        label = f"{rep.method}: P {_fmt(rep.precision, 3)} R {_fmt(rep.recall, 3)}"
         if rep.precision is not None and rep.recall is not None:
             x, y = xy(rep.recall, rep.precision)
             parts.append(_marker(shape, x, y, colour, label))
@@ -511,10 +512,6 @@ def _marker(shape: str, x: float, y: float, colour: str, tip: str) -> str:
             f'<circle cx="{_n(x)}" cy="{_n(y)}" r="6" fill="{colour}" class="pt">{title}</circle>'
         )
     return f'<rect x="{_n(x - 5)}" y="{_n(y - 5)}" width="10" height="10" fill="{colour}" class="pt">{title}</rect>'
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def _scenario_bars(report: EvaluationReport, level: str) -> str:
