@@ -67,6 +67,13 @@ log = logging.getLogger("churn_detector")
 
 #: ingest batches read ahead of the oldest one still waiting for its bundles' acks
 INGEST_BATCHES_IN_FLIGHT = 4
+#: live mode: how long ingest keeps reading after a short batch before it sends its bundles.
+#: Every bundle costs the engine stage a fixed amount (Faust's per-message path, one round of
+#: transaction sends); at 30k events/s the source arrives in slices of a few dozen events,
+#: and bundling each slice on its own made ~60-event bundles the agent could not keep up with.
+INGEST_LINGER_S = 0.03
+#: how often each partition's transaction commits (see build_app)
+COMMIT_INTERVAL_S = 0.5
 _META = b"m:"
 _TEAM = b"t:"
 _USER = b"u:"
@@ -125,9 +132,7 @@ class Ingest:
         settling: collections.deque[asyncio.Future[None]] = collections.deque()
         try:
             while True:
-                batch = await consumer.getmany(
-                    timeout_ms=200, max_records=self.settings.service.batch_size
-                )
+                batch = await self._read_batch(consumer)
                 if batch:
                     sent = await self._forward(batch, producer)
                     read = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
@@ -151,6 +156,23 @@ class Ingest:
             self.producer = self.consumer = None
             await consumer.stop()
             await producer.stop()
+
+    async def _read_batch(self, consumer: AIOKafkaConsumer) -> dict[Any, list[Any]]:
+        """Up to ``batch_size`` messages: what is there, and in live mode (a short read) what
+        arrives within :data:`INGEST_LINGER_S` after it, so bundles stay large."""
+        size = self.settings.service.batch_size
+        batch = await consumer.getmany(timeout_ms=200, max_records=size)
+        count = sum(len(messages) for messages in batch.values())
+        deadline = time.monotonic() + INGEST_LINGER_S
+        while 0 < count < size:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more = await consumer.getmany(timeout_ms=left_ms, max_records=size - count)
+            for tp, messages in more.items():
+                batch.setdefault(tp, []).extend(messages)
+                count += len(messages)
+        return batch
 
     async def _commit_when_sent(
         self,
@@ -242,6 +264,8 @@ class EngineRuntime:
         self.bundle_offset: dict[int, int] = {}
         self.source_offsets: dict[int, dict[int, int]] = {}
         self.last_seen_wall: dict[int, float] = {}
+        #: partitions whose state moved since their meta record was last queued
+        self.meta_due: set[int] = set()
         self._restoring = asyncio.Lock()
         self.pseudonyms = Pseudonyms.from_settings(settings.service)
         #: records written and their bytes, per kind (team, user): the mean record size
@@ -253,6 +277,7 @@ class EngineRuntime:
             self.bundle_offset.pop(p, None)
             self.source_offsets.pop(p, None)
             self.last_seen_wall.pop(p, None)
+            self.meta_due.discard(p)
 
     async def ensure(self, partition: int) -> PartitionEngine:
         """The partition's engine, restored from its changelog if this worker has none yet."""
@@ -336,6 +361,7 @@ class EngineRuntime:
                         )
                     )
         self.bundle_offset[partition] = offset
+        self.meta_due.add(partition)
         return self.pseudonyms.alerts(engine.drain_alerts()), dead
 
     def team_view(self, team_id: str) -> dict[str, Any] | None:
@@ -365,7 +391,7 @@ class EngineRuntime:
         return int(total)
 
     def changes(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
-        """Records to write for what changed in ``partition`` since the last call."""
+        """Entity records to write for what changed in ``partition`` since the last call."""
         engine = self.engines[partition]
         teams, users = engine.take_changes()
         team_sizes, user_sizes = self.record_sizes[_TEAM], self.record_sizes[_USER]
@@ -379,13 +405,27 @@ class EngineRuntime:
             user_sizes[0] += 1
             user_sizes[1] += len(record)
             yield _USER + uid.encode(), record
+
+    def take_meta(self, partition: int) -> tuple[bytes, bytes] | None:
+        """The partition's meta record (the offsets its state reflects, and the partition-wide
+        engine state), if the state moved since the last one was taken; else None.
+
+        Written once per transaction, just before it commits, not with every bundle: it
+        carries the population history and the risk model, and live bundles are small. The
+        caller makes sure every entity record of the state it describes is already queued.
+        """
+        if partition not in self.meta_due or partition not in self.engines:
+            return None
+        self.meta_due.discard(partition)
+        offset = self.bundle_offset[partition]
         offsets = {
-            "bundle": self.bundle_offset[partition],
+            "bundle": offset,
             "sources": {str(k): v for k, v in self.source_offsets[partition].items()},
         }
-        yield (
+        engine = self.engines[partition]
+        return (
             _META + str(partition).encode(),
-            orjson.dumps(offsets) + _SEP + encode_partition(engine, self.bundle_offset[partition]),
+            orjson.dumps(offsets) + _SEP + encode_partition(engine, offset),
         )
 
 
@@ -419,11 +459,18 @@ def build_app(settings: Settings) -> faust.App:
         web_port=s.web_port,
         web_in_thread=False,
         producer_acks=-1,
+        # a partition's records of one bundle go in one batch: with Faust's 16 KB default a
+        # send waited for the previous batch's round trip every few team records
+        producer_max_batch_size=512 << 10,
         # On a rebalance or stop, finish the bundle in hand and commit every open
         # transaction, so a partition that moves is handed over with all its work.
         stream_wait_empty=True,
-        broker_commit_every=100,
-        broker_commit_interval=1.0,
+        # Commits on the clock only (Faust's default count, 10,000 messages, is never reached
+        # first): a count-triggered commit runs inside Faust's fetch loop and stops the
+        # delivery of bundles while it lasts. The interval bounds the alert latency: alerts
+        # are visible to read_committed readers once their transaction commits.
+        broker_commit_every=10_000,
+        broker_commit_interval=COMMIT_INTERVAL_S,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
     )
@@ -447,30 +494,64 @@ def build_app(settings: Settings) -> faust.App:
         return await state_changelog.read_partition(k, changelog, partition)
 
     runtime = EngineRuntime(settings, restore_records)
+    #: per partition: held while a bundle is applied and its records are queued, and while
+    #: the partition's meta record is queued and its transaction commits; so the meta record
+    #: describes exactly the state queued in the transaction it commits with
+    applying: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+
+    def write_meta_on_commit(producer: Any) -> None:
+        """Make Faust's commit of a partition's transaction queue the partition's meta record
+        first (once per transaction instead of once per bundle)."""
+        commit = producer.commit_transactions
+        if getattr(commit, "writes_meta", False):
+            return
+        partition_of = {transactional_id(p): p for p in range(partitions)}
+
+        async def commit_transactions(
+            tid_to_offset_map: Any, group_id: str, start_new_transaction: bool = True
+        ) -> None:
+            for tid, offsets in tid_to_offset_map.items():
+                partition = partition_of.get(tid)
+                if partition is None:
+                    await commit({tid: offsets}, group_id, start_new_transaction)
+                    continue
+                async with applying[partition]:
+                    meta = runtime.take_meta(partition)
+                    if meta is not None:
+                        await state_changelog.send_in_transaction(
+                            producer, tid, [(changelog, meta[0], meta[1], partition)]
+                        )
+                    await commit({tid: offsets}, group_id, start_new_transaction)
+
+        commit_transactions.writes_meta = True  # type: ignore[attr-defined]
+        producer.commit_transactions = commit_transactions
 
     @app.agent(bundles)
     async def process(stream: Any) -> None:
+        write_meta_on_commit(app.producer)
         async for event in stream.events():
             if app.should_stop:
                 break  # leave the bundle to the next owner rather than half-apply it
             partition, offset = event.message.partition, event.message.offset
             await runtime.ensure(partition)
-            alerts, dead = runtime.apply(partition, offset, event.value)
-            # Everything this bundle causes (alerts, dead letters, the changed state with
-            # the offsets it reflects) goes into its partition's open transaction at once.
-            records: list[state_changelog.Record] = [
-                (k.dlq_topic, None, orjson.dumps(record), None) for record in dead
-            ]
-            records.extend(
-                (k.alerts_topic, a["data"]["entity_id"].encode(), orjson.dumps(a), None)
-                for a in alerts
-            )
-            records.extend(
-                (changelog, key, value, partition) for key, value in runtime.changes(partition)
-            )
-            await state_changelog.send_in_transaction(
-                app.producer, transactional_id(partition), records
-            )
+            async with applying[partition]:
+                alerts, dead = runtime.apply(partition, offset, event.value)
+                # Everything this bundle causes (alerts, dead letters, the changed state)
+                # goes into its partition's open transaction at once; the offsets that
+                # state reflects follow in the meta record when the transaction commits.
+                records: list[state_changelog.Record] = [
+                    (k.dlq_topic, None, orjson.dumps(record), None) for record in dead
+                ]
+                records.extend(
+                    (k.alerts_topic, a["data"]["entity_id"].encode(), orjson.dumps(a), None)
+                    for a in alerts
+                )
+                records.extend(
+                    (changelog, key, value, partition) for key, value in runtime.changes(partition)
+                )
+                await state_changelog.send_in_transaction(
+                    app.producer, transactional_id(partition), records
+                )
             pages.observe_bundle(event.message.timestamp, len(alerts))
 
     @app.task

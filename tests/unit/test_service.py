@@ -30,6 +30,14 @@ def bundles_for(partition: int, partitions: int, size: int) -> list[bytes]:
 EVENTS = list(simulate(SimulationConfig(teams=6, days=30, seed=5)).events())
 
 
+def commit(runtime: EngineRuntime, partition: int, changelog: dict[bytes, bytes]) -> None:
+    """What the worker queues when a partition's transaction commits: the meta record."""
+    meta = runtime.take_meta(partition)
+    assert meta is not None
+    changelog[meta[0]] = meta[1]
+    assert runtime.take_meta(partition) is None  # once per transaction
+
+
 def runtime_over(records: dict[bytes, bytes]) -> EngineRuntime:
     async def read(partition: int) -> dict[bytes, bytes]:
         return dict(records)
@@ -55,6 +63,11 @@ def test_a_runtime_restored_from_the_changelog_continues_like_one_that_never_sto
     for offset, bundle in enumerate(bundles[:half]):
         first.apply(partition, offset, bundle)
         changelog.update(first.changes(partition))
+        if offset % 3 == 2 or offset == half - 1:
+            commit(first, partition, changelog)
+    # what the first runtime applied after its last commit is lost with it
+    for offset, bundle in enumerate(bundles[half:], half):
+        first.apply(partition, offset, bundle)
 
     second = runtime_over(changelog)
     asyncio.run(second.ensure(partition))
@@ -84,3 +97,20 @@ def test_state_bytes_estimates_what_a_new_owner_reads_back_from_the_changelog():
     entity_bytes = sum(len(v) for k, v in changelog.items() if k[:2] in (b"t:", b"u:"))
     assert entity_bytes > 0
     assert abs(runtime.state_bytes() - entity_bytes) <= 0.25 * entity_bytes
+
+
+def test_the_meta_record_is_due_once_the_state_moves_and_not_for_redelivered_bundles():
+    partitions = 4
+    partition = partition_for(EVENTS[0]["team_id"], partitions)
+    bundles = bundles_for(partition, partitions, size=200)
+    runtime = runtime_over({})
+    asyncio.run(runtime.ensure(partition))
+    assert runtime.take_meta(partition) is None  # restored state: nothing to write
+    runtime.apply(partition, 0, bundles[0])
+    key, value = runtime.take_meta(partition) or (b"", b"")
+    assert key == f"m:{partition}".encode()
+    assert orjson.loads(value.partition(b"\n")[0])["bundle"] == 0
+    runtime.apply(partition, 0, bundles[0])  # redelivered: skipped, the state did not move
+    assert runtime.take_meta(partition) is None
+    runtime.drop([partition])
+    assert runtime.take_meta(partition) is None
