@@ -507,21 +507,30 @@ def build_app(settings: Settings) -> faust.App:
             return
         partition_of = {transactional_id(p): p for p in range(partitions)}
 
+        async def commit_one(tid: str, offsets: Any, group_id: str, start_new: bool) -> None:
+            partition = partition_of.get(tid)
+            if partition is None:
+                await commit({tid: offsets}, group_id, start_new)
+                return
+            async with applying[partition]:
+                meta = runtime.take_meta(partition)
+                if meta is not None:
+                    await state_changelog.send_in_transaction(
+                        producer, tid, [(changelog, meta[0], meta[1], partition)]
+                    )
+                await commit({tid: offsets}, group_id, start_new)
+
         async def commit_transactions(
             tid_to_offset_map: Any, group_id: str, start_new_transaction: bool = True
         ) -> None:
-            for tid, offsets in tid_to_offset_map.items():
-                partition = partition_of.get(tid)
-                if partition is None:
-                    await commit({tid: offsets}, group_id, start_new_transaction)
-                    continue
-                async with applying[partition]:
-                    meta = runtime.take_meta(partition)
-                    if meta is not None:
-                        await state_changelog.send_in_transaction(
-                            producer, tid, [(changelog, meta[0], meta[1], partition)]
-                        )
-                    await commit({tid: offsets}, group_id, start_new_transaction)
+            # The partitions' transactions are independent (a producer each): committing
+            # them together keeps each partition's bundles waiting one commit, not four.
+            await asyncio.gather(
+                *(
+                    commit_one(tid, offsets, group_id, start_new_transaction)
+                    for tid, offsets in tid_to_offset_map.items()
+                )
+            )
 
         commit_transactions.writes_meta = True  # type: ignore[attr-defined]
         producer.commit_transactions = commit_transactions
