@@ -9,7 +9,7 @@ import orjson
 from detector.bundles import Item, encode_bundle
 from detector.events import decode_fields
 from detector.partitioning import partition_for
-from detector.service import EngineRuntime
+from detector.service import EngineRuntime, Ingest
 from detector.settings import build_settings
 from detector.simulator import SimulationConfig, simulate
 
@@ -114,3 +114,41 @@ def test_the_meta_record_is_due_once_the_state_moves_and_not_for_redelivered_bun
     assert runtime.take_meta(partition) is None
     runtime.drop([partition])
     assert runtime.take_meta(partition) is None
+
+
+class SlicedSource:
+    """A consumer whose ``getmany`` hands out prepared slices, one per call (then nothing)."""
+
+    def __init__(self, slices: list[dict[str, list[int]]]) -> None:
+        self.slices = slices
+        self.asked: list[int] = []
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[str, list[int]]:
+        self.asked.append(max_records)
+        if self.slices:
+            return self.slices.pop(0)
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+
+def test_ingest_gathers_small_reads_into_one_batch_in_source_order():
+    source = SlicedSource([{"a": [1, 2]}, {"b": [7]}, {"a": [3]}])
+    ingest = Ingest(build_settings(environ={}), partitions=4)
+    batch = asyncio.run(ingest._read_batch(source))
+    assert batch == {"a": [1, 2, 3], "b": [7]}
+    size = ingest.settings.service.batch_size
+    assert source.asked[:3] == [size, size - 2, size - 3]  # never more than a batch in all
+
+
+def test_ingest_does_not_wait_for_more_once_a_read_fills_the_batch():
+    settings = build_settings(environ={"DETECTOR_SERVICE_BATCH_SIZE": "3"})
+    source = SlicedSource([{"a": [1, 2, 3]}, {"a": [4]}])
+    batch = asyncio.run(Ingest(settings, partitions=4)._read_batch(source))
+    assert batch == {"a": [1, 2, 3]}
+    assert source.slices == [{"a": [4]}]  # left for the next batch
+
+
+def test_ingest_with_nothing_to_read_returns_an_empty_batch():
+    source = SlicedSource([])
+    assert asyncio.run(Ingest(build_settings(environ={}), 4)._read_batch(source)) == {}
+    assert len(source.asked) == 1  # no lingering on an empty read
