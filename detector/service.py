@@ -505,11 +505,11 @@ def build_app(settings: Settings) -> faust.App:
         commit = producer.commit_transactions
         if getattr(commit, "writes_meta", False):
             return
-        partition_of = {transactional_id(p): p for p in range(partitions)}
 
         async def commit_one(tid: str, offsets: Any, group_id: str, start_new: bool) -> None:
-            partition = partition_of.get(tid)
-            if partition is None:
+            suffix = tid.rpartition("-")[2]
+            partition = int(suffix) if suffix.isdigit() else -1
+            if partition < 0 or transactional_id(partition) != tid:  # not a bundle partition's
                 await commit({tid: offsets}, group_id, start_new)
                 return
             async with applying[partition]:
