@@ -223,6 +223,11 @@ class PartitionEngine:
                 user.events_total += 1
                 if self.dirty_users is not None:
                     self.dirty_users.add(uid)
+                if not user.open_days and user.settled_day < team.last_scored_day:
+                    # nothing open: the days its team closed are settled for the user too, so
+                    # the bitmask spans the open days only, not a long absence (a user back
+                    # after 64+ days made it a >64-bit int that orjson cannot encode)
+                    user.settled_day = team.last_scored_day
                 back = day - user.settled_day - 1
                 if back < 0:
                     back = self._user_earlier_start(uid, user, team, day)

@@ -227,3 +227,25 @@ def test_team_quieter_than_others_in_a_holiday_is_not_decaying_after_it():
     teams.append(TeamSpec("deep", 20, level=lambda d: 0.1 if 70 <= d < 77 else 1.0))
     _, alerts = run(stream(teams, days=95))
     assert team_alerts(alerts, "deep") == [], "the two-week window still holds the holiday"
+
+
+def test_a_user_back_after_months_unchecked_keeps_a_small_open_days_mask():
+    """The open-days bitmask spans the days not closed yet, not the user's absence: a user
+    whose checks had stopped (as when its team churned) and who is back after 70 days must
+    still encode (orjson takes 64-bit ints; the worker's agent crashed on it)."""
+    from detector.codec import decode_user, encode_user
+
+    def event(n: int, day: int, user: str) -> Event:
+        ts = (START_DAY + day) * DAY_MS + 10 * HOUR_MS
+        return Event(f"e{n}", "feature.used", ts, user, "t", {"feature": "editor"})
+
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    assert engine.process(event(0, 0, "regular")) is None
+    assert engine.process(event(1, 0, "returning")) is None
+    engine.users["returning"].check_day = -1  # no more checks: nothing settles it
+    for day in range(1, 71):
+        assert engine.process(event(day + 1, day, "regular")) is None
+    assert engine.process(event(100, 70, "returning")) is None  # its day is still open
+    user = engine.users["returning"]
+    assert 0 < user.open_days.bit_length() <= 8
+    assert decode_user(encode_user(user)).open_days == user.open_days
