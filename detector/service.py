@@ -494,37 +494,43 @@ def build_app(settings: Settings) -> faust.App:
         return await state_changelog.read_partition(k, changelog, partition)
 
     runtime = EngineRuntime(settings, restore_records)
-    #: per partition: held while a bundle is applied and its records are queued, and while
-    #: the partition's meta record is queued and its transaction commits; so the meta record
-    #: describes exactly the state queued in the transaction it commits with
-    applying: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+    #: per partition: what the applied bundles caused (alerts, dead letters, changed state),
+    #: not yet queued in the partition's transaction (see write_on_commit)
+    unsent: dict[int, list[state_changelog.Record]] = {}
 
-    def write_meta_on_commit(producer: Any) -> None:
-        """Make Faust's commit of a partition's transaction queue the partition's meta record
-        first (once per transaction instead of once per bundle)."""
+    def write_on_commit(producer: Any) -> None:
+        """Make Faust's commit of a partition's transaction first queue in it what the
+        partition's applied bundles caused, and then the meta record describing that state.
+
+        The agent only applies bundles and collects their records (no await between the two),
+        so at any await the engine's state is exactly what the collected records describe:
+        taking them and encoding the meta record at once gives a consistent transaction. The
+        agent never waits for Kafka, not even while a transaction commits (it used to, for
+        each bundle, on the partition's transaction lock), and the meta record, which
+        carries the population history and the risk model, is written once per commit
+        instead of once per bundle.
+        """
         commit = producer.commit_transactions
-        if getattr(commit, "writes_meta", False):
+        if getattr(commit, "writes_state", False):
             return
 
         async def commit_one(tid: str, offsets: Any, group_id: str, start_new: bool) -> None:
             suffix = tid.rpartition("-")[2]
             partition = int(suffix) if suffix.isdigit() else -1
-            if partition < 0 or transactional_id(partition) != tid:  # not a bundle partition's
-                await commit({tid: offsets}, group_id, start_new)
-                return
-            async with applying[partition]:
+            if partition >= 0 and transactional_id(partition) == tid:
+                records = unsent.pop(partition, [])
                 meta = runtime.take_meta(partition)
                 if meta is not None:
-                    await state_changelog.send_in_transaction(
-                        producer, tid, [(changelog, meta[0], meta[1], partition)]
-                    )
-                await commit({tid: offsets}, group_id, start_new)
+                    records.append((changelog, meta[0], meta[1], partition))
+                if records:
+                    await state_changelog.send_in_transaction(producer, tid, records)
+            await commit({tid: offsets}, group_id, start_new)
 
         async def commit_transactions(
             tid_to_offset_map: Any, group_id: str, start_new_transaction: bool = True
         ) -> None:
             # The partitions' transactions are independent (a producer each): committing
-            # them together keeps each partition's bundles waiting one commit, not four.
+            # them together keeps the alerts of each waiting one commit, not four.
             await asyncio.gather(
                 *(
                     commit_one(tid, offsets, group_id, start_new_transaction)
@@ -532,35 +538,28 @@ def build_app(settings: Settings) -> faust.App:
                 )
             )
 
-        commit_transactions.writes_meta = True  # type: ignore[attr-defined]
+        commit_transactions.writes_state = True  # type: ignore[attr-defined]
         producer.commit_transactions = commit_transactions
 
     @app.agent(bundles)
     async def process(stream: Any) -> None:
-        write_meta_on_commit(app.producer)
+        write_on_commit(app.producer)
         async for event in stream.events():
             if app.should_stop:
                 break  # leave the bundle to the next owner rather than half-apply it
             partition, offset = event.message.partition, event.message.offset
             await runtime.ensure(partition)
-            async with applying[partition]:
-                alerts, dead = runtime.apply(partition, offset, event.value)
-                # Everything this bundle causes (alerts, dead letters, the changed state)
-                # goes into its partition's open transaction at once; the offsets that
-                # state reflects follow in the meta record when the transaction commits.
-                records: list[state_changelog.Record] = [
-                    (k.dlq_topic, None, orjson.dumps(record), None) for record in dead
-                ]
-                records.extend(
-                    (k.alerts_topic, a["data"]["entity_id"].encode(), orjson.dumps(a), None)
-                    for a in alerts
-                )
-                records.extend(
-                    (changelog, key, value, partition) for key, value in runtime.changes(partition)
-                )
-                await state_changelog.send_in_transaction(
-                    app.producer, transactional_id(partition), records
-                )
+            # From here to the end of the body nothing awaits (see write_on_commit).
+            alerts, dead = runtime.apply(partition, offset, event.value)
+            records = unsent.setdefault(partition, [])
+            records.extend((k.dlq_topic, None, orjson.dumps(record), None) for record in dead)
+            records.extend(
+                (k.alerts_topic, a["data"]["entity_id"].encode(), orjson.dumps(a), None)
+                for a in alerts
+            )
+            records.extend(
+                (changelog, key, value, partition) for key, value in runtime.changes(partition)
+            )
             pages.observe_bundle(event.message.timestamp, len(alerts))
 
     @app.task
@@ -617,7 +616,10 @@ def build_app(settings: Settings) -> faust.App:
         # Faust has committed every transaction before revoking (``stream_wait_empty``),
         # so the engines of partitions this worker keeps are exactly the committed state.
         keep = {tp.partition for tp in assigned if tp.topic == bundles.get_topic_name()}
-        runtime.drop([p for p in runtime.engines if p not in keep])
+        gone = [p for p in runtime.engines if p not in keep]
+        runtime.drop(gone)
+        for partition in gone:
+            unsent.pop(partition, None)  # never committed: the next owner applies them again
 
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         recovered["ready"] = True
