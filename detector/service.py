@@ -7,10 +7,13 @@ Two stages run in one worker process:
   the source offset, and packs good events into bundles re-keyed by team partition
   (``<app>-bundles``). Source offsets are committed only after the bundles are acknowledged.
 * **engine** (Faust agent): one :class:`PartitionEngine` per bundle partition, held in
-  memory. Each bundle is applied, and its alerts, dead letters and the entities it changed
-  (plus the offsets that state reflects) go into the partition's Faust transaction at once,
-  the state to a compacted changelog topic (``<app>-state-changelog``); Faust commits the
-  bundle offsets in the same transaction. A partition's new owner first fences the previous
+  memory. Each bundle is applied and what it caused (alerts, dead letters, the entities it
+  changed) is collected; when Faust commits the partition's transaction (every
+  :data:`COMMIT_INTERVAL_S`), all of it goes in at once, followed by one meta record with
+  the offsets that state reflects, the state to a compacted changelog topic
+  (``<app>-state-changelog``); Faust commits the bundle offsets in the same transaction.
+  In live mode ingest waits up to :data:`INGEST_LINGER_S` after a short read, so bundles
+  stay large. A partition's new owner first fences the previous
   one (Faust starts the partition's transactional producer), then reads the changelog to its
   high watermark (:mod:`detector.changelog`). The offsets stored with the state make
   redelivered bundles and events harmless.
@@ -68,9 +71,9 @@ log = logging.getLogger("churn_detector")
 #: ingest batches read ahead of the oldest one still waiting for its bundles' acks
 INGEST_BATCHES_IN_FLIGHT = 4
 #: live mode: how long ingest keeps reading after a short batch before it sends its bundles.
-#: Every bundle costs the engine stage a fixed amount (Faust's per-message path, one round of
-#: transaction sends); at 30k events/s the source arrives in slices of a few dozen events,
-#: and bundling each slice on its own made ~60-event bundles the agent could not keep up with.
+#: Every bundle costs the engine stage a fixed amount (Faust's per-message path, the apply
+#: and its records); at 15-30k events/s the source arrives in slices of a few hundred events
+#: over 4 partitions, and bundling each slice on its own made ~60-event bundles.
 INGEST_LINGER_S = 0.03
 #: how often each partition's transaction commits (see build_app)
 COMMIT_INTERVAL_S = 0.5
@@ -410,9 +413,9 @@ class EngineRuntime:
         """The partition's meta record (the offsets its state reflects, and the partition-wide
         engine state), if the state moved since the last one was taken; else None.
 
-        Written once per transaction, just before it commits, not with every bundle: it
-        carries the population history and the risk model, and live bundles are small. The
-        caller makes sure every entity record of the state it describes is already queued.
+        Written once per transaction, after the records of the bundles it commits and not
+        with every bundle: it carries the population history and the risk model, and live
+        bundles are small. The caller takes it together with those records (see build_app).
         """
         if partition not in self.meta_due or partition not in self.engines:
             return None
@@ -459,8 +462,8 @@ def build_app(settings: Settings) -> faust.App:
         web_port=s.web_port,
         web_in_thread=False,
         producer_acks=-1,
-        # a partition's records of one bundle go in one batch: with Faust's 16 KB default a
-        # send waited for the previous batch's round trip every few team records
+        # a commit's records go in a few large batches: with Faust's 16 KB default, a send
+        # waited for the previous batch's round trip every few team records
         producer_max_batch_size=512 << 10,
         # On a rebalance or stop, finish the bundle in hand and commit every open
         # transaction, so a partition that moves is handed over with all its work.
