@@ -46,7 +46,9 @@ class TeamState:
         "offset_ms",
         "open_days",
         "open_days_early",
+        "open_tasks",
         "payment_failures",
+        "pending",
         "plan",
         "reactivated",
         "recent_ids",
@@ -80,6 +82,13 @@ class TeamState:
         self.open_days = 0
         #: of those, the days counted in the population's first UTC day of the local day
         self.open_days_early = 0
+        #: finished tasks of open days, [day, task, count, total milliseconds] each: their
+        #: share of the population's norm is taken when the day closes (order-free)
+        self.open_tasks: list[list] = []
+        #: team-level events (lifecycle, traits, the first session) not applied yet,
+        #: [ts, event_id, type, properties] each: applied in event-time order when the
+        #: team's day that holds them closes, so arrival order cannot matter
+        self.pending: list[list] = []
         self.active_days = 0
         self.events_total = 0
         self.key_total = 0
