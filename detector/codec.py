@@ -114,7 +114,8 @@ def encode_partition(engine: PartitionEngine, source_offset: int) -> bytes:
         "feature_bits": engine.feature_bits,
         "risk": engine.risk.state(),
     }
-    return orjson.dumps(meta)
+    # sorted keys: the same state gives the same bytes, however its dicts were filled
+    return orjson.dumps(meta, option=orjson.OPT_SORT_KEYS)
 
 
 def restore_partition(

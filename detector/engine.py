@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from bisect import insort
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -73,6 +74,7 @@ _TRAIT_TYPES = frozenset({TEAM_UPDATED, SUBSCRIPTION_STARTED, TRIAL_STARTED})
 _STATUS_TYPES = frozenset({SUBSCRIPTION_CANCELLED, PAYMENT_FAILED, PAYMENT_SUCCEEDED})
 _TRAITS = ("plan", "mrr", "seats", "timezone")
 SESSION_ENDED = "session.ended"
+_EVENT_ORDER = itemgetter(0, 1)  # a pending team-level event: (event time, event id)
 _NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
 _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
@@ -258,7 +260,9 @@ class PartitionEngine:
                     ring[slot + TASK_FAILURES] += 1.0
                 elif etype == "session.ended" and team.first_session_s < 0.0:
                     # the earliest by event time wins: kept until its day closes
-                    team.pending.append([ts, event_id, etype, {"duration_s": props["duration_s"]}])
+                    self._keep_pending(
+                        team, [ts, event_id, etype, {"duration_s": props["duration_s"]}]
+                    )
         next_sweep = self.next_sweep_ms
         if next_sweep is None:
             next_sweep = self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
@@ -376,22 +380,23 @@ class PartitionEngine:
         team's bucket gets it as a multiple of the norm when the team's day closes."""
         self.population.observe_task(task, duration_s, utc_day)
         ms = round(min(duration_s, MAX_TASK_S) * 1000)
-        for entry in team.open_tasks:
+        tasks = team.open_tasks  # in (day, task) order, whatever order the tasks came in
+        for at, entry in enumerate(tasks):
             if entry[0] == day and entry[1] == task:
                 entry[2] += 1
                 entry[3] += ms
                 return
-        team.open_tasks.append([day, task, 1, ms])
+            if entry[0] > day or (entry[0] == day and entry[1] > task):
+                tasks.insert(at, [day, task, 1, ms])
+                return
+        tasks.append([day, task, 1, ms])
 
     def _close_tasks(self, team: TeamState, day: int) -> None:
         """The closing ``day``'s tasks against the population's norms (in task order)."""
-        ratio, keep = 0.0, []
-        for entry in sorted(team.open_tasks, key=itemgetter(1)):
-            if entry[0] <= day:
-                ratio += self.population.task_ratio(entry[1], entry[3] / 1000, entry[2])
-            else:
-                keep.append(entry)
-        team.open_tasks = keep
+        ratio, tasks = 0.0, team.open_tasks
+        while tasks and tasks[0][0] <= day:
+            _, task, n, ms = tasks.pop(0)
+            ratio += self.population.task_ratio(task, ms / 1000, n)
         if day > team.ring_day - RING_DAYS:
             team.ring[(day % RING_DAYS) * FIELDS + TASK_RATIO] += ratio
 
@@ -405,17 +410,20 @@ class PartitionEngine:
             kept = {}
         else:
             return  # identify: nothing to apply
-        team.pending.append([ts, event_id, etype, kept])
+        self._keep_pending(team, [ts, event_id, etype, kept])
+
+    @staticmethod
+    def _keep_pending(team: TeamState, entry: list[Any]) -> None:
+        """Keep a team-level event in event-time order (ties by event id) until it applies."""
+        insort(team.pending, entry, key=_EVENT_ORDER)
 
     def _apply_pending(self, team: TeamState, day: int) -> None:
         """Apply the team-level events of the closing local ``day`` and before, in event-time
-        order (ties by event id): the last by event time wins, not the last delivered."""
+        order: the last by event time wins, not the last delivered."""
         end = day_end_ms(day, team.offset_ms)
-        due = [p for p in team.pending if p[0] < end]
-        if not due:
-            return
-        team.pending = [p for p in team.pending if p[0] >= end]
-        for ts, _, etype, props in sorted(due, key=itemgetter(0, 1)):
+        pending = team.pending
+        while pending and pending[0][0] < end:
+            ts, _, etype, props = pending.pop(0)
             self._lifecycle(team, etype, ts, props)
 
     def _lifecycle(self, team: TeamState, etype: str, ts: int, props: dict[str, Any]) -> None:
