@@ -69,7 +69,10 @@ class Population:
     def close_until(self, utc_day: int) -> None:
         """Close every UTC day before ``utc_day`` (idempotent)."""
         if self.closed_day is None:
-            if not self.counts:
+            # starts with its first active day, once that is closable (days from before
+            # ``utc_day`` are complete: an event of a later day delivered first must not
+            # start it later than in-order delivery does)
+            if not self.counts or min(self.counts) >= utc_day:
                 return
             self.first_day = min(self.counts)
             self.closed_day = self.first_day - 1

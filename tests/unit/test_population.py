@@ -65,3 +65,20 @@ def test_a_partition_with_few_teams_is_not_a_population():
         fill(pop, day, 100 if day < 20 else 0, teams=3 if day < 20 else 0)
     pop.close_until(28)
     assert pop.day_factor(25) == 1.0, "one silent team must not look like an outage"
+
+
+def test_the_first_day_is_the_earliest_even_when_a_later_day_is_counted_first():
+    """Out-of-order delivery: the first close (a sweep during day 0) comes after an event of
+    day 1; the day-0 events delivered after it still start the population on day 0."""
+    in_order, reordered = Population(min_days=7), Population(min_days=7)
+    fill(in_order, 0, 3)
+    in_order.close_until(0)
+    fill(in_order, 1, 1)
+    fill(reordered, 1, 1)
+    reordered.close_until(0)
+    fill(reordered, 0, 3)
+    for pop in (in_order, reordered):
+        pop.close_until(2)
+    assert in_order.first_day == reordered.first_day == 0
+    assert in_order.weekday == reordered.weekday
+    assert reordered.team_counts == {} and reordered.counts == {}
