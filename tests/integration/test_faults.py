@@ -1,4 +1,5 @@
-"""Faults on the real broker: broker restart, poison events, a lost state directory.
+"""Faults on the real broker: broker restart, poison events, a lost state directory, a worker
+killed in the middle of a state flush.
 
 Each test compares the stream with a replay of the same file (the uninterrupted result):
 same alert ids, none twice, and every team's event count equal to what was produced.
@@ -6,9 +7,11 @@ same alert ids, none twice, and every team's event count equal to what was produ
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
+import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -244,3 +247,66 @@ def test_a_deleted_state_directory_is_rebuilt_from_the_changelog(
         all_teams_complete([second], stream.expected), 240, "every event counted after the loss"
     )
     assert_alerts_equal_replay(settings, stream.alert_ids)
+
+
+def _changelog_records(settings, isolation_level: str) -> int:
+    """Records in the state changelog as a consumer with ``isolation_level`` reads them."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka.brokers,
+        isolation_level=isolation_level,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    topic = f"{settings.service.app_id}-state-changelog"
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        count = 0
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            count += sum(len(records) for records in consumer.poll(timeout_ms=500).values())
+        return count
+    finally:
+        consumer.close()
+
+
+def test_a_worker_killed_in_the_middle_of_a_state_flush_loses_and_duplicates_nothing(
+    kafka_settings_factory, kafka_admin, workers, tmp_path
+):
+    """The worker kills itself (SIGKILL, a test-only hook in detector/changelog.py) after some
+    of a bundle's state records are on the broker inside its open transaction and before the
+    rest are sent and the transaction commits. A restarted worker fences that transaction
+    (aborted) and redoes the bundle from the committed state and offsets."""
+    settings = kafka_settings_factory(service=QUIET)
+    stream = simulated_halves(settings, tmp_path, teams=14, days=70, seed=73)
+
+    produce_file(stream.first, settings, progress=False)
+    first = workers(settings, "first").start()
+    wait_until(lambda: events_applied(first) >= stream.first_events, 180, "the first half applied")
+    wait_until(lambda: _bundles_committed(kafka_admin, settings), 60, "the first half committed")
+    first.stop()
+    committed_before = _changelog_records(settings, "read_committed")
+
+    faulty_service = dataclasses.replace(settings.service, fault_kill_after_records=25)
+    faulty = workers(dataclasses.replace(settings, service=faulty_service), "faulty").start()
+    produce_file(stream.second, settings, progress=False)
+    assert faulty.proc is not None
+    assert faulty.proc.wait(timeout=180) == -signal.SIGKILL
+    killed = re.search(
+        rb"fault injection: SIGKILL after state record (\d+), (\d+) more records of the bundle",
+        faulty.log.read_bytes(),
+    )
+    assert killed, "the worker died elsewhere than in the fault hook"
+    assert int(killed[1]) >= 25 and int(killed[2]) > 0, "killed in the middle of a bundle"
+
+    second = workers(settings, "second").start()  # same state dir and app id, no fault
+    wait_until(
+        all_teams_complete([second], stream.expected), 240, "every event counted after the kill"
+    )
+    assert_alerts_equal_replay(settings, stream.alert_ids)
+    # the records the killed worker had sent are in the log but were never committed
+    uncommitted = _changelog_records(settings, "read_uncommitted")
+    committed = _changelog_records(settings, "read_committed")
+    assert committed > committed_before
+    assert uncommitted > committed, "the cut flush's records are in the log, aborted"
