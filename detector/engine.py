@@ -73,7 +73,7 @@ from .timemodel import DAY_MS, Watermark, day_end_ms, utc_offset_ms
 _TRAIT_TYPES = frozenset({TEAM_UPDATED, SUBSCRIPTION_STARTED, TRIAL_STARTED})
 _STATUS_TYPES = frozenset({SUBSCRIPTION_CANCELLED, PAYMENT_FAILED, PAYMENT_SUCCEEDED})
 _TRAITS = ("plan", "mrr", "seats", "timezone")
-SESSION_ENDED = "session.ended"
+_SESSION_ENDED = "session.ended"
 _EVENT_ORDER = itemgetter(0, 1)  # a pending team-level event: (event time, event id)
 _NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
@@ -427,7 +427,7 @@ class PartitionEngine:
             self._lifecycle(team, etype, ts, props)
 
     def _lifecycle(self, team: TeamState, etype: str, ts: int, props: dict[str, Any]) -> None:
-        if etype == SESSION_ENDED:
+        if etype == _SESSION_ENDED:
             if team.first_session_s < 0.0:
                 team.first_session_s = float(props["duration_s"])
         elif etype in _TRAIT_TYPES:

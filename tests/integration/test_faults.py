@@ -16,7 +16,7 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -188,11 +188,11 @@ def _bundles_committed(admin, settings) -> bool:
     return bool(mine) and all(mine[tp] >= end for tp, end in ends.items())
 
 
-def _changelog_bundle_offsets(settings) -> dict[int, int]:
-    """Per bundle partition: the bundle offset in the last committed state record (meta)."""
+def _changelog(settings, isolation_level: str = "read_committed") -> Iterator[Any]:
+    """Every record of the state changelog, as a consumer with ``isolation_level`` reads it."""
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka.brokers,
-        isolation_level="read_committed",
+        isolation_level=isolation_level,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
@@ -202,16 +202,21 @@ def _changelog_bundle_offsets(settings) -> dict[int, int]:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
-        latest: dict[int, int] = {}
         while any(consumer.position(tp) < end[tp] for tp in tps):
             for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    if r.key and r.key.startswith(b"m:") and r.value:
-                        offsets, _, _ = r.value.partition(b"\n")  # then the engine record
-                        latest[int(r.key[2:])] = orjson.loads(offsets)["bundle"]
-        return latest
+                yield from records
     finally:
         consumer.close()
+
+
+def _changelog_bundle_offsets(settings) -> dict[int, int]:
+    """Per bundle partition: the bundle offset in the last committed state record (meta)."""
+    latest: dict[int, int] = {}
+    for r in _changelog(settings):
+        if r.key and r.key.startswith(b"m:") and r.value:
+            offsets, _, _ = r.value.partition(b"\n")  # then the engine record
+            latest[int(r.key[2:])] = orjson.loads(offsets)["bundle"]
+    return latest
 
 
 def test_a_deleted_state_directory_is_rebuilt_from_the_changelog(
@@ -249,28 +254,6 @@ def test_a_deleted_state_directory_is_rebuilt_from_the_changelog(
     assert_alerts_equal_replay(settings, stream.alert_ids)
 
 
-def _changelog_records(settings, isolation_level: str) -> int:
-    """Records in the state changelog as a consumer with ``isolation_level`` reads them."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka.brokers,
-        isolation_level=isolation_level,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    topic = f"{settings.service.app_id}-state-changelog"
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        count = 0
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            count += sum(len(records) for records in consumer.poll(timeout_ms=500).values())
-        return count
-    finally:
-        consumer.close()
-
-
 def test_a_worker_killed_in_the_middle_of_a_state_flush_loses_and_duplicates_nothing(
     kafka_settings_factory, kafka_admin, workers, tmp_path
 ):
@@ -286,7 +269,7 @@ def test_a_worker_killed_in_the_middle_of_a_state_flush_loses_and_duplicates_not
     wait_until(lambda: events_applied(first) >= stream.first_events, 180, "the first half applied")
     wait_until(lambda: _bundles_committed(kafka_admin, settings), 60, "the first half committed")
     first.stop()
-    committed_before = _changelog_records(settings, "read_committed")
+    committed_before = sum(1 for _ in _changelog(settings))
 
     faulty_service = dataclasses.replace(settings.service, fault_kill_after_records=25)
     faulty = workers(dataclasses.replace(settings, service=faulty_service), "faulty").start()
@@ -306,7 +289,7 @@ def test_a_worker_killed_in_the_middle_of_a_state_flush_loses_and_duplicates_not
     )
     assert_alerts_equal_replay(settings, stream.alert_ids)
     # the records the killed worker had sent are in the log but were never committed
-    uncommitted = _changelog_records(settings, "read_uncommitted")
-    committed = _changelog_records(settings, "read_committed")
+    uncommitted = sum(1 for _ in _changelog(settings, "read_uncommitted"))
+    committed = sum(1 for _ in _changelog(settings))
     assert committed > committed_before
     assert uncommitted > committed, "the cut flush's records are in the log, aborted"
