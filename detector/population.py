@@ -182,7 +182,7 @@ class Population:
         counts as 1.0 while the task has no norm yet).
 
         >>> p = Population(0); p.task_log_norm["a"] = math.log1p(60.0)
-        >>> p.task_ratio("a", 180.0, 2), p.task_ratio("new", 5.0, 2)
+        >>> round(p.task_ratio("a", 180.0, 2), 6), p.task_ratio("new", 5.0, 2)
         (3.0, 2.0)
         """
         norm = self.task_log_norm.get(task)
