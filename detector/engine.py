@@ -294,11 +294,11 @@ class PartitionEngine:
         new time zone, the end of summer time) and the event is in the hours the new offset
         repeats: it counts in the first open day, where it counts when delivered before that
         close (with the old offset), so the delivery order does not matter."""
-        if self._team_earlier_start(team, ts, day):
+        if self._team_earlier_start(team, ts):
             return day
         return team.last_scored_day + 1
 
-    def _team_earlier_start(self, team: TeamState, ts: int, day: int) -> bool:
+    def _team_earlier_start(self, team: TeamState, ts: int) -> bool:
         """An event of a day before the team's first (delivered out of order, within the
         lateness): the team starts on that day, if nothing of it was closed yet."""
         utc_day = ts // DAY_MS
@@ -404,6 +404,8 @@ class PartitionEngine:
         self, team: TeamState, ts: int, event_id: str, etype: str, props: dict[str, Any]
     ) -> None:
         """Keep a team-level event until the team's day that holds it closes."""
+        if ts // DAY_MS < team.first_day:
+            self._team_earlier_start(team, ts)  # the team starts with it, as in order
         if etype in _TRAIT_TYPES:
             kept = {name: props[name] for name in _TRAITS if name in props}
         elif etype in _STATUS_TYPES:

@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from detector.codec import encode_partition, encode_team, encode_user
 from detector.engine import PartitionEngine
-from detector.events import EventFields, Invalid, decode_fields
+from detector.events import Event, EventFields, Invalid, decode_fields
 from detector.settings import EngineSettings
 from detector.simulator import SimulationConfig, simulate
+from detector.timemodel import DAY_MS, HOUR_MS
 
 LATENESS_MS = EngineSettings().allowed_lateness_s * 1000
 
@@ -84,6 +85,20 @@ def delivered(
     return [e for _, e in sorted(enumerate(events), key=key)]
 
 
+def reversed_blocks(events: list[EventFields], rng: random.Random, most: float):
+    """Consecutive blocks, each spanning at most ``most`` times the lateness of event time,
+    each delivered newest first: every event is within the lateness of its block's newest."""
+    out: list[EventFields] = []
+    block: list[EventFields] = []
+    span = rng.randint(1, int(most * LATENESS_MS))
+    for e in events:
+        if block and e[2] - block[0][2] > span:
+            out.extend(reversed(block))
+            block, span = [], rng.randint(1, int(most * LATENESS_MS))
+        block.append(e)
+    return out + block[::-1]
+
+
 def lateness_ok(events: list[EventFields]) -> bool:
     newest = events[0][2]
     for e in events:
@@ -93,19 +108,23 @@ def lateness_ok(events: list[EventFields]) -> bool:
     return True
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     seed=st.sampled_from(SEEDS),
     order_seed=st.integers(0, 2**32),
     share=st.sampled_from([0.05, 0.5, 1.0]),
     most=st.sampled_from([0.25, 0.9, 1.0]),
-    by_team=st.booleans(),
+    how=st.sampled_from(["each", "by_team", "blocks"]),
 )
 def test_any_order_within_the_lateness_gives_the_in_order_alerts_and_records(
-    seed, order_seed, share, most, by_team
+    seed, order_seed, share, most, how
 ):
     events = simulated(seed)
-    shuffled = delivered(events, random.Random(order_seed), share, most, by_team)
+    rng = random.Random(order_seed)
+    if how == "blocks":
+        shuffled = reversed_blocks(events, rng, most)
+    else:
+        shuffled = delivered(events, rng, share, most, how == "by_team")
     assert lateness_ok(shuffled)
     alerts, (teams, users, partition) = run(shuffled)
     expected_alerts, (expected_teams, expected_users, expected_partition) = in_order(seed)
@@ -127,5 +146,31 @@ def test_the_streams_exercise_what_depends_on_order():
         types = {e[1] for e in events}
         assert {"team.updated", "task.completed", "session.ended", "payment.failed"} <= types, seed
         assert in_order(seed)[0], "the in-order run raises alerts"
-        shuffled = delivered(events, random.Random(1), 1.0, 1.0, False)
-        assert shuffled != events and lateness_ok(shuffled)
+        for shuffled in (
+            delivered(events, random.Random(1), 1.0, 1.0, False),
+            reversed_blocks(events, random.Random(1), 1.0),
+        ):
+            assert shuffled != events and lateness_ok(shuffled)
+
+
+def test_team_level_events_apply_in_event_time_order_when_their_day_closes():
+    """The last by event time wins (ties: the greater event id), not the last delivered."""
+    day = 20_454
+    t0 = day * DAY_MS + 23 * HOUR_MS
+    events = [
+        Event("b", "team.updated", t0, None, "t", {"plan": "pro", "mrr": 99.0}),
+        Event("a", "team.updated", t0, None, "t", {"plan": "team"}),  # same time: "b" wins
+        Event("c", "payment.failed", t0 + 1, None, "t", {"amount": 9.0}),
+        Event("d", "payment.succeeded", t0 + 2, None, "t", {"amount": 9.0}),
+        Event("e", "team.updated", t0 + 90 * 60_000, None, "t", {"plan": "enterprise"}),
+        Event("f", "payment.failed", t0 + 90 * 60_000, None, "t", {"amount": 9.0}),
+    ]
+    tick = Event("x", "feature.used", t0 + 4 * HOUR_MS, "u", "t", {"feature": "f"})
+    for order in (events, events[::-1]):
+        engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+        for event in [*order, tick]:
+            assert engine.process(event) is None
+        team = engine.teams["t"]
+        assert (team.plan, team.mrr, team.payment_failures) == ("pro", 99.0, 0)
+        assert [p[1] for p in team.pending] == ["e", "f"]  # the next day's: not yet
+        assert team.first_day == day, "the team starts with its earliest event, in any order"
