@@ -14,7 +14,7 @@ import orjson
 from .dedup import RecentIds
 from .engine import PartitionEngine
 from .risk_model import RiskModel
-from .state import FIELDS, RING_DAYS, TeamState, UserState
+from .state import FIELDS, NOTHING, RING_DAYS, TeamState, UserState
 
 _SEP = b"\x00"  # never appears raw in JSON output
 _TEAM_FIELDS = tuple(s for s in TeamState.__slots__ if s not in ("ring", "recent_ids"))
@@ -25,7 +25,7 @@ _USER_FIELDS = UserState.__slots__
 # day), no pending team-level events or open tasks (they were applied on arrival)
 _TEAM_ADDED: tuple[dict[str, Any], ...] = (
     {"open_days": 0, "open_days_early": 0},
-    {"open_tasks": list, "pending": list},  # a callable: a new empty list per record
+    {"open_tasks": NOTHING, "pending": NOTHING},
 )
 _USER_ADDED = ("open_days", "settled_day")  # 0 and the user's last_day (decode_user)
 _USER_FIELDS_V1 = tuple(s for s in _USER_FIELDS if s not in _USER_ADDED)
@@ -60,9 +60,13 @@ def decode_team(data: bytes) -> TeamState:
     values = orjson.loads(head)
     names, missing = _TEAM_LAYOUTS[len(values)]
     for name, default in missing.items():
-        setattr(team, name, default() if callable(default) else default)
+        setattr(team, name, default)
     for name, value in zip(names, values, strict=True):
         setattr(team, name, value)
+    if not team.pending:
+        team.pending = NOTHING  # shared, not an empty list per team
+    if not team.open_tasks:
+        team.open_tasks = NOTHING
     team.ring = array("d")
     team.ring.frombytes(ring[:_RING_BYTES])
     team.recent_ids = RecentIds.from_bytes(ring[_RING_BYTES:])

@@ -57,6 +57,7 @@ from .state import (
     FEATURES,
     FIELDS,
     KEY_ACTIONS,
+    NOTHING,
     RING_DAYS,
     SLOW_ALPHA,
     TASK_FAILURES,
@@ -381,6 +382,9 @@ class PartitionEngine:
         self.population.observe_task(task, duration_s, utc_day)
         ms = round(min(duration_s, MAX_TASK_S) * 1000)
         tasks = team.open_tasks  # in (day, task) order, whatever order the tasks came in
+        if not isinstance(tasks, list):
+            team.open_tasks = [[day, task, 1, ms]]
+            return
         for at, entry in enumerate(tasks):
             if entry[0] == day and entry[1] == task:
                 entry[2] += 1
@@ -394,9 +398,12 @@ class PartitionEngine:
     def _close_tasks(self, team: TeamState, day: int) -> None:
         """The closing ``day``'s tasks against the population's norms (in task order)."""
         ratio, tasks = 0.0, team.open_tasks
+        assert isinstance(tasks, list)  # called when there are open tasks
         while tasks and tasks[0][0] <= day:
             _, task, n, ms = tasks.pop(0)
             ratio += self.population.task_ratio(task, ms / 1000, n)
+        if not tasks:
+            team.open_tasks = NOTHING
         if day > team.ring_day - RING_DAYS:
             team.ring[(day % RING_DAYS) * FIELDS + TASK_RATIO] += ratio
 
@@ -417,16 +424,22 @@ class PartitionEngine:
     @staticmethod
     def _keep_pending(team: TeamState, entry: list[Any]) -> None:
         """Keep a team-level event in event-time order (ties by event id) until it applies."""
-        insort(team.pending, entry, key=_EVENT_ORDER)
+        if isinstance(team.pending, list):
+            insort(team.pending, entry, key=_EVENT_ORDER)
+        else:
+            team.pending = [entry]
 
     def _apply_pending(self, team: TeamState, day: int) -> None:
         """Apply the team-level events of the closing local ``day`` and before, in event-time
         order: the last by event time wins, not the last delivered."""
         end = day_end_ms(day, team.offset_ms)
         pending = team.pending
+        assert isinstance(pending, list)  # called when there are pending events
         while pending and pending[0][0] < end:
             ts, _, etype, props = pending.pop(0)
             self._lifecycle(team, etype, ts, props)
+        if not pending:
+            team.pending = NOTHING
 
     def _lifecycle(self, team: TeamState, etype: str, ts: int, props: dict[str, Any]) -> None:
         if etype == _SESSION_ENDED:

@@ -89,7 +89,7 @@ def test_records_written_before_open_days_were_tracked_still_decode():
     ):
         old_head = orjson.dumps([v for n, v in values.items() if n not in added])
         old_team = decode_team(old_head + sep + rest)
-        assert (old_team.open_tasks, old_team.pending) == ([], []), release
+        assert (old_team.open_tasks, old_team.pending) == ((), ()), release
         if release == 0:
             assert (old_team.open_days, old_team.open_days_early) == (0, 0)
         else:
