@@ -497,6 +497,7 @@ def build_app(settings: Settings) -> faust.App:
         return await state_changelog.read_partition(k, changelog, partition)
 
     runtime = EngineRuntime(settings, restore_records)
+    state_changelog.fault_kill.after = s.fault_kill_after_records  # test only; 0: off
     #: per partition: what the applied bundles caused (alerts, dead letters, changed state),
     #: not yet queued in the partition's transaction (see write_on_commit)
     unsent: dict[int, list[state_changelog.Record]] = {}
