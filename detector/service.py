@@ -35,6 +35,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -68,6 +69,8 @@ from .state import TeamState, UserState
 
 log = logging.getLogger("churn_detector")
 
+#: exit status when the in-memory state can no longer be trusted to match the commits
+EXIT_STATE_UNSAFE = 70
 #: ingest batches read ahead of the oldest one still waiting for its bundles' acks
 INGEST_BATCHES_IN_FLIGHT = 4
 #: live mode: how long ingest keeps reading after a short batch before it sends its bundles.
@@ -554,16 +557,28 @@ def build_app(settings: Settings) -> faust.App:
             partition, offset = event.message.partition, event.message.offset
             await runtime.ensure(partition)
             # From here to the end of the body nothing awaits (see write_on_commit).
-            alerts, dead = runtime.apply(partition, offset, event.value)
-            records = unsent.setdefault(partition, [])
-            records.extend((k.dlq_topic, None, orjson.dumps(record), None) for record in dead)
-            records.extend(
-                (k.alerts_topic, a["data"]["entity_id"].encode(), orjson.dumps(a), None)
-                for a in alerts
-            )
-            records.extend(
-                (changelog, key, value, partition) for key, value in runtime.changes(partition)
-            )
+            try:
+                alerts, dead = runtime.apply(partition, offset, event.value)
+                records = unsent.setdefault(partition, [])
+                records.extend((k.dlq_topic, None, orjson.dumps(r), None) for r in dead)
+                records.extend(
+                    (k.alerts_topic, a["data"]["entity_id"].encode(), orjson.dumps(a), None)
+                    for a in alerts
+                )
+                records.extend(
+                    (changelog, key, value, partition) for key, value in runtime.changes(partition)
+                )
+            except Exception:
+                # A poison event is quarantined inside apply; reaching here is a bug outside
+                # any one event (a sweep, an encoder). The engine may hold changes that no
+                # record describes any more, and Faust would restart the agent and commit
+                # the bundle offsets anyway: state lost without a trace. Exiting leaves the
+                # open transactions to be aborted; a restart restores the committed state.
+                log.critical(
+                    "partition %s: bundle %s failed; exiting", partition, offset, exc_info=True
+                )
+                logging.shutdown()
+                os._exit(EXIT_STATE_UNSAFE)
             pages.observe_bundle(event.message.timestamp, len(alerts))
 
     @app.task
