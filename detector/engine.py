@@ -439,7 +439,10 @@ class PartitionEngine:
         # delivery order (out-of-order input gives the in-order result).
         for offset in sorted(self.groups):
             group = self.groups[offset]
-            closed = (t_ms + offset) // DAY_MS - 1
+            # a team's local day D is scored against the population's day D, so east of UTC
+            # (local D ends before UTC D does) it waits until the population has closed D;
+            # scored earlier, D's factor is unknown and a holiday's first day looks like churn
+            closed = min((t_ms + offset) // DAY_MS, utc_day) - 1
             if self.group_closed.get(offset, -(10**9)) >= closed:
                 continue
             self.group_closed[offset] = closed
@@ -522,8 +525,8 @@ class PartitionEngine:
             norm = self._team_decay(team, day, wins, signals)
             self._sharp_drop(team, day, wins[s.sharp_drop_days], signals)
             self._team_silence(team, silent_days, signals)
-            self._key_action(team, wins, max(0.05, pop.window_factor(day, 2 * w)), norm, signals)
             self._champion(team, day, norm, signals)
+            self._key_action(team, wins, max(0.05, pop.window_factor(day, 2 * w)), norm, signals)
             self._user_decay(team, signals)
         if team.is_new and s.onboarding_days - 3 <= age <= s.onboarding_days + 7:
             self._onboarding(team, signals)
@@ -795,9 +798,15 @@ class PartitionEngine:
         norm: float,
         out: list[Signal],
     ) -> None:
-        """Logins go on but the key action (the product's value) stopped, for two weeks."""
+        """Logins go on but the key action (the product's value) stopped, for two weeks.
+
+        Not while the champion is away: the most active user is usually the one who does
+        the key action, so its stop is the same evidence as champion_loss, not more.
+        """
         w = 2 * self.settings.recent_window_days
         if team.base_key < 3.0 / self.settings.recent_window_days or norm < 0.7:
+            return
+        if any(sig.name == "champion_loss" for sig in out):
             return
         win = wins[w]
         if win[ACTIVE_USERS] < 0.7 * w * team.base_active * pop_w:
