@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from detector import health as hs
 from detector.engine import PartitionEngine
 from detector.events import Event
+from detector.scoring import Signal
 from detector.settings import EngineSettings
 from detector.timemodel import DAY_MS, HOUR_MS
 
@@ -227,3 +228,39 @@ def test_team_quieter_than_others_in_a_holiday_is_not_decaying_after_it():
     teams.append(TeamSpec("deep", 20, level=lambda d: 0.1 if 70 <= d < 77 else 1.0))
     _, alerts = run(stream(teams, days=95))
     assert team_alerts(alerts, "deep") == [], "the two-week window still holds the holiday"
+
+
+def test_key_action_stop_while_the_champion_is_away_adds_nothing():
+    """The champion is usually who publishes: their absence is one piece of evidence."""
+    stop = (START_DAY + 50) * DAY_MS
+    events = [
+        ev._replace(type="feature.used")
+        if ev.team_id == "k" and ev.type == "document.published" and ev.ts_ms >= stop
+        else ev
+        for ev in stream([*healthy_teams(20), TeamSpec("k", 10)], days=80)
+    ]
+    engine, _ = run(events)
+    team = engine.teams["k"]
+    wins = team.windows(team.last_scored_day, (14,))
+    away = Signal("champion_loss", 0.45, ())
+    signals: list = [away]
+    engine._key_action(team, wins, 1.0, 1.0, signals)
+    assert signals == [away]
+
+
+def test_team_east_of_utc_scores_a_day_only_once_the_population_has_closed_it():
+    """Its local day ends before the UTC day does; scored then, the day's population factor
+    is unknown and a holiday's first day would look like this team's own drop."""
+    tokyo = Event("tz", "team.updated", START_DAY * DAY_MS, None, "east", {"timezone": "Asia/Tokyo"})
+    events = [tokyo, *stream([*healthy_teams(20), TeamSpec("east", 6)], days=40)]
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    scored = 0
+    for ev in events:
+        assert engine.process(ev) is None
+        team = engine.teams.get("east")
+        if team is not None and team.last_scored_day >= team.first_day:
+            closed = engine.population.closed_day
+            assert closed is not None and team.last_scored_day <= closed
+            scored = team.last_scored_day
+    assert engine.teams["east"].offset_ms == 9 * HOUR_MS
+    assert scored >= START_DAY + 35
