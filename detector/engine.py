@@ -528,7 +528,13 @@ class PartitionEngine:
             self._champion(team, day, norm, signals)
             self._key_action(team, wins, max(0.05, pop.window_factor(day, 2 * w)), norm, signals)
             self._user_decay(team, signals)
-        if team.is_new and s.onboarding_days - 3 <= age <= s.onboarding_days + 7:
+        if (
+            team.is_new
+            and age <= s.onboarding_days + 7
+            # days of a holiday or an outage count as the share of a usual day they were:
+            # a trial that started just before a holiday has not had its first days yet
+            and pop.effective_days(team.first_day, day) >= s.onboarding_days - 3
+        ):
             self._onboarding(team, signals)
         self._struggle(team, wins, signals)
         if team.payment_failures:

@@ -264,3 +264,12 @@ def test_team_east_of_utc_scores_a_day_only_once_the_population_has_closed_it():
             scored = team.last_scored_day
     assert engine.teams["east"].offset_ms == 9 * HOUR_MS
     assert scored >= START_DAY + 35
+
+
+def test_trial_that_starts_just_before_a_holiday_is_judged_after_it():
+    """Onboarding counts a holiday's days as the share of a usual day they were."""
+    holiday = lambda d: 0.3 if 61 <= d < 71 else 1.0  # noqa: E731
+    teams = [TeamSpec(f"h{i}", 6, level=holiday) for i in range(30)]
+    newcomer = TeamSpec("new", 3, level=lambda d: 0.0 if d < 60 or 61 <= d < 71 else 1.0)
+    _, alerts = run(stream([*teams, newcomer], days=90))
+    assert team_alerts(alerts, "new") == []
