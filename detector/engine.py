@@ -112,6 +112,8 @@ class PartitionEngine:
             settings.at_risk_days,
             settings.recovery_days,
             settings.cooldown_days,
+            settings.at_risk_strong_risk,
+            settings.at_risk_days_moderate,
         )
         self.watermark = Watermark(
             settings.allowed_lateness_s * 1000,

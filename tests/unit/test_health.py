@@ -64,3 +64,32 @@ def test_not_enough_data_never_alerts_on_low_risk():
         th=TH,
     )
     assert s.state == hs.NOT_ENOUGH_DATA and s.alert is None
+
+
+def test_risk_just_over_the_line_must_last_longer_than_strong_risk():
+    th = TH._replace(strong=0.7, moderate_days=3)
+
+    def first_at_risk(risks: list[float]) -> int | None:
+        state, hot, calm, cooldown = hs.HEALTHY, 0, 0, 0
+        for day, risk in enumerate(risks):
+            s = hs.step(
+                state,
+                hot,
+                calm,
+                cooldown,
+                day=day,
+                risk=risk,
+                mature=True,
+                churned=False,
+                active=True,
+                th=th,
+            )
+            state, hot, calm, cooldown = s.state, s.hot_days, s.calm_days, s.cooldown_until
+            if s.alert == "at_risk":
+                return day
+        return None
+
+    assert first_at_risk([0.9, 0.9, 0.9]) == 1
+    assert first_at_risk([0.65, 0.65, 0.1]) is None, "a two-day spike just over the line"
+    assert first_at_risk([0.65, 0.65, 0.65]) == 2
+    assert first_at_risk([0.65, 0.9]) == 1, "the strong day's evidence is enough"
