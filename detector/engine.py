@@ -533,9 +533,7 @@ class PartitionEngine:
         if (
             team.is_new
             and age <= s.onboarding_days + 7
-            # days of a holiday or an outage count as the share of a usual day they were:
-            # a trial that started just before a holiday has not had its first days yet
-            and pop.effective_days(team.first_day, day) >= s.onboarding_days - 3
+            and self._usual_days(team.first_day, day) >= s.onboarding_days - 3
         ):
             self._onboarding(team, signals)
         self._struggle(team, wins, signals)
@@ -888,6 +886,16 @@ class PartitionEngine:
                     ),
                 ),
             )
+        )
+
+    def _usual_days(self, first_day: int, last_day: int) -> float:
+        """Days from first_day to last_day, a population-wide low (holiday, outage) counted
+        as the share of a usual day it was: a trial that started just before a holiday has
+        not had its first days yet. Ordinary days count whole (their factors only wobble)."""
+        low, factor_of = self.settings.tracking_gap_ratio, self.population.day_factor
+        return sum(
+            min(1.0, f) if (f := factor_of(d)) < low else 1.0
+            for d in range(first_day, last_day + 1)
         )
 
     def _onboarding(self, team: TeamState, out: list[Signal]) -> None:
