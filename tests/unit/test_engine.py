@@ -251,7 +251,9 @@ def test_key_action_stop_while_the_champion_is_away_adds_nothing():
 def test_team_east_of_utc_scores_a_day_only_once_the_population_has_closed_it():
     """Its local day ends before the UTC day does; scored then, the day's population factor
     is unknown and a holiday's first day would look like this team's own drop."""
-    tokyo = Event("tz", "team.updated", START_DAY * DAY_MS, None, "east", {"timezone": "Asia/Tokyo"})
+    tokyo = Event(
+        "tz", "team.updated", START_DAY * DAY_MS, None, "east", {"timezone": "Asia/Tokyo"}
+    )
     events = [tokyo, *stream([*healthy_teams(20), TeamSpec("east", 6)], days=40)]
     engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
     scored = 0
@@ -273,3 +275,35 @@ def test_trial_that_starts_just_before_a_holiday_is_judged_after_it():
     newcomer = TeamSpec("new", 3, level=lambda d: 0.0 if d < 60 or 61 <= d < 71 else 1.0)
     _, alerts = run(stream([*teams, newcomer], days=90))
     assert team_alerts(alerts, "new") == []
+
+
+def _champion_story(rest_keeps_half: bool) -> tuple[str, list[dict]]:
+    """Team "c" loses its most active user on day 60; the others carry on, or slow down."""
+    events = list(stream([*healthy_teams(20), TeamSpec("c", 8)], days=100))
+    cut = (START_DAY + 60) * DAY_MS
+    engine, _ = run(ev for ev in events if ev.ts_ms < cut)
+    champion = engine.teams["c"].champion
+    assert champion is not None
+
+    def kept(ev: Event) -> bool:
+        if ev.team_id != "c" or ev.ts_ms < cut:
+            return True
+        if ev.user_id == champion:
+            return False
+        return not rest_keeps_half or (int(str(ev.user_id)[-1]) + ev.ts_ms // DAY_MS) % 2 == 0
+
+    _, alerts = run(ev for ev in events if kept(ev))
+    return champion, team_alerts(alerts, "c", "at_risk")
+
+
+def test_champion_away_while_the_rest_carry_on_is_not_at_risk():
+    _, at_risk = _champion_story(rest_keeps_half=False)
+    assert at_risk == []
+
+
+def test_champion_gone_and_the_rest_slowing_is_champion_loss():
+    _, at_risk = _champion_story(rest_keeps_half=True)
+    assert at_risk and at_risk[0]["data"]["signal"] == "champion_loss"
+    codes = [r["code"] for r in at_risk[0]["data"]["reasons"]]
+    assert codes[:2] == ["champion_inactive", "rest_of_team_drop"]
+    assert 60 < day_of(at_risk[0]) <= 80
