@@ -16,6 +16,9 @@ old state while the predecessor's commit is still being resolved (the shape of K
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 import time
 from typing import Any
 
@@ -35,8 +38,35 @@ async def send_in_transaction(producer: Any, transactional_id: str, records: lis
         transaction = producer._transaction_producers.get(transactional_id)
         if transaction is None:
             raise ProducerSendError(f"no transaction producer for {transactional_id}")
-        for topic, key, value, partition in records:
-            await transaction.send(topic, value, key=key, partition=partition)
+        for i, (topic, key, value, partition) in enumerate(records):
+            sent = await transaction.send(topic, value, key=key, partition=partition)
+            if fault_kill.after and partition is not None:  # test-only fault; off: one check
+                await fault_kill.state_record_sent(sent, more=len(records) - i - 1)
+
+
+class FaultKill:
+    """TEST ONLY (``service.fault_kill_after_records``): the worker SIGKILLs itself in the
+    middle of a bundle's state records (the changelog's, sent to an explicit partition), so
+    a test can show that a flush cut short loses and duplicates nothing. Off (0) by default."""
+
+    def __init__(self) -> None:
+        self.after = 0
+        self.sent = 0
+
+    async def state_record_sent(self, sent: Any, more: int) -> None:
+        self.sent += 1
+        if self.sent < self.after or not more:
+            return
+        await sent  # this record is on the broker, in the open transaction
+        logging.getLogger(__name__).warning(
+            "fault injection: SIGKILL after state record %d, %d more records of the bundle unsent",
+            self.sent,
+            more,
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+fault_kill = FaultKill()
 
 
 async def wait_fenced(producer: Any, transactional_id: str, timeout_s: float) -> None:

@@ -244,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the streaming service (Faust worker) on Kafka",
         description="Consume usage events from Kafka, keep durable per-user and per-team state, publish "
         "alerts and dead letters. Configure with DETECTOR_KAFKA_* / DETECTOR_SERVICE_* / DETECTOR_ENGINE_* "
-        "environment variables or --config (JSON with sections engine, kafka, service).",
+        "environment variables or --config (JSON with sections engine, kafka, service). "
+        "DETECTOR_SERVICE_FAULT_KILL_AFTER_RECORDS is for fault tests only: the worker kills "
+        "itself (SIGKILL) in the middle of a state flush.",
     )
     p.add_argument("--config", type=Path, help="JSON config file")
     p.set_defaults(func=cmd_worker)

@@ -14,18 +14,34 @@ import orjson
 from .dedup import RecentIds
 from .engine import PartitionEngine
 from .risk_model import RiskModel
-from .state import FIELDS, RING_DAYS, TeamState, UserState
+from .state import FIELDS, NOTHING, RING_DAYS, TeamState, UserState
 
 _SEP = b"\x00"  # never appears raw in JSON output
 _TEAM_FIELDS = tuple(s for s in TeamState.__slots__ if s not in ("ring", "recent_ids"))
 _RING_BYTES = 8 * RING_DAYS * FIELDS
 _USER_FIELDS = UserState.__slots__
-# fields added since the first release, with what an older record implies for them: no
-# open days (their activity was already taken in; the user's settled up to its last day)
-_TEAM_ADDED = {"open_days": 0, "open_days_early": 0}
+# fields added since the first release, per release, with what an older record implies for
+# them: no open days (their activity was already taken in; the user's settled up to its last
+# day), no pending team-level events or open tasks (they were applied on arrival)
+_TEAM_ADDED: tuple[dict[str, Any], ...] = (
+    {"open_days": 0, "open_days_early": 0},
+    {"open_tasks": NOTHING, "pending": NOTHING},
+)
 _USER_ADDED = ("open_days", "settled_day")  # 0 and the user's last_day (decode_user)
-_TEAM_FIELDS_V1 = tuple(s for s in _TEAM_FIELDS if s not in _TEAM_ADDED)
 _USER_FIELDS_V1 = tuple(s for s in _USER_FIELDS if s not in _USER_ADDED)
+
+
+def _team_layouts() -> dict[int, tuple[tuple[str, ...], dict[str, Any]]]:
+    """Record length -> (the fields it holds, the defaults of those it lacks)."""
+    layouts = {}
+    for release in range(len(_TEAM_ADDED) + 1):
+        missing = {k: v for added in _TEAM_ADDED[release:] for k, v in added.items()}
+        names = tuple(s for s in _TEAM_FIELDS if s not in missing)
+        layouts[len(names)] = (names, missing)
+    return layouts
+
+
+_TEAM_LAYOUTS = _team_layouts()
 
 
 def encode_team(team: TeamState) -> bytes:
@@ -42,14 +58,15 @@ def decode_team(data: bytes) -> TeamState:
     head, _, ring = data.partition(_SEP)
     team = TeamState.__new__(TeamState)
     values = orjson.loads(head)
-    if len(values) != len(_TEAM_FIELDS):
-        for name, default in _TEAM_ADDED.items():
-            setattr(team, name, default)
-        names = _TEAM_FIELDS_V1
-    else:
-        names = _TEAM_FIELDS
+    names, missing = _TEAM_LAYOUTS[len(values)]
+    for name, default in missing.items():
+        setattr(team, name, default)
     for name, value in zip(names, values, strict=True):
         setattr(team, name, value)
+    if not team.pending:
+        team.pending = NOTHING  # shared, not an empty list per team
+    if not team.open_tasks:
+        team.open_tasks = NOTHING
     team.ring = array("d")
     team.ring.frombytes(ring[:_RING_BYTES])
     team.recent_ids = RecentIds.from_bytes(ring[_RING_BYTES:])
@@ -92,6 +109,7 @@ def encode_partition(engine: PartitionEngine, source_offset: int) -> bytes:
             pop.task_log_norm,
             {str(k): v for k, v in pop.team_counts.items()},
             pop.weekday_teams,
+            {str(k): v for k, v in pop.task_days.items()},
         ],
         "group_closed": {str(k): v for k, v in engine.group_closed.items()},
         "user_day_closed": engine.user_day_closed,
@@ -100,7 +118,8 @@ def encode_partition(engine: PartitionEngine, source_offset: int) -> bytes:
         "feature_bits": engine.feature_bits,
         "risk": engine.risk.state(),
     }
-    return orjson.dumps(meta)
+    # sorted keys: the same state gives the same bytes, however its dicts were filled
+    return orjson.dumps(meta, option=orjson.OPT_SORT_KEYS)
 
 
 def restore_partition(
@@ -128,7 +147,10 @@ def restore_partition(
     m = orjson.loads(meta)
     wm, pop = engine.watermark, engine.population
     wm.max_seen, wm.pending = m["wm"]
-    counts, weekday, factors, first_day, closed_day, tasks, team_counts, weekday_teams = m["pop"]
+    saved = m["pop"]
+    counts, weekday, factors, first_day, closed_day, tasks, team_counts, weekday_teams = saved[:8]
+    # a record written before task durations were kept per day has none pending
+    pop.task_days = {int(k): v for k, v in saved[8].items()} if len(saved) > 8 else {}
     pop.counts = {int(k): v for k, v in counts.items()}
     pop.team_counts = {int(k): v for k, v in team_counts.items()}
     pop.weekday_teams = weekday_teams

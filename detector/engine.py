@@ -4,7 +4,10 @@ Per event (the hot path) it only validates, moves the watermark and increments t
 daily bucket of the team and the user. Scoring runs when the watermark closes a day, on a
 sweep every ``sweep_interval_s`` of event time, so a team that sends nothing is still
 scored and its silence noticed. The same engine runs in the Faust worker, in replay and in
-the demo; given the same events in the same order it produces the same alerts.
+the demo; given the same events it produces the same alerts and state, in any order that keeps
+every event within the allowed lateness: what depends on order (active days, lifecycle events
+and traits, the first session, task durations against the population norm) is kept per open
+day and taken in, in event-time order, when the day closes.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from bisect import insort
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from . import health as hs
@@ -31,7 +36,7 @@ from .events import (
     Invalid,
     decode_fields,
 )
-from .population import Population
+from .population import MAX_TASK_S, Population
 from .risk_model import RiskModel, features_of, snapshot
 from .scoring import (
     Reason,
@@ -52,6 +57,7 @@ from .state import (
     FEATURES,
     FIELDS,
     KEY_ACTIONS,
+    NOTHING,
     RING_DAYS,
     SLOW_ALPHA,
     TASK_FAILURES,
@@ -64,6 +70,12 @@ from .state import (
 )
 from .timemodel import DAY_MS, Watermark, day_end_ms, utc_offset_ms
 
+#: team-level types that carry traits, and those that only change the team's status
+_TRAIT_TYPES = frozenset({TEAM_UPDATED, SUBSCRIPTION_STARTED, TRIAL_STARTED})
+_STATUS_TYPES = frozenset({SUBSCRIPTION_CANCELLED, PAYMENT_FAILED, PAYMENT_SUCCEEDED})
+_TRAITS = ("plan", "mrr", "seats", "timezone")
+_SESSION_ENDED = "session.ended"
+_EVENT_ORDER = itemgetter(0, 1)  # a pending team-level event: (event time, event id)
 _NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
 _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
@@ -190,12 +202,14 @@ class PartitionEngine:
         if self.dirty_teams is not None:
             self.dirty_teams.add(team_id)
         if etype in NON_ACTIVITY_TYPES:
-            self._lifecycle(team, etype, ts, props)
+            self._defer(team, ts, event_id, etype, props)
         else:
             counts = self.population.counts  # Population.count(ts), inlined
             utc_day = ts // DAY_MS
             counts[utc_day] = counts.get(utc_day, 0) + 1
             day = (ts + team.offset_ms) // DAY_MS
+            if day <= team.last_scored_day:
+                day = self._closed_day_event(team, ts, day)
             if day > team.ring_day:
                 team.advance_ring(day)
             # else older than any bucket: possible only with a lateness beyond the ring
@@ -205,19 +219,15 @@ class PartitionEngine:
                 ring[slot + EVENTS] += 1.0
                 # active days are bits of the days not closed yet (set in any order); the
                 # statistics take them in, in day order, when the day closes (_close_team)
-                back = day - team.last_scored_day - 1
-                if back < 0:
-                    back = self._team_earlier_start(team, ts, day)
-                if back >= 0:
-                    bit = 1 << back
-                    if not team.open_days & bit:
-                        team.open_days |= bit
-                        self._count_team_day(team, ts, day, bit, True)
-                    elif (
-                        not team.open_days_early & bit
-                        and utc_day == (day * DAY_MS - team.offset_ms) // DAY_MS
-                    ):
-                        self._count_team_day(team, ts, day, bit, False)
+                bit = 1 << (day - team.last_scored_day - 1)
+                if not team.open_days & bit:
+                    team.open_days |= bit
+                    self._count_team_day(team, ts, day, bit, True)
+                elif (
+                    not team.open_days_early & bit
+                    and utc_day == (day * DAY_MS - team.offset_ms) // DAY_MS
+                ):
+                    self._count_team_day(team, ts, day, bit, False)
                 assert uid is not None  # validation: only team-level types may lack a user
                 user = self.users.get(uid)
                 if user is None:
@@ -248,13 +258,14 @@ class PartitionEngine:
                             ring[slot + FEATURES] = float(mask | bit)
                 elif etype == "task.completed":
                     ring[slot + TASKS] += 1.0
-                    ring[slot + TASK_RATIO] += self.population.observe_task(
-                        props["task"], props["duration_s"]
-                    )
+                    self._finished_task(team, utc_day, day, props["task"], props["duration_s"])
                 elif etype == "task.failed":
                     ring[slot + TASK_FAILURES] += 1.0
                 elif etype == "session.ended" and team.first_session_s < 0.0:
-                    team.first_session_s = float(props["duration_s"])
+                    # the earliest by event time wins: kept until its day closes
+                    self._keep_pending(
+                        team, [ts, event_id, etype, {"duration_s": props["duration_s"]}]
+                    )
         next_sweep = self.next_sweep_ms
         if next_sweep is None:
             next_sweep = self.next_sweep_ms = (ts // self.sweep_ms + 1) * self.sweep_ms
@@ -278,12 +289,24 @@ class PartitionEngine:
         if early:
             team.open_days_early |= bit
 
-    def _team_earlier_start(self, team: TeamState, ts: int, day: int) -> int:
+    def _closed_day_event(self, team: TeamState, ts: int, day: int) -> int:
+        """The open day for an accepted event whose local ``day`` the team closed already.
+
+        Either it is from before the team's first day (delivered out of order): the team
+        starts on that day. Or the team's UTC offset moved back when its last day closed (a
+        new time zone, the end of summer time) and the event is in the hours the new offset
+        repeats: it counts in the first open day, where it counts when delivered before that
+        close (with the old offset), so the delivery order does not matter."""
+        if self._team_earlier_start(team, ts):
+            return day
+        return team.last_scored_day + 1
+
+    def _team_earlier_start(self, team: TeamState, ts: int) -> bool:
         """An event of a day before the team's first (delivered out of order, within the
         lateness): the team starts on that day, if nothing of it was closed yet."""
         utc_day = ts // DAY_MS
         if utc_day >= team.first_day or team.last_scored_day != team.first_day - 1:
-            return -1
+            return False
         shift = team.first_day - utc_day
         if self.first_day is not None and utc_day < self.first_day:
             self.first_day = utc_day
@@ -291,7 +314,7 @@ class PartitionEngine:
         team.last_active_day = utc_day - 1
         team.open_days <<= shift
         team.open_days_early <<= shift
-        return day - team.last_scored_day - 1
+        return True
 
     def _user_earlier_start(self, uid: str, user: UserState, team: TeamState, day: int) -> int:
         """As :meth:`_team_earlier_start`, for a user whose first day was not taken in yet."""
@@ -353,18 +376,86 @@ class PartitionEngine:
                 self.feature_bits[feature] = bit
         return bit
 
+    def _finished_task(
+        self, team: TeamState, utc_day: int, day: int, task: str, duration_s: float
+    ) -> None:
+        """A finished task: the population learns its duration when the UTC day closes, the
+        team's bucket gets it as a multiple of the norm when the team's day closes."""
+        self.population.observe_task(task, duration_s, utc_day)
+        ms = round(min(duration_s, MAX_TASK_S) * 1000)
+        tasks = team.open_tasks  # in (day, task) order, whatever order the tasks came in
+        if not isinstance(tasks, list):
+            team.open_tasks = [[day, task, 1, ms]]
+            return
+        for at, entry in enumerate(tasks):
+            if entry[0] == day and entry[1] == task:
+                entry[2] += 1
+                entry[3] += ms
+                return
+            if entry[0] > day or (entry[0] == day and entry[1] > task):
+                tasks.insert(at, [day, task, 1, ms])
+                return
+        tasks.append([day, task, 1, ms])
+
+    def _close_tasks(self, team: TeamState, day: int) -> None:
+        """The closing ``day``'s tasks against the population's norms (in task order)."""
+        ratio, tasks = 0.0, team.open_tasks
+        assert isinstance(tasks, list)  # called when there are open tasks
+        while tasks and tasks[0][0] <= day:
+            _, task, n, ms = tasks.pop(0)
+            ratio += self.population.task_ratio(task, ms / 1000, n)
+        if not tasks:
+            team.open_tasks = NOTHING
+        if day > team.ring_day - RING_DAYS:
+            team.ring[(day % RING_DAYS) * FIELDS + TASK_RATIO] += ratio
+
+    def _defer(
+        self, team: TeamState, ts: int, event_id: str, etype: str, props: dict[str, Any]
+    ) -> None:
+        """Keep a team-level event until the team's day that holds it closes."""
+        if ts // DAY_MS < team.first_day:
+            self._team_earlier_start(team, ts)  # the team starts with it, as in order
+        if etype in _TRAIT_TYPES:
+            kept = {name: props[name] for name in _TRAITS if name in props}
+        elif etype in _STATUS_TYPES:
+            kept = {}
+        else:
+            return  # identify: nothing to apply
+        self._keep_pending(team, [ts, event_id, etype, kept])
+
+    @staticmethod
+    def _keep_pending(team: TeamState, entry: list[Any]) -> None:
+        """Keep a team-level event in event-time order (ties by event id) until it applies."""
+        if isinstance(team.pending, list):
+            insort(team.pending, entry, key=_EVENT_ORDER)
+        else:
+            team.pending = [entry]
+
+    def _apply_pending(self, team: TeamState, day: int) -> None:
+        """Apply the team-level events of the closing local ``day`` and before, in event-time
+        order: the last by event time wins, not the last delivered."""
+        end = day_end_ms(day, team.offset_ms)
+        pending = team.pending
+        assert isinstance(pending, list)  # called when there are pending events
+        while pending and pending[0][0] < end:
+            ts, _, etype, props = pending.pop(0)
+            self._lifecycle(team, etype, ts, props)
+        if not pending:
+            team.pending = NOTHING
+
     def _lifecycle(self, team: TeamState, etype: str, ts: int, props: dict[str, Any]) -> None:
-        if etype in (TEAM_UPDATED, SUBSCRIPTION_STARTED, TRIAL_STARTED):
+        if etype == _SESSION_ENDED:
+            if team.first_session_s < 0.0:
+                team.first_session_s = float(props["duration_s"])
+        elif etype in _TRAIT_TYPES:
             if "plan" in props:
                 team.plan = props["plan"]
             if "mrr" in props:
                 team.mrr = float(props["mrr"])
             if "seats" in props:
                 team.seats = int(props["seats"])
-            tz = props.get("timezone")
-            if tz and tz != team.tz:
-                team.tz = tz
-                self._regroup(team, utc_offset_ms(tz, ts))
+            if props.get("timezone"):
+                team.tz = props["timezone"]  # the team moves when its day closes
             if etype == TRIAL_STARTED:
                 team.trial = True
                 team.is_new = True
@@ -386,7 +477,7 @@ class PartitionEngine:
         utc_day = ts // DAY_MS
         if self.first_day is None or utc_day < self.first_day:  # (< : delivered out of order)
             self.first_day = utc_day
-        team = TeamState(team_id, utc_day, utc_day - self.first_day >= _NEW_TEAM_GRACE_DAYS)
+        team = TeamState(team_id, utc_day, False)  # new or not: known when its first day closes
         self.teams[team_id] = team
         self.groups.setdefault(0, {})[team_id] = team
         return team
@@ -493,11 +584,19 @@ class PartitionEngine:
     def _close_team(self, team: TeamState, upto: int) -> None:
         if self.dirty_teams is not None:
             self.dirty_teams.add(team.team_id)
+        assert self.first_day is not None
+        if team.last_scored_day < team.first_day:
+            # its first close: every earlier event of the partition is in by now
+            team.is_new = team.is_new or team.first_day - self.first_day >= _NEW_TEAM_GRACE_DAYS
         for day in range(team.last_scored_day + 1, upto + 1):
             if team.open_days & 1:
                 self._team_active_day(team, day)
             team.open_days >>= 1
             team.open_days_early >>= 1
+            if team.pending:
+                self._apply_pending(team, day)
+            if team.open_tasks:
+                self._close_tasks(team, day)
             if day >= team.first_day:
                 self._score_team(team, day)
             team.last_scored_day = day

@@ -447,6 +447,7 @@ def build_app(settings: Settings) -> faust.App:
         return await state_changelog.read_partition(k, changelog, partition)
 
     runtime = EngineRuntime(settings, restore_records)
+    state_changelog.fault_kill.after = s.fault_kill_after_records  # test only; 0: off
 
     @app.agent(bundles)
     async def process(stream: Any) -> None:

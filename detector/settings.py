@@ -124,6 +124,10 @@ class ServiceSettings:
     #: (DETECTOR_SERVICE_USER_ID_KEY), or under the key in this file; never logged
     user_id_key: str | None = field(default=None, repr=False)
     user_id_key_file: str | None = None
+    #: TEST ONLY, never set in production (DETECTOR_SERVICE_FAULT_KILL_AFTER_RECORDS): the
+    #: worker SIGKILLs itself in the middle of a bundle's state records, after the n-th state
+    #: record sent into a transaction (detector/changelog.py); 0 = off
+    fault_kill_after_records: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,7 @@ def validate(settings: Settings) -> None:
             "service.web_port must be a valid TCP port (1..65535)",
         ),
         (s.batch_size >= 1, "service.batch_size must be >= 1"),
+        (s.fault_kill_after_records >= 0, "service.fault_kill_after_records must be >= 0"),
         (
             not s.web_advertised_url or s.web_advertised_url.startswith(("http://", "https://")),
             "service.web_advertised_url must be an http:// or https:// URL",

@@ -6,10 +6,14 @@ Budget (DESIGN.md): ≤ 1 KB per user, ≤ 4 KB per team, measured by the benchm
 from __future__ import annotations
 
 from array import array
+from typing import Any
 
 from .dedup import RecentIds
 from .health import NOT_ENOUGH_DATA
 
+#: what a team with no pending events or open tasks holds: one shared empty tuple (an empty
+#: list per team would cost 56 bytes each)
+NOTHING: tuple[()] = ()
 #: days kept in a team's ring of daily buckets
 RING_DAYS = 16
 # fields of one daily bucket
@@ -46,7 +50,9 @@ class TeamState:
         "offset_ms",
         "open_days",
         "open_days_early",
+        "open_tasks",
         "payment_failures",
+        "pending",
         "plan",
         "reactivated",
         "recent_ids",
@@ -80,6 +86,13 @@ class TeamState:
         self.open_days = 0
         #: of those, the days counted in the population's first UTC day of the local day
         self.open_days_early = 0
+        #: finished tasks of open days, [day, task, count, total milliseconds] each: their
+        #: share of the population's norm is taken when the day closes (order-free)
+        self.open_tasks: list[list[Any]] | tuple[()] = NOTHING
+        #: team-level events (lifecycle, traits, the first session) not applied yet,
+        #: [ts, event_id, type, properties] each: applied in event-time order when the
+        #: team's day that holds them closes, so arrival order cannot matter
+        self.pending: list[list[Any]] | tuple[()] = NOTHING
         self.active_days = 0
         self.events_total = 0
         self.key_total = 0

@@ -1,4 +1,5 @@
-"""Faults on the real broker: broker restart, poison events, a lost state directory.
+"""Faults on the real broker: broker restart, poison events, a lost state directory, a worker
+killed in the middle of a state flush.
 
 Each test compares the stream with a replay of the same file (the uninterrupted result):
 same alert ids, none twice, and every team's event count equal to what was produced.
@@ -6,14 +7,16 @@ same alert ids, none twice, and every team's event count equal to what was produ
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
+import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -185,11 +188,11 @@ def _bundles_committed(admin, settings) -> bool:
     return bool(mine) and all(mine[tp] >= end for tp, end in ends.items())
 
 
-def _changelog_bundle_offsets(settings) -> dict[int, int]:
-    """Per bundle partition: the bundle offset in the last committed state record (meta)."""
+def _changelog(settings, isolation_level: str = "read_committed") -> Iterator[Any]:
+    """Every record of the state changelog, as a consumer with ``isolation_level`` reads it."""
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka.brokers,
-        isolation_level="read_committed",
+        isolation_level=isolation_level,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
@@ -199,16 +202,21 @@ def _changelog_bundle_offsets(settings) -> dict[int, int]:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
-        latest: dict[int, int] = {}
         while any(consumer.position(tp) < end[tp] for tp in tps):
             for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    if r.key and r.key.startswith(b"m:") and r.value:
-                        offsets, _, _ = r.value.partition(b"\n")  # then the engine record
-                        latest[int(r.key[2:])] = orjson.loads(offsets)["bundle"]
-        return latest
+                yield from records
     finally:
         consumer.close()
+
+
+def _changelog_bundle_offsets(settings) -> dict[int, int]:
+    """Per bundle partition: the bundle offset in the last committed state record (meta)."""
+    latest: dict[int, int] = {}
+    for r in _changelog(settings):
+        if r.key and r.key.startswith(b"m:") and r.value:
+            offsets, _, _ = r.value.partition(b"\n")  # then the engine record
+            latest[int(r.key[2:])] = orjson.loads(offsets)["bundle"]
+    return latest
 
 
 def test_a_deleted_state_directory_is_rebuilt_from_the_changelog(
@@ -244,3 +252,44 @@ def test_a_deleted_state_directory_is_rebuilt_from_the_changelog(
         all_teams_complete([second], stream.expected), 240, "every event counted after the loss"
     )
     assert_alerts_equal_replay(settings, stream.alert_ids)
+
+
+def test_a_worker_killed_in_the_middle_of_a_state_flush_loses_and_duplicates_nothing(
+    kafka_settings_factory, kafka_admin, workers, tmp_path
+):
+    """The worker kills itself (SIGKILL, a test-only hook in detector/changelog.py) after some
+    of a bundle's state records are on the broker inside its open transaction and before the
+    rest are sent and the transaction commits. A restarted worker fences that transaction
+    (aborted) and redoes the bundle from the committed state and offsets."""
+    settings = kafka_settings_factory(service=QUIET)
+    stream = simulated_halves(settings, tmp_path, teams=14, days=70, seed=73)
+
+    produce_file(stream.first, settings, progress=False)
+    first = workers(settings, "first").start()
+    wait_until(lambda: events_applied(first) >= stream.first_events, 180, "the first half applied")
+    wait_until(lambda: _bundles_committed(kafka_admin, settings), 60, "the first half committed")
+    first.stop()
+    committed_before = sum(1 for _ in _changelog(settings))
+
+    faulty_service = dataclasses.replace(settings.service, fault_kill_after_records=25)
+    faulty = workers(dataclasses.replace(settings, service=faulty_service), "faulty").start()
+    produce_file(stream.second, settings, progress=False)
+    assert faulty.proc is not None
+    assert faulty.proc.wait(timeout=180) == -signal.SIGKILL
+    killed = re.search(
+        rb"fault injection: SIGKILL after state record (\d+), (\d+) more records of the bundle",
+        faulty.log.read_bytes(),
+    )
+    assert killed, "the worker died elsewhere than in the fault hook"
+    assert int(killed[1]) >= 25 and int(killed[2]) > 0, "killed in the middle of a bundle"
+
+    second = workers(settings, "second").start()  # same state dir and app id, no fault
+    wait_until(
+        all_teams_complete([second], stream.expected), 240, "every event counted after the kill"
+    )
+    assert_alerts_equal_replay(settings, stream.alert_ids)
+    # the records the killed worker had sent are in the log but were never committed
+    uncommitted = sum(1 for _ in _changelog(settings, "read_uncommitted"))
+    committed = sum(1 for _ in _changelog(settings))
+    assert committed > committed_before
+    assert uncommitted > committed, "the cut flush's records are in the log, aborted"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import orjson
 
 from detector.codec import (
@@ -11,6 +13,7 @@ from detector.codec import (
     restore_partition,
 )
 from detector.engine import PartitionEngine
+from detector.events import Event
 from detector.settings import EngineSettings
 from detector.state import TeamState, UserState
 
@@ -81,7 +84,27 @@ def test_records_written_before_open_days_were_tracked_still_decode():
     head, sep, rest = encode_team(team).partition(b"\x00")
     names = [n for n in TeamState.__slots__ if n not in ("ring", "recent_ids")]
     values = dict(zip(names, orjson.loads(head), strict=True))
-    old_head = orjson.dumps([v for n, v in values.items() if not n.startswith("open_days")])
-    old_team = decode_team(old_head + sep + rest)
-    assert (old_team.open_days, old_team.open_days_early) == (0, 0)
-    assert (old_team.active_days, list(old_team.ring)) == (team.active_days, list(team.ring))
+    for release, added in enumerate(
+        [("open_days", "open_days_early", "open_tasks", "pending"), ("open_tasks", "pending")]
+    ):
+        old_head = orjson.dumps([v for n, v in values.items() if n not in added])
+        old_team = decode_team(old_head + sep + rest)
+        assert (old_team.open_tasks, old_team.pending) == ((), ()), release
+        if release == 0:
+            assert (old_team.open_days, old_team.open_days_early) == (0, 0)
+        else:
+            assert old_team.open_days == team.open_days
+        assert (old_team.active_days, list(old_team.ring)) == (team.active_days, list(team.ring))
+
+
+def test_pending_team_events_and_open_tasks_survive_a_restore():
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    ts = 20_454 * 86_400_000 + 3_600_000
+    engine.process(Event("a", "team.updated", ts, None, "t", {"plan": "pro", "mrr": 99.0}))
+    engine.process(Event("b", "task.completed", ts, "u", "t", {"task": "x", "duration_s": 2.5}))
+    team = decode_team(encode_team(engine.teams["t"]))
+    assert team.pending == [[ts, "a", "team.updated", {"plan": "pro", "mrr": 99.0}]]
+    assert team.open_tasks == [[20_454, "x", 1, 2500]]
+    restored = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    restore_partition(restored, encode_partition(engine, 0), {"t": team}, {})
+    assert restored.population.task_days == {20_454: {"x": [1, round(math.log1p(2.5) * 1e6)]}}

@@ -49,7 +49,7 @@ def test_a_team_level_event_delivered_twice_counts_once():
     failed = Event("p1", "payment.failed", T0, None, "t1", {"amount": 9.0})
     assert e.process(failed) is None
     assert e.process(failed).reason == "duplicate"
-    assert e.teams["t1"].payment_failures == 1
+    assert [p[1] for p in e.teams["t1"].pending] == ["p1"]  # applied once, when its day closes
 
 
 def test_a_retry_within_24_hours_is_never_counted_again():

@@ -48,9 +48,27 @@ def test_effective_days_discount_a_tracking_outage():
 
 def test_task_norm_scales_durations():
     pop = Population(min_days=7)
-    for _ in range(500):
-        pop.observe_task("import", 60.0)
-    assert 2.5 < pop.observe_task("import", 180.0) < 3.5
+    for day in range(5):
+        fill(pop, day, 10)
+        for _ in range(100):
+            pop.observe_task("import", 60.0, day)
+    assert pop.task_ratio("import", 180.0, 1) == 1.0, "no norm before a day closes"
+    pop.close_until(5)
+    assert 2.9 < pop.task_ratio("import", 180.0, 1) < 3.1
+    assert 5.9 < pop.task_ratio("import", 360.0, 2) < 6.1  # two tasks, each three times the norm
+
+
+def test_task_norm_learns_a_day_the_same_in_any_order():
+    durations = [5.0, 50.0, 500.0, 7.5, 75.0] * 20
+    norms = []
+    for order in (durations, sorted(durations), durations[::-1]):
+        pop = Population(min_days=7)
+        fill(pop, 0, 10)
+        for d in order:
+            pop.observe_task("export", d, 0)
+        pop.close_until(1)
+        norms.append(pop.task_log_norm["export"])
+    assert norms[0] == norms[1] == norms[2]
 
 
 def test_a_partition_with_few_teams_is_not_a_population():
@@ -59,3 +77,20 @@ def test_a_partition_with_few_teams_is_not_a_population():
         fill(pop, day, 100 if day < 20 else 0, teams=3 if day < 20 else 0)
     pop.close_until(28)
     assert pop.day_factor(25) == 1.0, "one silent team must not look like an outage"
+
+
+def test_the_first_day_is_the_earliest_even_when_a_later_day_is_counted_first():
+    """Out-of-order delivery: the first close (a sweep during day 0) comes after an event of
+    day 1; the day-0 events delivered after it still start the population on day 0."""
+    in_order, reordered = Population(min_days=7), Population(min_days=7)
+    fill(in_order, 0, 3)
+    in_order.close_until(0)
+    fill(in_order, 1, 1)
+    fill(reordered, 1, 1)
+    reordered.close_until(0)
+    fill(reordered, 0, 3)
+    for pop in (in_order, reordered):
+        pop.close_until(2)
+    assert in_order.first_day == reordered.first_day == 0
+    assert in_order.weekday == reordered.weekday
+    assert reordered.team_counts == {} and reordered.counts == {}
