@@ -986,7 +986,7 @@ class PartitionEngine:
                     rest_usual / w,
                 )
             )
-        elif long_gone and rest >= 0.85:
+        elif long_gone:
             # gone for longer than a vacation and the team carries on: it has moved on, and
             # the next most active user becomes the champion
             team.champion, team.champion_rate = None, 0.0

@@ -1,8 +1,9 @@
 """The alert state machine: healthy → cooling → at_risk → churned, and recovered.
 
 Hysteresis: escalation to ``at_risk`` needs the risk above its threshold on several
-consecutive scored days (more when it is only just above); recovery needs it below a lower threshold for several days. After
-a recovery a cooldown suppresses new cooling alerts. Each transition is one alert.
+consecutive scored days (more when it is only just above); recovery needs it below a lower
+threshold for several days. After a recovery a cooldown suppresses new cooling alerts. Each
+transition is one alert.
 """
 
 from __future__ import annotations

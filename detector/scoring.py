@@ -55,7 +55,7 @@ def combine(signals: list[Signal]) -> float:
     return 1.0 - keep * (1.0 - activity)
 
 
-#: Within the activity family, the more specific cause first: "the champion left and the
+#: Within the activity family (the keys), the more specific cause first: "the champion left and the
 #: team follows" tells customer success what to do, "activity fell" does not.
 SPECIFICITY = {"champion_loss": 3, "user_decay": 2, "silence": 1, "team_decay": 0}
 #: strength at which a signal is at-risk evidence on its own (see the module docstring)
@@ -78,7 +78,7 @@ def explain(signals: list[Signal]) -> tuple[str, list[Reason]]:
     'payment_failure'
     """
     ordered = sorted(signals, key=lambda sig: -sig.strength)
-    if ordered[0].name in ACTIVITY_FAMILY:
+    if ordered[0].name in SPECIFICITY:
         specific = max(
             (
                 sig
