@@ -124,6 +124,8 @@ class PartitionEngine:
             settings.at_risk_days,
             settings.recovery_days,
             settings.cooldown_days,
+            settings.at_risk_strong_risk,
+            settings.at_risk_days_moderate,
         )
         self.watermark = Watermark(
             settings.allowed_lateness_s * 1000,
@@ -535,7 +537,10 @@ class PartitionEngine:
         # delivery order (out-of-order input gives the in-order result).
         for offset in sorted(self.groups):
             group = self.groups[offset]
-            closed = (t_ms + offset) // DAY_MS - 1
+            # a team's local day D is scored against the population's day D, so east of UTC
+            # (local D ends before UTC D does) it waits until the population has closed D;
+            # scored earlier, D's factor is unknown and a holiday's first day looks like churn
+            closed = min((t_ms + offset) // DAY_MS, utc_day) - 1
             if self.group_closed.get(offset, -(10**9)) >= closed:
                 continue
             self.group_closed[offset] = closed
@@ -626,10 +631,14 @@ class PartitionEngine:
             norm = self._team_decay(team, day, wins, signals)
             self._sharp_drop(team, day, wins[s.sharp_drop_days], signals)
             self._team_silence(team, silent_days, signals)
+            self._champion(team, day, wins[w], signals)
             self._key_action(team, wins, max(0.05, pop.window_factor(day, 2 * w)), norm, signals)
-            self._champion(team, day, norm, signals)
             self._user_decay(team, signals)
-        if team.is_new and s.onboarding_days - 3 <= age <= s.onboarding_days + 7:
+        if (
+            team.is_new
+            and age <= s.onboarding_days + 7
+            and self._usual_days(team.first_day, day) >= s.onboarding_days - 3
+        ):
             self._onboarding(team, signals)
         self._struggle(team, wins, signals)
         if team.payment_failures:
@@ -698,7 +707,9 @@ class PartitionEngine:
                 risk,
                 reasons,
                 day,
-                day_end_ms(day, team.offset_ms),
+                # when the day was scored: its local end, or the population's (UTC) day end
+                # east of UTC, whichever is later
+                max(day_end_ms(day, team.offset_ms), (day + 1) * DAY_MS),
             )
         self._learn_team(team, today, win, pop_d, norm, mature)
         if step.state == hs.CHURNED:
@@ -899,9 +910,15 @@ class PartitionEngine:
         norm: float,
         out: list[Signal],
     ) -> None:
-        """Logins go on but the key action (the product's value) stopped, for two weeks."""
+        """Logins go on but the key action (the product's value) stopped, for two weeks.
+
+        Not while the champion is away: the most active user is usually the one who does
+        the key action, so its stop is the same evidence as champion_loss, not more.
+        """
         w = 2 * self.settings.recent_window_days
         if team.base_key < 3.0 / self.settings.recent_window_days or norm < 0.7:
+            return
+        if any(sig.name == "champion_loss" for sig in out):
             return
         win = wins[w]
         if win[ACTIVE_USERS] < 0.7 * w * team.base_active * pop_w:
@@ -928,7 +945,13 @@ class PartitionEngine:
                 )
             )
 
-    def _champion(self, team: TeamState, day: int, norm: float, out: list[Signal]) -> None:
+    def _champion(self, team: TeamState, day: int, week: list[float], out: list[Signal]) -> None:
+        """The team's most active user is away; at risk when the rest of the team follows.
+
+        A champion's vacation leaves the others as active as usual; when the champion has
+        left, the rest slows down too. The week's active user-days are the rest's (the
+        champion was away all week), against the team's usual without the champion.
+        """
         if team.champion is None or team.users_regular < 3:
             return
         champ = self.users.get(team.champion)
@@ -938,24 +961,44 @@ class PartitionEngine:
         threshold = max(7.0, 3.0 * champ.gap)
         if silent < threshold:
             return
-        strength = 0.6 if silent >= 2.0 * threshold and norm < 0.8 else 0.45
+        reasons = [
+            Reason(
+                "champion_inactive",
+                f"the team's most active user has been away {silent:.0f} days "
+                f"(usually every {champ.gap:.1f} days)",
+                silent,
+                champ.gap,
+            )
+        ]
+        w = self.settings.recent_window_days
+        pop_w = max(0.05, self.population.window_factor(day, w))
+        rest_usual = max(0.0, team.base_active - team.champion_rate) * w * pop_w
+        rest = week[ACTIVE_USERS] / rest_usual if rest_usual > 0.0 else 1.0
+        following = (
+            rest < 0.7
+            and low_activity_p_value(week[ACTIVE_USERS], rest_usual) <= self.settings.decay_alpha
+        )
+        long_gone = silent >= 2.0 * threshold  # longer than most vacations
+        strength = 0.45
+        if following or (long_gone and rest < 0.85):
+            strength = 0.7 if following and long_gone else 0.6
+            reasons.append(
+                Reason(
+                    "rest_of_team_drop",
+                    f"the others were active {week[ACTIVE_USERS] / w:.1f} user-days a day "
+                    f"vs {rest_usual / w:.1f} usual",
+                    week[ACTIVE_USERS] / w,
+                    rest_usual / w,
+                )
+            )
+        elif long_gone:
+            # gone for longer than a vacation and the team carries on: it has moved on, and
+            # the next most active user becomes the champion
+            team.champion, team.champion_rate = None, 0.0
+            return
         if team.users_regular > 20:
             strength = min(strength, 0.3)
-        out.append(
-            Signal(
-                "champion_loss",
-                strength,
-                (
-                    Reason(
-                        "champion_inactive",
-                        f"the team's most active user has been away {silent:.0f} days "
-                        f"(usually every {champ.gap:.1f} days)",
-                        silent,
-                        champ.gap,
-                    ),
-                ),
-            )
-        )
+        out.append(Signal("champion_loss", strength, tuple(reasons)))
 
     def _user_decay(self, team: TeamState, out: list[Signal]) -> None:
         decaying, regular = team.users_at_risk, max(1, team.users_regular)
@@ -975,6 +1018,16 @@ class PartitionEngine:
                     ),
                 ),
             )
+        )
+
+    def _usual_days(self, first_day: int, last_day: int) -> float:
+        """Days from first_day to last_day, a population-wide low (holiday, outage) counted
+        as the share of a usual day it was: a trial that started just before a holiday has
+        not had its first days yet. Ordinary days count whole (their factors only wobble)."""
+        low, factor_of = self.settings.tracking_gap_ratio, self.population.day_factor
+        return sum(
+            min(1.0, f) if (f := factor_of(d)) < low else 1.0
+            for d in range(first_day, last_day + 1)
         )
 
     def _onboarding(self, team: TeamState, out: list[Signal]) -> None:
@@ -1166,7 +1219,12 @@ class PartitionEngine:
                 day,
                 (day + 1) * DAY_MS,
             )
-        if mature and (team.champion == uid or slow > team.champion_rate):
+        # a champion who is away keeps the title (and the usual rate others must beat), or
+        # their absence would hand it to someone else within days
+        if mature and (
+            (team.champion != uid and slow > team.champion_rate)
+            or (team.champion == uid and (user.last_day == day or slow > team.champion_rate))
+        ):
             team.champion, team.champion_rate = uid, slow
         if step.state == hs.CHURNED:
             user.check_day = -1

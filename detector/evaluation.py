@@ -282,6 +282,9 @@ class ScenarioReport:
     baseline_tp: int
     baseline_lead_median_days: float | None
     baseline_fp: int
+    #: signal of the detector's first qualifying at_risk alert -> entities (TPs for a churn
+    #: scenario, FPs for a healthy one): is each scenario caught by the signal meant for it?
+    detector_signals: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -396,6 +399,7 @@ class EvaluationReport:
                 "baseline TP",
                 "baseline lead (d)",
                 "baseline FP",
+                "detector signals (first at_risk)",
             ]
             rows = [
                 [
@@ -408,6 +412,8 @@ class EvaluationReport:
                     str(sc.baseline_tp),
                     _fmt(sc.baseline_lead_median_days, 1),
                     str(sc.baseline_fp),
+                    ", ".join(f"{name} {n}" for name, n in sc.detector_signals.items())
+                    or UNDEFINED,
                 ]
                 for sc in by_scenario.values()
             ]
@@ -841,8 +847,18 @@ def _scenarios(
             baseline_tp=_count(rows, base, churned=True),
             baseline_lead_median_days=quantile(_leads(rows, base), 0.5),
             baseline_fp=_count(rows, base, churned=False),
+            detector_signals=_first_signals(det),
         )
     return reports
+
+
+def _first_signals(outcomes: Sequence[_Outcome]) -> dict[str, int]:
+    """How many entities' first qualifying alert had each signal, most frequent first."""
+    counts: dict[str, int] = {}
+    for out in outcomes:
+        if out.first_signal is not None:
+            counts[out.first_signal] = counts.get(out.first_signal, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _count(rows: Sequence[_Truth], outcomes: Sequence[_Outcome], *, churned: bool) -> int:

@@ -1,8 +1,9 @@
 """The alert state machine: healthy → cooling → at_risk → churned, and recovered.
 
 Hysteresis: escalation to ``at_risk`` needs the risk above its threshold on several
-consecutive scored days; recovery needs it below a lower threshold for several days. After
-a recovery a cooldown suppresses new cooling alerts. Each transition is one alert.
+consecutive scored days (more when it is only just above); recovery needs it below a lower
+threshold for several days. After a recovery a cooldown suppresses new cooling alerts. Each
+transition is one alert.
 """
 
 from __future__ import annotations
@@ -26,6 +27,21 @@ class Thresholds(NamedTuple):
     at_risk_days: int
     recovery_days: int
     cooldown_days: int
+    #: a risk this high escalates after ``at_risk_days``; a risk between ``at_risk`` and it
+    #: (evidence just over the line) has to last ``moderate_days``
+    strong: float = 0.0
+    moderate_days: int = 0
+
+    def escalates(self, hot_days: int, risk: float) -> bool:
+        """Enough consecutive days at risk: fewer when the evidence is strong.
+
+        >>> th = Thresholds(0.4, 0.6, 0.25, 2, 5, 7, strong=0.7, moderate_days=3)
+        >>> th.escalates(2, 0.8), th.escalates(2, 0.65), th.escalates(3, 0.65)
+        (True, False, True)
+        """
+        if hot_days < self.at_risk_days:
+            return False
+        return risk >= self.strong or hot_days >= self.moderate_days
 
 
 class Step(NamedTuple):
@@ -81,13 +97,13 @@ def step(
 
     if state in (NOT_ENOUGH_DATA, HEALTHY):
         base = HEALTHY if mature else NOT_ENOUGH_DATA
-        if hot_days >= th.at_risk_days:
+        if th.escalates(hot_days, risk):
             return Step(AT_RISK, hot_days, 0, cooldown_until, STATE_NAMES[AT_RISK])
         if risk >= th.cooling and day >= cooldown_until:
             return Step(COOLING, hot_days, 0, cooldown_until, STATE_NAMES[COOLING])
         return Step(base, hot_days, calm_days, cooldown_until, None)
 
-    if state == COOLING and hot_days >= th.at_risk_days:
+    if state == COOLING and th.escalates(hot_days, risk):
         return Step(AT_RISK, hot_days, 0, cooldown_until, STATE_NAMES[AT_RISK])
     if calm_days >= th.recovery_days:
         next_state = HEALTHY if mature else NOT_ENOUGH_DATA

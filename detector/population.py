@@ -16,7 +16,7 @@ import math
 from .timemodel import DAY_MS
 
 _WEEKDAY_ALPHA = 0.25  # one update per weekday per week: ~4 weeks of memory
-_LEARN_FACTOR = 0.7  # days below this share of normal do not teach the baseline
+_MAX_STEP = 0.3  # a day moves its weekday's baseline by at most this share of it (times alpha)
 _TASK_ALPHA = 0.01  # per observation: a day of n observations weighs 1 - (1 - alpha)^n
 _MAX_TASKS = 256  # task names with a norm (more are counted as at their norm)
 #: log-durations are summed in millionths: integers add up the same in any order
@@ -96,8 +96,12 @@ class Population:
             self.weekday[wd] = observed if base <= 0.0 else base + 0.5 * (observed - base)
         else:
             factor = observed / base
-            if factor >= _LEARN_FACTOR:
-                self.weekday[wd] = base + _WEEKDAY_ALPHA * (observed - base)
+            # a robust (clipped) update: a holiday or an outage day moves the baseline a
+            # little, a lasting shift (big teams left) is learned within weeks; only learning
+            # from days near normal kept a shrunken population "low" forever, discounting
+            # every team's days
+            step = max(-_MAX_STEP * base, min(_MAX_STEP * base, observed - base))
+            self.weekday[wd] = base + _WEEKDAY_ALPHA * step
         self.factors[day] = factor
         self.factors.pop(day - _KEEP_DAYS, None)
         tasks = self.task_days.pop(day, None)

@@ -55,13 +55,42 @@ def combine(signals: list[Signal]) -> float:
     return 1.0 - keep * (1.0 - activity)
 
 
+#: Within the activity family (the keys), the more specific cause first: "the champion left and the
+#: team follows" tells customer success what to do, "activity fell" does not.
+SPECIFICITY = {"champion_loss": 3, "user_decay": 2, "silence": 1, "team_decay": 0}
+#: strength at which a signal is at-risk evidence on its own (see the module docstring)
+AT_RISK_STRENGTH = 0.6
+
+
 def explain(signals: list[Signal]) -> tuple[str, list[Reason]]:
-    """The strongest signal's name, and every reason, strongest signal first.
+    """The signal to name and every reason, that signal first, then by strength.
+
+    The strongest signal is named, except that an activity signal strong enough to be at
+    risk on its own is named before a less specific one of the family (which counts once).
 
     >>> explain([Signal("a", 0.3, (Reason("x", "", 1.0, 2.0),)), Signal("b", 0.6, ())])[0]
     'b'
+    >>> explain([Signal("team_decay", 1.0, ()), Signal("champion_loss", 0.6, ())])[0]
+    'champion_loss'
+    >>> explain([Signal("team_decay", 1.0, ()), Signal("champion_loss", 0.45, ())])[0]
+    'team_decay'
+    >>> explain([Signal("payment_failure", 0.8, ()), Signal("silence", 0.65, ())])[0]
+    'payment_failure'
     """
     ordered = sorted(signals, key=lambda sig: -sig.strength)
+    if ordered[0].name in SPECIFICITY:
+        specific = max(
+            (
+                sig
+                for sig in ordered
+                if sig.name in SPECIFICITY and sig.strength >= AT_RISK_STRENGTH
+            ),
+            key=lambda sig: SPECIFICITY[sig.name],
+            default=ordered[0],
+        )
+        if SPECIFICITY.get(specific.name, 0) > SPECIFICITY.get(ordered[0].name, 0):
+            ordered.remove(specific)
+            ordered.insert(0, specific)
     return ordered[0].name, [reason for sig in ordered for reason in sig.reasons]
 
 

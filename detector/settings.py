@@ -50,6 +50,10 @@ class EngineSettings:
     recovered_risk: float = 0.25
     #: consecutive scored days needed to escalate to at_risk, and to recover
     at_risk_days: int = 2
+    #: a risk below this (evidence just over at_risk_risk, e.g. one signal at its at-risk
+    #: level) must last at_risk_days_moderate days: such spikes were mostly short dips
+    at_risk_strong_risk: float = 0.70
+    at_risk_days_moderate: int = 3
     recovery_days: int = 5
     #: after a recovery, no new cooling alert for this many days
     cooldown_days: int = 7

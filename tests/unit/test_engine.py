@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from detector import health as hs
 from detector.engine import PartitionEngine
 from detector.events import Event
+from detector.scoring import Signal
 from detector.settings import EngineSettings
 from detector.timemodel import DAY_MS, HOUR_MS
 
@@ -205,7 +206,8 @@ def test_weekend_is_not_a_sharp_drop():
     assert signals == [], "the population's weekday rhythm makes a quiet weekend expected"
 
 
-def test_key_action_stopped_alone_is_weak_evidence():
+def _publishing_stops() -> tuple[PartitionEngine, list[dict]]:
+    """Team "k" stops the key action on day 50; its activity goes on."""
     stop = (START_DAY + 50) * DAY_MS
     events = [
         ev._replace(type="feature.used")
@@ -213,7 +215,11 @@ def test_key_action_stopped_alone_is_weak_evidence():
         else ev
         for ev in stream([*healthy_teams(20), TeamSpec("k", 10)], days=80)
     ]
-    engine, alerts = run(events)
+    return run(events)
+
+
+def test_key_action_stopped_alone_is_weak_evidence():
+    engine, alerts = _publishing_stops()
     assert team_alerts(alerts, "k") == [], "a publishing pause alone raises no alert"
     team = engine.teams["k"]
     signals: list = []
@@ -249,3 +255,75 @@ def test_a_user_back_after_months_unchecked_keeps_a_small_open_days_mask():
     user = engine.users["returning"]
     assert 0 < user.open_days.bit_length() <= 8
     assert decode_user(encode_user(user)).open_days == user.open_days
+
+
+def test_key_action_stop_while_the_champion_is_away_adds_nothing():
+    """The champion is usually who publishes: their absence is one piece of evidence."""
+    engine, _ = _publishing_stops()
+    team = engine.teams["k"]
+    wins = team.windows(team.last_scored_day, (14,))
+    away = Signal("champion_loss", 0.45, ())
+    signals: list = [away]
+    engine._key_action(team, wins, 1.0, 1.0, signals)
+    assert signals == [away]
+
+
+def test_team_east_of_utc_scores_a_day_only_once_the_population_has_closed_it():
+    """Its local day ends before the UTC day does; scored then, the day's population factor
+    is unknown and a holiday's first day would look like this team's own drop."""
+    tokyo = Event(
+        "tz", "team.updated", START_DAY * DAY_MS, None, "east", {"timezone": "Asia/Tokyo"}
+    )
+    events = [tokyo, *stream([*healthy_teams(20), TeamSpec("east", 6)], days=40)]
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    scored = 0
+    for ev in events:
+        assert engine.process(ev) is None
+        team = engine.teams.get("east")
+        if team is not None and team.last_scored_day >= team.first_day:
+            closed = engine.population.closed_day
+            assert closed is not None and team.last_scored_day <= closed
+            scored = team.last_scored_day
+    assert engine.teams["east"].offset_ms == 9 * HOUR_MS
+    assert scored >= START_DAY + 35
+
+
+def test_trial_that_starts_just_before_a_holiday_is_judged_after_it():
+    """Onboarding counts a holiday's days as the share of a usual day they were."""
+    holiday = lambda d: 0.3 if 61 <= d < 71 else 1.0  # noqa: E731
+    teams = [TeamSpec(f"h{i}", 6, level=holiday) for i in range(30)]
+    newcomer = TeamSpec("new", 3, level=lambda d: 0.0 if d < 60 or 61 <= d < 71 else 1.0)
+    _, alerts = run(stream([*teams, newcomer], days=90))
+    assert team_alerts(alerts, "new") == []
+
+
+def _champion_story(rest_keeps_half: bool) -> tuple[str, list[dict]]:
+    """Team "c" loses its most active user on day 60; the others carry on, or slow down."""
+    events = list(stream([*healthy_teams(20), TeamSpec("c", 8)], days=100))
+    cut = (START_DAY + 60) * DAY_MS
+    engine, _ = run(ev for ev in events if ev.ts_ms < cut)
+    champion = engine.teams["c"].champion
+    assert champion is not None
+
+    def kept(ev: Event) -> bool:
+        if ev.team_id != "c" or ev.ts_ms < cut:
+            return True
+        if ev.user_id == champion:
+            return False
+        return not rest_keeps_half or (int(str(ev.user_id)[-1]) + ev.ts_ms // DAY_MS) % 2 == 0
+
+    _, alerts = run(ev for ev in events if kept(ev))
+    return champion, team_alerts(alerts, "c", "at_risk")
+
+
+def test_champion_away_while_the_rest_carry_on_is_not_at_risk():
+    _, at_risk = _champion_story(rest_keeps_half=False)
+    assert at_risk == []
+
+
+def test_champion_gone_and_the_rest_slowing_is_champion_loss():
+    _, at_risk = _champion_story(rest_keeps_half=True)
+    assert at_risk and at_risk[0]["data"]["signal"] == "champion_loss"
+    codes = [r["code"] for r in at_risk[0]["data"]["reasons"]]
+    assert codes[:2] == ["champion_inactive", "rest_of_team_drop"]
+    assert 60 < day_of(at_risk[0]) <= 80

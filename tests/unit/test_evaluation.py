@@ -273,6 +273,12 @@ def test_per_scenario_breakdown(report):
     decay = scen["team_decay"]
     assert (decay.entities, decay.churned, decay.detector_tp, decay.baseline_tp) == (1, 1, 1, 1)
     assert (decay.detector_lead_median_days, decay.baseline_lead_median_days) == (30.0, 26.0)
+    assert (
+        decay.detector_signals
+        == report.to_dict()["scenarios"]["team"]["team_decay"]["detector_signals"]
+    )
+    assert sum(decay.detector_signals.values()) == decay.detector_tp
+    assert sum(scen["healthy"].detector_signals.values()) == scen["healthy"].detector_fp
     seasonal = scen["seasonal"]
     assert (seasonal.detector_fp, seasonal.baseline_fp) == (0, 1)
     assert seasonal.detector_lead_median_days is None

@@ -8,10 +8,27 @@ TH = hs.Thresholds(
 
 
 def run(
-    risks: list[float], state: int = hs.HEALTHY, churn_at: int | None = None
+    risks: list[float],
+    state: int = hs.HEALTHY,
+    churn_at: int | None = None,
+    th: hs.Thresholds = TH,
 ) -> tuple[int, list[str]]:
+    """The final state and the alerts, one risk per day."""
+    state, alerts = _steps(risks, state, churn_at, th)
+    return state, [alert for _, alert in alerts]
+
+
+def first_at_risk(risks: list[float], th: hs.Thresholds) -> int | None:
+    return next(
+        (day for day, alert in _steps(risks, hs.HEALTHY, None, th)[1] if alert == "at_risk"), None
+    )
+
+
+def _steps(
+    risks: list[float], state: int, churn_at: int | None, th: hs.Thresholds
+) -> tuple[int, list[tuple[int, str]]]:
     hot = calm = cooldown = 0
-    alerts = []
+    alerts: list[tuple[int, str]] = []
     for day, risk in enumerate(risks):
         s = hs.step(
             state,
@@ -23,11 +40,11 @@ def run(
             mature=True,
             churned=churn_at is not None and day >= churn_at,
             active=risk < 0.25,
-            th=TH,
+            th=th,
         )
         state, hot, calm, cooldown = s.state, s.hot_days, s.calm_days, s.cooldown_until
         if s.alert:
-            alerts.append(s.alert)
+            alerts.append((day, s.alert))
     return state, alerts
 
 
@@ -64,3 +81,11 @@ def test_not_enough_data_never_alerts_on_low_risk():
         th=TH,
     )
     assert s.state == hs.NOT_ENOUGH_DATA and s.alert is None
+
+
+def test_risk_just_over_the_line_must_last_longer_than_strong_risk():
+    th = TH._replace(strong=0.7, moderate_days=3)
+    assert first_at_risk([0.9, 0.9, 0.9], th) == 1
+    assert first_at_risk([0.65, 0.65, 0.1], th) is None, "a two-day spike just over the line"
+    assert first_at_risk([0.65, 0.65, 0.65], th) == 2
+    assert first_at_risk([0.65, 0.9], th) == 1, "the strong day's evidence is enough"

@@ -11,7 +11,7 @@ def fill(pop: Population, day: int, n: int, teams: int = 20) -> None:
         pop.count_team(day * DAY_MS + 1000)
 
 
-def test_holiday_lowers_the_day_factor_and_does_not_teach_the_baseline():
+def test_holiday_lowers_the_day_factor_and_barely_teaches_the_baseline():
     pop = Population(min_days=7)
     for day in range(28):
         fill(pop, day, 100)
@@ -22,7 +22,19 @@ def test_holiday_lowers_the_day_factor_and_does_not_teach_the_baseline():
     assert pop.window_factor(34, 7) < 0.35
     fill(pop, 35, 100)
     pop.close_until(36)
-    assert 0.95 < pop.day_factor(35) < 1.05, "the holiday must not have lowered the baseline"
+    assert 0.95 < pop.day_factor(35) < 1.1, "the holiday must barely lower the baseline"
+
+
+def test_a_lasting_drop_of_the_population_becomes_its_new_normal():
+    """Big teams leaving is not a holiday: within about two months the smaller level is normal again."""
+    pop = Population(min_days=7)
+    for day in range(28):
+        fill(pop, day, 100)
+    for day in range(28, 84):
+        fill(pop, day, 50)
+    pop.close_until(84)
+    assert pop.day_factor(30) < 0.6
+    assert pop.window_factor(83, 7) > 0.8  # about eight weeks later
 
 
 def test_effective_days_discount_a_tracking_outage():
