@@ -69,6 +69,7 @@ __all__ = [
     "EvaluationReport",
     "LevelComparison",
     "LevelReport",
+    "LowPeriodReport",
     "ScenarioReport",
     "SignalReport",
     "evaluate",
@@ -76,6 +77,7 @@ __all__ = [
     "load_jsonl",
     "nab_score",
     "parse_time_ms",
+    "population_low_days",
     "quantile",
 ]
 
@@ -98,6 +100,14 @@ UNDEFINED = "—"
 #: NAB "standard" application profile weights
 NAB_A_TP, NAB_A_FP, NAB_A_FN = 1.0, 0.11, 1.0
 NAB_WINDOW_DAYS = 30
+#: a UTC day with less than this share of its weekday's median activity is a population-wide
+#: low (a holiday, a tracking outage)
+LOW_DAY_RATIO = 0.5
+#: alerts up to this many days after a population-wide low may still come from it (the
+#: detector's longest window is two weeks)
+LOW_AFTER_DAYS = 14
+#: alert states that count as a warning about an entity
+WARNING_STATES = ("cooling", "at_risk")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -291,6 +301,31 @@ class ScenarioReport:
 
 
 @dataclass(frozen=True, slots=True)
+class LowPeriodReport:
+    """Warnings on healthy entities during and just after population-wide lows.
+
+    Low days are found in the events themselves (``population_low_days``), so this works on
+    real data too. ``alerts`` counts cooling and at_risk alerts on non-churned entities from
+    the first low day of a period to ``LOW_AFTER_DAYS`` after its last; ``expected`` is what
+    the same entities' alert rate outside those windows gives for as many days, so
+    ``alerts - expected`` estimates the alerts the lows caused.
+    """
+
+    low_days: list[str]
+    window_days: int
+    alerts: int
+    by_state: dict[str, int]
+    expected: float
+
+    @property
+    def excess(self) -> float:
+        return self.alerts - self.expected
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "excess": self.excess}
+
+
+@dataclass(frozen=True, slots=True)
 class DataSummary:
     events: int  # events with a usable timestamp
     first_event: str | None
@@ -317,6 +352,8 @@ class EvaluationReport:
     data: DataSummary
     #: level -> method -> lead time in days of each TP (for plots; not part of ``to_dict``)
     lead_days: dict[str, dict[str, list[float]]] = field(default_factory=dict, compare=False)
+    #: level -> warnings on healthy entities in and after population-wide lows
+    low_periods: dict[str, LowPeriodReport] = field(default_factory=dict)
 
     @property
     def baseline_name(self) -> str:
@@ -335,6 +372,7 @@ class EvaluationReport:
                 for level, by_scenario in self.scenarios.items()
             },
             "data": self.data.to_dict(),
+            "low_periods": {level: low.to_dict() for level, low in self.low_periods.items()},
         }
 
     def to_text(self) -> str:
@@ -387,6 +425,14 @@ class EvaluationReport:
                 f"NAB ({data.nab_window_days} d)",
             ]
             lines += _table(header, rows)
+        for level, low in self.low_periods.items():
+            lines += [
+                "",
+                f"{level.upper()} level, population-wide lows ({', '.join(low.low_days) or 'none'})"
+                f" and {LOW_AFTER_DAYS} days after: {low.alerts} warnings on healthy entities "
+                f"({', '.join(f'{k} {n}' for k, n in low.by_state.items()) or 'none'}) vs "
+                f"{low.expected:.1f} expected from the rest of the data",
+            ]
         for level, by_scenario in self.scenarios.items():
             lines += ["", f"{level.upper()} level by scenario"]
             header = [
@@ -578,6 +624,8 @@ def evaluate(
 
     # ---- alerts: keep the at_risk alerts of truth entities (alerts are few)
     at_risk: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    #: level -> (time, state) of the warnings on non-churned truth entities
+    warnings: dict[str, list[tuple[int, str]]] = {level: [] for level in LEVELS}
     seen_ids: set[str] = set()
     n_alerts = duplicates = n_at_risk = unmatched = 0
     for record in alerts:
@@ -594,20 +642,23 @@ def evaluate(
         key = (str(data.get("entity_type")), str(data.get("entity_id")))
         if key not in table:
             unmatched += 1
-        if data.get("state") != "at_risk":
-            continue
-        n_at_risk += 1
-        if key not in table:
-            continue
+        state = data.get("state")
+        n_at_risk += state == "at_risk"
+        row = table.get(key)
         when = data.get("event_time") or record.get("time")
-        if when is None:
+        if state not in WARNING_STATES or row is None or when is None:
             continue
-        at_risk.setdefault(key, []).append((parse_time_ms(when), str(data.get("signal"))))
+        ts = parse_time_ms(when)
+        if not row.churned:
+            warnings[row.level].append((ts, str(state)))
+        if state == "at_risk":
+            at_risk.setdefault(key, []).append((ts, str(data.get("signal"))))
 
     # ---- events: one pass, state only for truth entities
     users: dict[str, _Activity] = {eid: _Activity() for (level, eid) in table if level == "user"}
     teams: dict[str, _Activity] = {eid: _Activity() for (level, eid) in table if level == "team"}
     n_events = skipped = 0
+    day_counts: dict[int, int] = {}  # UTC day -> activity events
     first_ms: int | None = None
     last_ms: int | None = None
     for event in events:
@@ -624,6 +675,8 @@ def evaluate(
         user_id = event.get("user_id")
         team_id = event.get("team_id")
         is_activity = user_id is not None and event.get("type") not in NON_ACTIVITY_TYPES
+        if is_activity:
+            day_counts[ts // DAY_MS] = day_counts.get(ts // DAY_MS, 0) + 1
         if user_id is not None:
             user = users.get(str(user_id))
             if user is not None:
@@ -694,8 +747,65 @@ def evaluate(
         inactivity_days=inactivity_days,
         nab_window_days=nab_window_days,
     )
+    low_days = population_low_days(day_counts)
+    low_periods = {
+        level: _low_period_report(low_days, warnings[level], first_ms, last_ms) for level in LEVELS
+    }
     return EvaluationReport(
-        levels=levels, signals=signals, scenarios=scenarios, data=data, lead_days=lead_days
+        levels=levels,
+        signals=signals,
+        scenarios=scenarios,
+        data=data,
+        lead_days=lead_days,
+        low_periods=low_periods,
+    )
+
+
+def population_low_days(day_counts: dict[int, int], ratio: float = LOW_DAY_RATIO) -> list[int]:
+    """UTC days (not the first or last, which are partial) with less than ``ratio`` of the
+    median activity of the same weekday: a holiday or an outage that lowered everyone.
+
+    >>> counts = {d: (100 if d % 7 < 5 else 30) for d in range(28)}
+    >>> counts[10], counts[11] = 20, 60  # a working day at 20%, one at 60%
+    >>> population_low_days(counts)
+    [10]
+    """
+    if len(day_counts) < 3:
+        return []
+    first, last = min(day_counts), max(day_counts)
+    days = range(first + 1, last)
+    by_weekday: dict[int, list[float]] = {}
+    for d in days:
+        by_weekday.setdefault(d % 7, []).append(day_counts.get(d, 0))
+    medians = {wd: quantile(sorted(v), 0.5) or 0.0 for wd, v in by_weekday.items()}
+    return [d for d in days if day_counts.get(d, 0) < ratio * medians[d % 7]]
+
+
+def _low_period_report(
+    low_days: list[int],
+    warnings: list[tuple[int, str]],
+    first_ms: int | None,
+    last_ms: int | None,
+) -> LowPeriodReport:
+    """Warnings from each low day to LOW_AFTER_DAYS after it, against the rate elsewhere."""
+    covered: set[int] = set()
+    for d in low_days:
+        covered.update(range(d, d + LOW_AFTER_DAYS + 1))
+    if first_ms is not None and last_ms is not None:
+        all_days = set(range(first_ms // DAY_MS, last_ms // DAY_MS + 1))
+    else:
+        all_days = set()
+    covered &= all_days
+    inside = [state for ts, state in warnings if ts // DAY_MS in covered]
+    outside_days = len(all_days) - len(covered)
+    rate = (len(warnings) - len(inside)) / outside_days if outside_days > 0 else 0.0
+    by_state = {state: inside.count(state) for state in WARNING_STATES if state in inside}
+    return LowPeriodReport(
+        low_days=[format_time_ms(d * DAY_MS)[:10] for d in low_days],
+        window_days=len(covered),
+        alerts=len(inside),
+        by_state=by_state,
+        expected=rate * len(covered),
     )
 
 

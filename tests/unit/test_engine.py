@@ -327,3 +327,22 @@ def test_champion_gone_and_the_rest_slowing_is_champion_loss():
     codes = [r["code"] for r in at_risk[0]["data"]["reasons"]]
     assert codes[:2] == ["champion_inactive", "rest_of_team_drop"]
     assert 60 < day_of(at_risk[0]) <= 80
+
+
+def test_small_team_silent_through_a_holiday_raises_no_alert_during_or_after_it():
+    """How deep a team dips in a population-wide low says little about it: the low days are
+    left out of its windows instead of being expected at the population's level."""
+    holiday = lambda d: 0.3 if 70 <= d < 77 else 1.0  # noqa: E731
+    teams = [TeamSpec(f"h{i}", 6, level=holiday) for i in range(30)]
+    teams.append(TeamSpec("away", 3, level=lambda d: 0.0 if 70 <= d < 77 else 1.0))
+    _, alerts = run(stream(teams, days=100))
+    assert team_alerts(alerts, "away") == []
+
+
+def test_team_that_stops_during_a_holiday_is_flagged_after_it():
+    holiday = lambda d: 0.3 if 70 <= d < 77 else 1.0  # noqa: E731
+    teams = [TeamSpec(f"h{i}", 6, level=holiday) for i in range(30)]
+    teams.append(TeamSpec("gone", 6, level=lambda d: 1.0 if d < 72 else 0.05))
+    _, alerts = run(stream(teams, days=100))
+    flagged = team_alerts(alerts, "gone", "at_risk")
+    assert flagged and day_of(flagged[0]) <= 84

@@ -314,7 +314,7 @@ def test_bad_events_skipped_and_duplicate_alerts_dropped():
 
 def test_to_dict_round_trips_through_orjson(report):
     as_dict = report.to_dict()
-    assert set(as_dict) == {"levels", "signals", "scenarios", "data"}
+    assert set(as_dict) == {"levels", "signals", "scenarios", "data", "low_periods"}
     assert set(as_dict["levels"]["team"]) == {"detector", "baseline_inactive_14d"}
     assert orjson.loads(orjson.dumps(as_dict)) == as_dict
     assert as_dict["levels"]["user"]["detector"]["precision"] is None
@@ -384,3 +384,34 @@ def test_nab_alert_before_its_window_is_a_false_alarm():
     assert team.nab_score == pytest.approx(100 * (-1.11 + 1) / (0.98661 + 1), abs=1e-3)
     with pytest.raises(ValueError):
         evaluate(events, [], truth, nab_window_days=0)
+
+
+def test_warnings_in_and_after_a_population_wide_low_are_reported():
+    """Days 30-32 hold a fifth of the usual activity: found in the events alone. Warnings on
+    healthy teams from day 30 to 14 days after day 32 are counted, against the rate of the
+    other days; a churned team's warnings are not."""
+    teams = [f"t{i}" for i in range(40)]
+    events = [
+        ev(d + 0.5, f"u{i}", team)
+        for d in range(60)
+        for i, team in enumerate(teams)
+        if not 30 <= d <= 32 or i < 8
+    ]
+    alerts = [
+        alert("team", "t1", 31.5, state="cooling"),
+        alert("team", "t2", 40.5),
+        alert("team", "t3", 55.5, state="cooling"),  # after the window
+        alert("team", "t0", 35.5, state="cooling"),  # churned: not a false warning
+        alert("team", "t4", 41.5, state="recovered"),  # not a warning
+    ]
+    truth = [truth_row("team", t, t, 50 if t == "t0" else None) for t in teams]
+    low = evaluate(events, alerts, truth).low_periods["team"]
+    assert low.low_days == ["2026-01-31", "2026-02-01", "2026-02-02"]
+    assert (low.window_days, low.alerts, low.by_state) == (17, 2, {"cooling": 1, "at_risk": 1})
+    assert low.expected == pytest.approx(17 / 43)
+
+
+def test_no_low_period_without_a_population_wide_low(report):
+    low = report.low_periods["team"]
+    assert (low.low_days, low.alerts, low.expected) == ([], 0, 0.0)
+    assert "population-wide lows (none)" in report.to_text()
