@@ -1,0 +1,114 @@
+"""Replay of a file: in one process or in several (--jobs), byte for byte the same output."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+
+from detector.replay import (
+    ReplayResult,
+    _merge_tagged,
+    _replay_job,
+    read_lines,
+    replay,
+    replay_file,
+)
+from detector.settings import EngineSettings
+from detector.simulator import SimulationConfig, simulate, to_segment
+from tests.poison import poison_copies, poisoned_process
+
+from .fuzz_corpus import Corpus, mixed
+
+SETTINGS = EngineSettings(partitions=4)
+
+
+def _simulated_lines() -> list[bytes]:
+    """A simulated product (with churn, so alerts) in both input formats, with bad lines."""
+    events = list(simulate(SimulationConfig(teams=20, days=100, seed=5)).events())
+    lines = [orjson.dumps(to_segment(ev) if n % 7 == 0 else ev) for n, ev in enumerate(events)]
+    for at, bad in (
+        (10, b"{not json"),
+        (500, b"[1, 2]"),
+        (20_000, orjson.dumps({k: v for k, v in events[19_000].items() if k != "team_id"})),
+        (30_000, lines[100]),  # late (and a duplicate id)
+        (40_000, b"  "),  # blank: skipped, not numbered
+        (50_000, b'{"event_id": "\xff"}'),  # not UTF-8
+        (55_000, orjson.dumps({**events[54_000], "timestamp": "yesterday"})),
+    ):
+        lines.insert(at, bad)
+    return lines
+
+
+def _write(tmp_path: Path, lines: list[bytes], newline: bytes = b"\n") -> Path:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(newline.join(lines) + newline)
+    return path
+
+
+def _outputs(events: Path, out: Path, jobs: int) -> tuple[bytes, bytes, ReplayResult]:
+    alerts, dlq = out / f"alerts-{jobs}.jsonl", out / f"dlq-{jobs}.jsonl"
+    result = replay_file(events, alerts, dlq, SETTINGS, show_progress=False, jobs=jobs)
+    return alerts.read_bytes(), dlq.read_bytes(), result
+
+
+def test_parallel_replay_writes_what_one_process_writes(tmp_path: Path) -> None:
+    events = _write(tmp_path, _simulated_lines())
+    serial_alerts, serial_dlq, serial = _outputs(events, tmp_path, jobs=1)
+    assert serial.alerts > 50 and len(serial_alerts.splitlines()) == serial.alerts
+    assert {"malformed_json", "not_an_object", "missing_field:team_id", "late"} <= set(
+        serial.invalid
+    )
+    for jobs in (2, 3):  # 3 jobs over 4 partitions: one job has two, the others one
+        alerts, dlq, result = _outputs(events, tmp_path, jobs)
+        assert alerts == serial_alerts, f"{jobs} jobs"
+        assert dlq == serial_dlq, f"{jobs} jobs"
+        assert result == serial
+    assert not list(tmp_path.glob(".replay-*")), "the jobs' files are removed"
+
+
+def test_parallel_replay_of_fuzzed_input_writes_what_one_process_writes(tmp_path: Path) -> None:
+    """Half the lines broken in known ways, CRLF line ends: the same dead letters, in order."""
+    lines = [raw for raw, _ in mixed(Corpus(seed=11), 6_000, 0.5, 500)]
+    events = _write(tmp_path, lines, newline=b"\r\n")
+    serial_alerts, serial_dlq, serial = _outputs(events, tmp_path, jobs=1)
+    assert sum(serial.invalid.values()) > 2_000
+    alerts, dlq, result = _outputs(events, tmp_path, jobs=2)
+    assert (alerts, dlq, result) == (serial_alerts, serial_dlq, serial)
+
+
+def test_a_poisoned_job_quarantines_as_one_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs run here in this process (a spawned process would not get the fault)."""
+    from detector.engine import PartitionEngine
+
+    monkeypatch.setattr(PartitionEngine, "process", poisoned_process)
+    events = list(simulate(SimulationConfig(teams=12, days=60, seed=3)).events())
+    path = _write(tmp_path, [orjson.dumps(e) for e in poison_copies(events, every=500)])
+    alerts, dlq = io.BytesIO(), io.BytesIO()
+    serial = replay(read_lines(path), SETTINGS, alerts, dlq)
+    assert serial.invalid["processing_error"] >= 5
+
+    class Progress:
+        value = 0
+
+    parts = []
+    for job in range(2):
+        _replay_job(path, SETTINGS, job, 2, tmp_path, Progress())
+        parts.append(ReplayResult(**orjson.loads((tmp_path / f"result-{job}.json").read_bytes())))
+    merged_alerts, merged_dlq = io.BytesIO(), io.BytesIO()
+    _merge_tagged([tmp_path / f"alerts-{job}" for job in range(2)], merged_alerts)
+    _merge_tagged([tmp_path / f"dlq-{job}" for job in range(2)], merged_dlq)
+    assert merged_alerts.getvalue() == alerts.getvalue()
+    assert merged_dlq.getvalue() == dlq.getvalue()
+    assert ReplayResult.merged(parts) == serial
+
+
+def test_lines_are_read_across_chunk_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("detector.replay.READ_CHUNK", 7)
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a":1}\r\n\n   \n{"bb":22}\n{"c":3}')
+    assert list(read_lines(path)) == [b'{"a":1}', b'{"bb":22}', b'{"c":3}']
