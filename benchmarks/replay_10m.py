@@ -62,7 +62,8 @@ class Run:
     command: list[str]
     seconds: float
     cpu_seconds: float
-    peak_tree_rss: int
+    busiest_cpu_seconds: float
+    peak_tree_pss: int
     peak_process_rss: int
     processes: int
     stderr: str
@@ -72,10 +73,17 @@ class Run:
 
 
 # ---------------------------------------------------------------------------- measuring
-def _rss_by_pid() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, resident bytes) of every process (from /proc/*/stat)."""
+@dataclass
+class _Proc:
+    ppid: int
+    rss: int
+    cpu_ticks: int
+
+
+def _processes() -> dict[int, _Proc]:
+    """Every process: parent, resident bytes, user + system clock ticks (/proc/*/stat)."""
     page = os.sysconf("SC_PAGE_SIZE")
-    out: dict[int, tuple[int, int]] = {}
+    out: dict[int, _Proc] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -84,40 +92,54 @@ def _rss_by_pid() -> dict[int, tuple[int, int]]:
                 stat = fh.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) "
-        out[int(entry.name)] = (int(fields[1]), int(fields[21]) * page)
+        f = stat[stat.rindex(b")") + 2 :].split()  # the fields after "pid (comm) "
+        out[int(entry.name)] = _Proc(int(f[1]), int(f[21]) * page, int(f[11]) + int(f[12]))
     return out
 
 
-def _tree_rss(root: int) -> dict[int, int]:
-    procs = _rss_by_pid()
+def _tree(root: int) -> dict[int, _Proc]:
+    procs = _processes()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _rss) in procs.items():
-        children.setdefault(ppid, []).append(pid)
+    for pid, p in procs.items():
+        children.setdefault(p.ppid, []).append(pid)
     tree, todo = {}, [root]
     while todo:
         pid = todo.pop()
         if pid in procs:
-            tree[pid] = procs[pid][1]
+            tree[pid] = procs[pid]
             todo.extend(children.get(pid, ()))
     return tree
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size: shared pages (a fork's) split among the processes sharing them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def timed(command: list[str], env: dict[str, str] | None = None) -> Run:
-    """Run ``command`` (stdout discarded), sampling its process tree's memory."""
+    """Run ``command`` (stdout discarded), sampling its process tree every 0.2 s: memory
+    (PSS summed over the tree, RSS of the largest process) and CPU time per process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     peak_tree = peak_one = 0
-    seen: set[int] = set()
+    ticks: dict[int, int] = {}
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err
         )
         while proc.poll() is None:
-            tree = _tree_rss(proc.pid)
-            seen.update(tree)
-            peak_tree = max(peak_tree, sum(tree.values()))
-            peak_one = max(peak_one, *tree.values(), 0)
+            tree = _tree(proc.pid)
+            for pid, p in tree.items():
+                ticks[pid] = max(ticks.get(pid, 0), p.cpu_ticks)
+                peak_one = max(peak_one, p.rss)
+            peak_tree = max(peak_tree, sum(_pss(pid) for pid in tree))
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(0.2)
         seconds = time.perf_counter() - started
@@ -127,7 +149,8 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> Run:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{stderr[-2000:]}")
-    return Run(command, seconds, cpu, peak_tree, peak_one, len(seen), stderr)
+    busiest = max(ticks.values(), default=0) / os.sysconf("SC_CLK_TCK")
+    return Run(command, seconds, cpu, busiest, peak_tree, peak_one, len(ticks), stderr)
 
 
 def _sha256(path: Path) -> str:
@@ -257,15 +280,19 @@ def run(cfg: Config, log: Log) -> str:
         f"- Replay command: `{' '.join(_shown(parallel.command))}`; end to end (read, parse, "
         "route, engine, write, merge); the page cache holds the file (read before).",
         "",
-        "| run | wall s | events/s | CPU s (tree) | events per CPU s | processes | peak RSS, "
-        "tree (sum) | peak RSS, largest process |",
+        "| run | wall s | events/s | CPU s, all processes | CPU s, busiest process | "
+        "processes | peak memory, all processes (PSS) | peak RSS, largest process |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {name} | **{r.seconds:.1f}** | {r.rate(count) / 1e3:,.1f}k | "
-            f"{r.cpu_seconds:.1f} | {count / r.cpu_seconds / 1e3:,.1f}k | {r.processes} | "
-            f"{_mb(r.peak_tree_rss)} | {_mb(r.peak_process_rss)} |"
+            f"{r.cpu_seconds:.1f} | {r.busiest_cpu_seconds:.1f} | {r.processes} | "
+            f"{_mb(r.peak_tree_pss)} | {_mb(r.peak_process_rss)} |"
             for name, r in rows
         ),
+        "",
+        "The busiest process's CPU time is about the wall time the run would take with a "
+        "core of its own per process (samples every 0.2 s; the processes are the command "
+        "and its jobs).",
         "",
         f"- Target: 10M events in ≤ {TARGET_SECONDS:.0f} s: {'met' if met else '**NOT met**'} "
         f"({per_10m:.1f} s per 10M events at this rate).",
