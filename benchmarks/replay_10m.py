@@ -212,14 +212,7 @@ def write_top(speedscope: Path, top: Path, header: str) -> Path:
         f"{header}; the busiest process, {summary.samples} samples inside its replay.",
         "Self time = samples whose innermost Python frame is the function.",
         "",
-        f"{'self%':>6} {'total%':>7}  function (file)",
-        *(
-            f"{h.self_share:6.1%} {h.total_share:7.1%}  {h.name} ({h.where})"
-            for h in summary.functions
-        ),
-        "",
-        f"{'self%':>6}  line  source",
-        *(f"{h.self_share:6.1%}  {h.where} {h.name}: {h.source}" for h in summary.lines),
+        *engine_replay.hotspot_lines(summary),
     ]
     top.write_text("\n".join(text) + "\n")
     return top
