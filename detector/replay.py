@@ -3,6 +3,9 @@
 Lines are processed in file order, exactly as a Kafka topic keyed by team would deliver
 them to each partition, so a replayed file and the same file streamed through Kafka give
 the same alerts. Bad lines go to the dead-letter file with a reason; none is dropped.
+Partitions are independent, so a file can be replayed by several processes (jobs), each
+applying the lines of its partitions; their outputs, merged by input line, are the bytes
+one process writes.
 """
 
 from __future__ import annotations
@@ -119,11 +122,10 @@ def _parquet_rows(path: Path, progress: Callable[[int], None] | None) -> Iterato
         ) from exc
     table = pq.ParquetFile(path)
     for batch in table.iter_batches(batch_size=50_000):
-        for row in batch.to_pylist():
-            data = orjson.dumps(row)
-            if progress is not None:
-                progress(len(data))
-            yield data
+        rows = [orjson.dumps(row) for row in batch.to_pylist()]
+        if progress is not None:
+            progress(sum(map(len, rows)))
+        yield from rows
 
 
 #: lines handed to the engines at once (bounds the memory of a batch's alerts and rejections)
@@ -288,9 +290,10 @@ def _replay_job(
             first = result.lines
             engines.process_owned_lines(batch, first, job, jobs, rejected, alerts)
             for index, why in rejected:
-                dlq_out.write(b"%d\t" % index + _dead_letter_line(batch[index - first], why, index))
+                dead = _dead_letter_line(batch[index - first], why, index)
+                dlq_out.write(b"%d%s%s" % (index, _TAG_END, dead))
             for index, alert in alerts:
-                alerts_out.write(b"%d\t" % index + dumps(alert) + b"\n")
+                alerts_out.write(b"%d%s%s\n" % (index, _TAG_END, dumps(alert)))
                 result.count_alert(alert)
             result.lines += len(batch)
     result.invalid = engines.invalid_counts()

@@ -112,3 +112,15 @@ def test_lines_are_read_across_chunk_ends(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'{"a":1}\r\n\n   \n{"bb":22}\n{"c":3}')
     assert list(read_lines(path)) == [b'{"a":1}', b'{"bb":22}', b'{"c":3}']
+
+
+def test_parallel_replay_of_parquet_writes_what_one_process_writes(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs the parquet extra (pyarrow)")
+    import pyarrow as pa
+
+    events = list(simulate(SimulationConfig(teams=8, days=40, seed=5)).events())
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pylist(events), path, row_group_size=5_000)
+    serial_alerts, serial_dlq, serial = _outputs(path, tmp_path, jobs=1)
+    assert serial.lines == len(events) and serial.valid > 0
+    assert _outputs(path, tmp_path, jobs=2) == (serial_alerts, serial_dlq, serial)
