@@ -169,7 +169,9 @@ def replay_command(events: Path, out: Path, jobs: int | None) -> list[str]:
 
 
 def _prefix(events: Path, lines: int) -> Path:
-    path = events.with_name(f"{events.stem}-first{lines}.jsonl")
+    # named like the cached file, simulator tag last: removed with it when the simulator changes
+    head, _, tag = events.stem.rpartition("-")
+    path = events.with_name(f"{head}-first{lines}-{tag}.jsonl")
     if not path.exists():
         with events.open("rb") as src, path.with_suffix(".tmp").open("wb") as dst:
             dst.writelines(itertools.islice(src, lines))
