@@ -14,6 +14,7 @@ import base64
 import heapq
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -245,11 +246,11 @@ def _replay_in_jobs(
             for proc in procs:
                 proc.start()
             with _progress_bar(events, show) as bar:
-                for proc in procs:
-                    while proc.exitcode is None:
-                        proc.join(0.25)
-                        bar.update(min(v.value for v in read) - bar.n)
-                bar.update(bar.total - bar.n)
+                running = procs
+                while running and not any(p.exitcode for p in procs):  # a failed job: stop
+                    multiprocessing.connection.wait([p.sentinel for p in running], 0.25)
+                    running = [p for p in procs if p.exitcode is None]
+                    bar.update(min(v.value for v in read) - bar.n)
         finally:
             for proc in procs:
                 if proc.exitcode is None and proc.pid is not None:

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from detector.replay import (
-    ReplayResult,
-    _merge_tagged,
-    _replay_job,
-    read_lines,
-    replay,
-    replay_file,
-)
+from detector.engine import PartitionEngine
+from detector.replay import ReplayResult, read_lines, replay, replay_file
+from detector.router import PartitionedEngines
 from detector.settings import EngineSettings
 from detector.simulator import SimulationConfig, simulate, to_segment
 from tests.poison import poison_copies, poisoned_process
@@ -82,29 +78,29 @@ def test_parallel_replay_of_fuzzed_input_writes_what_one_process_writes(tmp_path
 def test_a_poisoned_job_quarantines_as_one_process_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The jobs run here in this process (a spawned process would not get the fault)."""
-    from detector.engine import PartitionEngine
-
+    """The jobs are forked, so they get the injected fault too."""
     monkeypatch.setattr(PartitionEngine, "process", poisoned_process)
     events = list(simulate(SimulationConfig(teams=12, days=60, seed=3)).events())
     path = _write(tmp_path, [orjson.dumps(e) for e in poison_copies(events, every=500)])
     alerts, dlq = io.BytesIO(), io.BytesIO()
     serial = replay(read_lines(path), SETTINGS, alerts, dlq)
     assert serial.invalid["processing_error"] >= 5
+    assert _outputs(path, tmp_path, jobs=2) == (alerts.getvalue(), dlq.getvalue(), serial)
 
-    class Progress:
-        value = 0
 
-    parts = []
-    for job in range(2):
-        _replay_job(path, SETTINGS, job, 2, tmp_path, Progress())
-        parts.append(ReplayResult(**orjson.loads((tmp_path / f"result-{job}.json").read_bytes())))
-    merged_alerts, merged_dlq = io.BytesIO(), io.BytesIO()
-    _merge_tagged([tmp_path / f"alerts-{job}" for job in range(2)], merged_alerts)
-    _merge_tagged([tmp_path / f"dlq-{job}" for job in range(2)], merged_dlq)
-    assert merged_alerts.getvalue() == alerts.getvalue()
-    assert merged_dlq.getvalue() == dlq.getvalue()
-    assert ReplayResult.merged(parts) == serial
+def test_a_failing_job_fails_the_replay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = PartitionedEngines.process_owned_lines
+
+    def crash_in_job_1(self: PartitionedEngines, *args: Any) -> None:
+        if args[2] == 1:  # (lines, first, job, ...)
+            raise MemoryError("job 1 ran out")
+        real(self, *args)
+
+    monkeypatch.setattr(PartitionedEngines, "process_owned_lines", crash_in_job_1)
+    path = _write(tmp_path, [orjson.dumps(e) for e in simulate(SimulationConfig(teams=4)).events()])
+    with pytest.raises(RuntimeError, match="job 1: exit code 1"):
+        _outputs(path, tmp_path, jobs=2)
+    assert not list(tmp_path.glob(".replay-*")), "the jobs' files are removed"
 
 
 def test_lines_are_read_across_chunk_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
