@@ -162,10 +162,19 @@ def _sha256(path: Path) -> str:
 
 
 def replay_command(events: Path, out: Path, jobs: int | None) -> list[str]:
+    """The command, its paths relative to the repository (the runs' working directory)."""
     cli = Path(sys.executable).with_name("churn-detector")
-    cmd = [str(cli), "replay", str(events), "--alerts", str(out / "alerts.jsonl")]
-    cmd += ["--dlq", str(out / "dlq.jsonl"), "--quiet"]
-    return cmd + ([] if jobs is None else ["--jobs", str(jobs)])
+    cmd: list[str | Path] = [
+        cli,
+        "replay",
+        events,
+        "--alerts",
+        out / "alerts.jsonl",
+        "--dlq",
+        out / "dlq.jsonl",
+    ]
+    cmd += ["--quiet", *([] if jobs is None else ["--jobs", str(jobs)])]
+    return _shown(cmd)
 
 
 def _prefix(events: Path, lines: int) -> Path:
@@ -193,7 +202,10 @@ def profile(events: Path, cfg: Config, log: Log) -> list[Path]:
     cmd += ["speedscope", "--output", str(speedscope), "--"]
     log(f"profile: py-spy over a replay of the first {cfg.profile_lines:,} lines ...")
     done = subprocess.run(
-        cmd + replay_command(prefix, out_dir, cfg.jobs), capture_output=True, text=True
+        cmd + replay_command(prefix, out_dir, cfg.jobs),
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
     )
     if done.returncode != 0 or not speedscope.exists():
         log(f"py-spy failed (rc {done.returncode}): {done.stderr.strip()[-300:]}")
@@ -272,7 +284,7 @@ def run(cfg: Config, log: Log) -> str:
         f"- Input: {count:,} events, {size / 1e9:.2f} GB JSONL (`simulate(SimulationConfig("
         f"teams={teams}, days=180, seed=7))`, cached in `{events.relative_to(REPO_ROOT)}`); "
         f"the command's summary: `{summary}`.",
-        f"- Replay command: `{' '.join(_shown(parallel.command))}`; end to end (read, parse, "
+        f"- Replay command: `{' '.join(parallel.command)}`; end to end (read, parse, "
         "route, engine, write, merge); the page cache holds the file (read before).",
         "",
         "| run | wall s | events/s | CPU s, all processes | CPU s, busiest process | "
@@ -307,11 +319,11 @@ def run(cfg: Config, log: Log) -> str:
     return "\n".join(body) + "\n"
 
 
-def _shown(command: list[str]) -> list[str]:
+def _shown(command: list[str | Path]) -> list[str]:
     out = []
     for part in command:
         try:
             out.append(str(Path(part).relative_to(REPO_ROOT)))
         except ValueError:
-            out.append(part)
+            out.append(str(part))
     return out
