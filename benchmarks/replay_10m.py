@@ -67,6 +67,7 @@ class Run:
     peak_process_rss: int
     processes: int
     stderr: str
+    cpu_pressure: float  # share of the wall time some runnable task waited for a CPU (PSI)
 
     def rate(self, events: int) -> float:
         return events / self.seconds
@@ -123,10 +124,21 @@ def _pss(pid: int) -> int:
     return 0
 
 
+def _cpu_stall_us() -> int:
+    """Microseconds some runnable task waited for a CPU since boot (Linux PSI), 0 if unknown."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            some = fh.readline().split()
+    except OSError:
+        return 0
+    return int(some[-1].partition("=")[2])
+
+
 def timed(command: list[str], env: dict[str, str] | None = None) -> Run:
     """Run ``command`` (stdout discarded), sampling its process tree every 0.2 s: memory
     (PSS summed over the tree, RSS of the largest process) and CPU time per process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stall_before = _cpu_stall_us()
     started = time.perf_counter()
     peak_tree = peak_one = 0
     ticks: dict[int, int] = {}
@@ -143,6 +155,7 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> Run:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(0.2)
         seconds = time.perf_counter() - started
+        stall = (_cpu_stall_us() - stall_before) / 1e6
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -150,7 +163,9 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> Run:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{stderr[-2000:]}")
     busiest = max(ticks.values(), default=0) / os.sysconf("SC_CLK_TCK")
-    return Run(command, seconds, cpu, busiest, peak_tree, peak_one, len(ticks), stderr)
+    return Run(
+        command, seconds, cpu, busiest, peak_tree, peak_one, len(ticks), stderr, stall / seconds
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -288,18 +303,21 @@ def run(cfg: Config, log: Log) -> str:
         "route, engine, write, merge); the page cache holds the file (read before).",
         "",
         "| run | wall s | events/s | CPU s, all processes | CPU s, busiest process | "
-        "processes | peak memory, all processes (PSS) | peak RSS, largest process |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "processes | peak memory, all processes (PSS) | peak RSS, largest process | "
+        "CPU contention |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {name} | **{r.seconds:.1f}** | {r.rate(count) / 1e3:,.1f}k | "
             f"{r.cpu_seconds:.1f} | {r.busiest_cpu_seconds:.1f} | {r.processes} | "
-            f"{_mb(r.peak_tree_pss)} | {_mb(r.peak_process_rss)} |"
+            f"{_mb(r.peak_tree_pss)} | {_mb(r.peak_process_rss)} | {r.cpu_pressure:.0%} |"
             for name, r in rows
         ),
         "",
         "The busiest process's CPU time is about the wall time the run would take with a "
         "core of its own per process (samples every 0.2 s; the processes are the command "
-        "and its jobs).",
+        "and its jobs). CPU contention: the share of the run's wall time during which some "
+        "runnable task on the machine waited for a CPU (`/proc/pressure/cpu`, some); near 0 "
+        "on a quiet machine.",
         "",
         f"- Target: 10M events in ≤ {TARGET_SECONDS:.0f} s: {'met' if met else '**NOT met**'} "
         f"({per_10m:.1f} s per 10M events at this rate).",
