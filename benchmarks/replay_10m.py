@@ -10,8 +10,9 @@ outputs.
 Runs, in one benchmark:
 
 1. the replay with ``--jobs`` (default: the command's own default), timed: wall clock, CPU
-   seconds of the process tree, peak resident memory of the tree (sum over its processes,
-   sampled every 0.2 s from /proc) and of its largest process;
+   seconds of the process tree and of its busiest process, peak memory of the tree (PSS
+   summed over its processes, sampled every 0.2 s from /proc) and RSS of its largest
+   process, and how contended the CPUs were meanwhile (/proc/pressure/cpu);
 2. the same file in one process (``--jobs 1``), timed the same way: the reference output.
    Its alerts and dead letters must be byte-identical to run 1's (sha256 of both files);
 3. (unless ``profile=False``) py-spy over the parallel replay of the first
