@@ -157,7 +157,7 @@ _TYPED_PROPERTIES: dict[str, tuple[str, ...]] = {
     SUBSCRIPTION_CANCELLED: ("reason",),
     TEAM_UPDATED: ("plan", "mrr", "seats", "timezone"),
     SUBSCRIPTION_STARTED: ("plan", "mrr", "seats"),
-    TRIAL_STARTED: ("plan",),
+    TRIAL_STARTED: ("plan", "mrr", "seats"),  # read as team traits too
     PAYMENT_FAILED: ("amount", "reason"),
     PAYMENT_SUCCEEDED: ("amount",),
 }

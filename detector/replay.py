@@ -123,10 +123,23 @@ def _parquet_rows(path: Path, progress: Callable[[int], None] | None) -> Iterato
         ) from exc
     table = pq.ParquetFile(path)
     for batch in table.iter_batches(batch_size=50_000):
-        rows = [orjson.dumps(row) for row in batch.to_pylist()]
+        rows = [orjson.dumps(_without_nulls(row)) for row in batch.to_pylist()]
         if progress is not None:
             progress(sum(map(len, rows)))
         yield from rows
+
+
+def _without_nulls(row: dict[str, Any]) -> dict[str, Any]:
+    """A Parquet row as the event it stands for: a struct column has every property any
+    event has, null where this event has none, and null here means absent.
+
+    >>> _without_nulls({"type": "trial.started", "properties": {"plan": "pro", "mrr": None}})
+    {'type': 'trial.started', 'properties': {'plan': 'pro'}}
+    """
+    props = row.get("properties")
+    if isinstance(props, dict):
+        row["properties"] = {k: v for k, v in props.items() if v is not None}
+    return row
 
 
 #: lines handed to the engines at once (bounds the memory of a batch's alerts and rejections)
