@@ -11,9 +11,11 @@ Two stages run in one worker process:
   (plus the offsets that state reflects) go into the partition's Faust transaction at once,
   the state to a compacted changelog topic (``<app>-state-changelog``); Faust commits the
   bundle offsets in the same transaction. A partition's new owner first fences the previous
-  one (Faust starts the partition's transactional producer), then reads the changelog to its
-  high watermark (:mod:`detector.changelog`). The offsets stored with the state make
-  redelivered bundles and events harmless.
+  one (Faust starts the partition's transactional producer), then loads its local snapshot
+  of the changelog (RocksDB via rocksdict, :mod:`detector.state_snapshot`; only committed
+  records, written after each commit) and reads the changelog from the snapshot's offset
+  (from the beginning without one) to its high watermark (:mod:`detector.changelog`). The
+  offsets stored with the state make redelivered bundles and events harmless.
 
 Why not a Faust table: a table write is buffered and may reach Kafka after the offsets
 commit (lost on ``kill -9``), and Faust's table recovery reads only to the last stable
@@ -42,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError
 
 from . import changelog as state_changelog
-from . import health_view, web
+from . import health_view, state_snapshot, web
 from .bundles import Columns, decode_bundle, encode_tick
 from .codec import (
     decode_team,
@@ -61,7 +63,9 @@ from .pseudonyms import Pseudonyms
 from .quarantine import quarantined
 from .replay import dead_letter
 from .settings import Settings
+from .snapshot_store import PartitionSnapshot, SnapshotStore
 from .state import TeamState, UserState
+from .state_snapshot import ChangelogRead, Pending
 
 log = logging.getLogger("churn_detector")
 
@@ -229,14 +233,22 @@ class Ingest:
 
 
 class EngineRuntime:
-    """The engines this worker owns, restored from the state changelog on assignment."""
+    """The engines this worker owns, restored on assignment from the local snapshot (if any)
+    and the state changelog after it."""
 
     def __init__(
-        self, settings: Settings, read_partition: Callable[[int], Awaitable[dict[bytes, bytes]]]
+        self,
+        settings: Settings,
+        read_changelog: Callable[[int, int], Awaitable[ChangelogRead]],
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self.settings = settings
-        #: the committed state records of one partition (key → latest value)
-        self.read_partition = read_partition
+        #: committed state records of one partition from an offset to the end
+        self.read_changelog = read_changelog
+        self.snapshots = snapshots
+        self.snapshot_of: dict[int, PartitionSnapshot] = {}
+        #: per partition: state records sent, waiting for their commit to reach the snapshot
+        self.pending: dict[int, Pending] = {}
         self.engines: dict[int, PartitionEngine] = {}
         #: per partition: bundle offset applied, and per source partition the offset applied
         self.bundle_offset: dict[int, int] = {}
@@ -253,18 +265,68 @@ class EngineRuntime:
             self.bundle_offset.pop(p, None)
             self.source_offsets.pop(p, None)
             self.last_seen_wall.pop(p, None)
+            # records not yet known committed are left out: the snapshot stays a committed
+            # prefix, and the next owner reads the rest from the changelog
+            self.pending.pop(p, None)
+            snapshot = self.snapshot_of.pop(p, None)
+            if snapshot is not None:
+                snapshot.close()
 
     async def ensure(self, partition: int) -> PartitionEngine:
-        """The partition's engine, restored from its changelog if this worker has none yet."""
+        """The partition's engine, restored if this worker has none yet."""
         async with self._restoring:
             engine = self.engines.get(partition)
             if engine is None:
-                engine = self._restore(partition, await self.read_partition(partition))
+                engine = await self._restore(partition)
                 self.engines[partition] = engine
                 self.last_seen_wall[partition] = time.monotonic()
             return engine
 
-    def _restore(self, partition: int, records: dict[bytes, bytes]) -> PartitionEngine:
+    async def _restore(self, partition: int) -> PartitionEngine:
+        """The local snapshot (checked against the changelog), then the changelog after it;
+        without a usable snapshot the whole changelog partition."""
+        started = time.monotonic()
+        snapshot = self.snapshots.open(partition) if self.snapshots is not None else None
+        loaded = snapshot.load() if snapshot is not None else None
+        position, base = loaded if loaded is not None else (None, {})
+        read = await self.read_changelog(partition, state_snapshot.read_from(position))
+        engine: PartitionEngine | None = None
+        if position is not None:
+            if state_snapshot.continues(position, base.get(position.last_key), read):
+                try:
+                    engine = self._build(partition, state_snapshot.merged(base, read))
+                except Exception as exc:  # a record damaged on disk
+                    log.warning("partition %s: snapshot does not decode (%r)", partition, exc)
+            else:
+                log.warning("partition %s: snapshot does not match the changelog", partition)
+            if engine is None:
+                assert snapshot is not None
+                snapshot.wipe()
+                position, base = None, {}
+                read = await self.read_changelog(partition, 0)
+        if engine is None:
+            engine = self._build(partition, state_snapshot.merged(base, read))
+        if snapshot is not None:
+            after = state_snapshot.after_read(position, read)
+            if after is not None:
+                snapshot.write(read.latest.items(), after)
+            self.snapshot_of[partition] = snapshot
+            self.pending[partition] = Pending(snapshot.topic, partition)
+        log.info(
+            "partition %s: restored %d teams, %d users, bundle offset %s, in %.1f s "
+            "(snapshot: %s; changelog read from offset %s to %s)",
+            partition,
+            len(engine.teams),
+            len(engine.users),
+            self.bundle_offset[partition],
+            time.monotonic() - started,
+            "none" if position is None else f"{len(base)} records",
+            state_snapshot.read_from(position),
+            read.end,
+        )
+        return engine
+
+    def _build(self, partition: int, records: dict[bytes, bytes]) -> PartitionEngine:
         engine = PartitionEngine(self.settings.engine)
         engine.track_changes()
         teams: dict[str, TeamState] = {}
@@ -283,14 +345,30 @@ class EngineRuntime:
         restore_partition(engine, engine_meta, teams, users)
         self.bundle_offset[partition] = int(offsets["bundle"])
         self.source_offsets[partition] = {int(k): v for k, v in offsets["sources"].items()}
-        log.info(
-            "partition %s: restored %d teams, %d users, bundle offset %s",
-            partition,
-            len(teams),
-            len(users),
-            self.bundle_offset[partition],
-        )
         return engine
+
+    def queued(self, partition: int, sent: Any) -> None:
+        """The bundle's records are in its transaction; ``sent``: the future of the last
+        one (the partition's meta record), which gives its changelog offset."""
+        pending = self.pending.get(partition)
+        if pending is not None:
+            pending.sent(sent)
+
+    def save_committed(self, committed: dict[int, int]) -> None:
+        """Write the state records of bundles whose transaction has committed (per
+        partition, Faust's committed bundle offset) to the partitions' snapshots."""
+        for partition, bundle_committed in committed.items():
+            pending, snapshot = self.pending.get(partition), self.snapshot_of.get(partition)
+            if pending is None or snapshot is None:
+                continue
+            records, position = pending.committed(bundle_committed)
+            if position is None:
+                continue
+            try:
+                snapshot.write(records, position)
+            except Exception as exc:  # e.g. disk full: the changelog still has it all
+                log.warning("partition %s: snapshot write failed (%r), stopped", partition, exc)
+                pending.stop()
 
     def apply(
         self, partition: int, offset: int, value: bytes
@@ -364,29 +442,39 @@ class EngineRuntime:
                 total += held * size / written
         return int(total)
 
-    def changes(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
-        """Records to write for what changed in ``partition`` since the last call."""
+    def changes(self, partition: int) -> list[tuple[bytes, bytes]]:
+        """Records to write for what changed in ``partition`` since the last call (the
+        partition's meta record last)."""
         engine = self.engines[partition]
         teams, users = engine.take_changes()
         team_sizes, user_sizes = self.record_sizes[_TEAM], self.record_sizes[_USER]
+        out: list[tuple[bytes, bytes]] = []
         for team_id in teams:
             record = encode_team(engine.teams[team_id])
             team_sizes[0] += 1
             team_sizes[1] += len(record)
-            yield _TEAM + team_id.encode(), record
+            out.append((_TEAM + team_id.encode(), record))
         for uid in users:
             record = encode_user(engine.users[uid])
             user_sizes[0] += 1
             user_sizes[1] += len(record)
-            yield _USER + uid.encode(), record
+            out.append((_USER + uid.encode(), record))
         offsets = {
             "bundle": self.bundle_offset[partition],
             "sources": {str(k): v for k, v in self.source_offsets[partition].items()},
         }
-        yield (
-            _META + str(partition).encode(),
-            orjson.dumps(offsets) + _SEP + encode_partition(engine, self.bundle_offset[partition]),
+        out.append(
+            (
+                _META + str(partition).encode(),
+                orjson.dumps(offsets)
+                + _SEP
+                + encode_partition(engine, self.bundle_offset[partition]),
+            )
         )
+        pending = self.pending.get(partition)
+        if pending is not None:
+            pending.add(self.bundle_offset[partition], out)
+        return out
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -442,11 +530,12 @@ def build_app(settings: Settings) -> faust.App:
         group = app.assignor.group_for_topic(bundles.get_topic_name())
         return f"{app.conf.id}-{group}-{partition}"
 
-    async def restore_records(partition: int) -> dict[bytes, bytes]:
+    async def restore_records(partition: int, start: int) -> ChangelogRead:
         await state_changelog.wait_fenced(app.producer, transactional_id(partition), 60)
-        return await state_changelog.read_partition(k, changelog, partition)
+        return await state_changelog.read_partition(k, changelog, partition, start)
 
-    runtime = EngineRuntime(settings, restore_records)
+    snapshots = SnapshotStore(s.state_dir, changelog) if s.state_snapshot else None
+    runtime = EngineRuntime(settings, restore_records, snapshots)
 
     @app.agent(bundles)
     async def process(stream: Any) -> None:
@@ -468,9 +557,10 @@ def build_app(settings: Settings) -> faust.App:
             records.extend(
                 (changelog, key, value, partition) for key, value in runtime.changes(partition)
             )
-            await state_changelog.send_in_transaction(
+            sent = await state_changelog.send_in_transaction(
                 app.producer, transactional_id(partition), records
             )
+            runtime.queued(partition, sent)
             pages.observe_bundle(event.message.timestamp, len(alerts))
 
     @app.task
@@ -489,6 +579,18 @@ def build_app(settings: Settings) -> faust.App:
         await task
 
     recovered = {"ready": False}
+
+    @app.timer(interval=1.0)
+    async def save_snapshots() -> None:
+        """Bundles whose transaction Faust has committed go to the local snapshot (never
+        sooner: it must hold committed state only; a fenced commit crashes the app first)."""
+        if app.should_stop or app.rebalancing or app.consumer is None:
+            return
+        committed = app.consumer._committed_offset  # Faust's: updated after each commit
+        bundle_topic = bundles.get_topic_name()
+        runtime.save_committed(
+            {tp.partition: o for tp, o in committed.items() if tp.topic == bundle_topic and o}
+        )
 
     @app.timer(interval=min(1.0, s.idle_sweep_s))
     async def restore_idle_partitions() -> None:

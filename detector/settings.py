@@ -116,6 +116,9 @@ class ServiceSettings:
     #: demos of live silence detection speed the clock up)
     idle_clock_scale: float = 1.0
     log_level: str = "INFO"
+    #: keep a local RocksDB snapshot of each owned partition's state changelog under
+    #: state_dir, so a restart reads only the changelog written after it
+    state_snapshot: bool = True
     #: pseudonymise user ids in alerts and the health API with HMAC-SHA256 under this key
     #: (DETECTOR_SERVICE_USER_ID_KEY), or under the key in this file; never logged
     user_id_key: str | None = field(default=None, repr=False)

@@ -12,6 +12,7 @@ from detector.partitioning import partition_for
 from detector.service import EngineRuntime
 from detector.settings import build_settings
 from detector.simulator import SimulationConfig, simulate
+from detector.state_snapshot import ChangelogRead
 
 
 def bundles_for(partition: int, partitions: int, size: int) -> list[bytes]:
@@ -31,8 +32,8 @@ EVENTS = list(simulate(SimulationConfig(teams=6, days=30, seed=5)).events())
 
 
 def runtime_over(records: dict[bytes, bytes]) -> EngineRuntime:
-    async def read(partition: int) -> dict[bytes, bytes]:
-        return dict(records)
+    async def read(partition: int, start: int) -> ChangelogRead:
+        return ChangelogRead(dict(records), end=len(records))
 
     return EngineRuntime(build_settings(environ={}), read)
 
