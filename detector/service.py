@@ -586,7 +586,8 @@ def build_app(settings: Settings) -> faust.App:
         sooner: it must hold committed state only; a fenced commit crashes the app first)."""
         if app.should_stop or app.rebalancing or app.consumer is None:
             return
-        committed = app.consumer._committed_offset  # Faust's: updated after each commit
+        # Faust's committed offsets, updated after each commit (no public accessor)
+        committed: dict[Any, int | None] = getattr(app.consumer, "_committed_offset", {})
         bundle_topic = bundles.get_topic_name()
         runtime.save_committed(
             {tp.partition: o for tp, o in committed.items() if tp.topic == bundle_topic and o}

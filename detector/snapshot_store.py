@@ -50,7 +50,9 @@ class PartitionSnapshot:
             if position is None:
                 self.wipe()
                 return None
-            records = {k: v for k, v in self.db.items() if k != HEADER_KEY}
+            records: dict[bytes, bytes] = {
+                k: v for k, v in self.db.items() if isinstance(k, bytes) and k != HEADER_KEY
+            }
         except Exception as exc:  # a damaged database: the changelog has it all
             log.warning("snapshot %s unreadable (%r): dropped", self.path, exc)
             self.wipe()

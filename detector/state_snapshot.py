@@ -19,8 +19,8 @@ whole changelog again. That copy is this snapshot (RocksDB via rocksdict,
   only from there to the high watermark, with the same fencing and ``read_committed`` read.
 * It is checked against the changelog before it is trusted: the header names the changelog
   topic and partition, and the last record it holds (offset and key); that record must still
-  be at that offset with the same value (unless compaction removed it, which needs a newer
-  record of the same key, which the replay then brings). A snapshot ahead of the
+  be at that offset with the same value, or, if compaction removed it, a newer record of the
+  same key must follow (compaction keeps a key's newest record; the replay brings it). A snapshot ahead of the
   changelog's end, behind its start, from another topic, or unreadable is dropped, and the
   whole partition is read as before.
 """
@@ -139,7 +139,7 @@ def continues(position: Position, held: bytes | None, read: ChangelogRead) -> bo
     offset, key, value = read.first
     if offset == position.last_offset:
         return key == position.last_key and value == held
-    return True  # compacted away: a newer record of the key is in the read
+    return position.last_key in read.latest  # compacted away: only if a newer one followed
 
 
 def merged(base: dict[bytes, bytes], read: ChangelogRead) -> dict[bytes, bytes]:

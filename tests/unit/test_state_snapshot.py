@@ -97,7 +97,10 @@ def test_a_snapshot_continues_its_changelog_only_if_its_newest_record_is_there()
     # nothing committed at or after its newest record: not written by this changelog
     assert not continues(position, b"v", ChangelogRead(end=10))
     # compacted away: a newer record of the key follows in the read, which replaces it
-    assert continues(position, b"v", ChangelogRead(end=30, first=(12, b"m:0", b"n")))
+    newer = {b"m:0": b"n"}
+    assert continues(position, b"v", ChangelogRead(newer, end=30, first=(12, b"m:0", b"n")))
+    # a gap with no newer record of its key: compaction cannot explain it
+    assert not continues(position, b"v", ChangelogRead({b"u:a": b"1"}, 30, 0, (12, b"u:a", b"1")))
 
 
 def test_the_state_is_the_snapshot_with_the_changelog_after_it_on_top():
