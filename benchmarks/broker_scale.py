@@ -162,7 +162,7 @@ def recover(bench: ScaleBench, label: str, probe_team: str, events_before: int) 
     now = int(time.time() * 1000) - 60_000
     probe.write_text(
         f'{{"event_id":"probe-{label}","type":"feature.used","timestamp":{now},'
-        f'"user_id":"u-probe","team_id":"{probe_team}","properties":{{}}}}\n'
+        f'"user_id":"u-probe","team_id":"{probe_team}","properties":{{"feature":"probe"}}}}\n'
     )
     bench.produce(probe, 1)
     try:
