@@ -285,8 +285,18 @@ class EngineRuntime:
     async def _restore(self, partition: int) -> PartitionEngine:
         """The local snapshot (checked against the changelog), then the changelog after it;
         without a usable snapshot the whole changelog partition."""
-        started = time.monotonic()
         snapshot = self.snapshots.open(partition) if self.snapshots is not None else None
+        try:
+            return await self._restore_with(partition, snapshot)
+        except BaseException:
+            if snapshot is not None:  # e.g. the broker is down: the retry opens it again
+                snapshot.close()
+            raise
+
+    async def _restore_with(
+        self, partition: int, snapshot: PartitionSnapshot | None
+    ) -> PartitionEngine:
+        started = time.monotonic()
         loaded = snapshot.load() if snapshot is not None else None
         position, base = loaded if loaded is not None else (None, {})
         read = await self.read_changelog(partition, state_snapshot.read_from(position))

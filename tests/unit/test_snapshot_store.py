@@ -193,3 +193,32 @@ def test_a_deleted_snapshot_means_a_full_read(tmp_path):
     asyncio.run(second.ensure(PARTITION))
     assert changelog.starts[-1] == 0
     assert second.bundle_offset[PARTITION] == 2
+
+
+def test_a_failed_restore_releases_the_snapshot_for_the_retry(tmp_path):
+    bundles = bundles_for(PARTITION, PARTITIONS, size=100)
+    changelog = Changelog()
+    first = runtime(changelog, tmp_path)
+    asyncio.run(first.ensure(PARTITION))
+    run_bundles(first, changelog, bundles[:3], 0)
+    first.save_committed({PARTITION: 3})
+    first.drop([PARTITION])
+
+    calls = []
+
+    async def broker_down_once(partition: int, start: int) -> ChangelogRead:
+        calls.append(start)
+        if len(calls) == 1:
+            raise ConnectionError("broker down")
+        return await changelog.read(partition, start)
+
+    second = EngineRuntime(
+        build_settings(environ={}), broker_down_once, SnapshotStore(tmp_path, TOPIC)
+    )
+    try:
+        asyncio.run(second.ensure(PARTITION))
+    except ConnectionError:
+        pass
+    asyncio.run(second.ensure(PARTITION))
+    assert calls[-1] > 0  # the retry used the snapshot (not locked by the failed attempt)
+    assert second.bundle_offset[PARTITION] == 2
