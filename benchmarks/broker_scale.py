@@ -56,6 +56,8 @@ class Config:
     days: int = 3
     partitions: int = 4
     pin: bool = True
+    #: the worker keeps its local snapshot (DETECTOR_SERVICE_STATE_SNAPSHOT)
+    snapshot: bool = True
     #: give up waiting for the worker after (per phase)
     timeout_s: float = 1800.0
 
@@ -107,8 +109,14 @@ def _coprime_step(n: int) -> int:
 class ScaleBench(broker_bench.Bench):
     """broker_bench's worker handling, with the worker's INFO log (restore lines)."""
 
+    snapshot = True
+
     def detector_env(self) -> dict[str, str]:
-        return {**super().detector_env(), "DETECTOR_SERVICE_LOG_LEVEL": "INFO"}
+        return {
+            **super().detector_env(),
+            "DETECTOR_SERVICE_LOG_LEVEL": "INFO",
+            "DETECTOR_SERVICE_STATE_SNAPSHOT": str(self.snapshot).lower(),
+        }
 
     @property
     def state_dir(self) -> Path:
@@ -197,6 +205,7 @@ def run(cfg: Config, log: Log) -> str:
     bcfg = broker_bench.Config(partitions=cfg.partitions, worker_timeout_s=cfg.timeout_s)
     with local_broker(RUN_DIR / "kafka", cfg.partitions, pinning, log) as bootstrap:
         bench = ScaleBench(bcfg, bootstrap, RUN_DIR, pinning, log)
+        bench.snapshot = cfg.snapshot
         worker = bench.start_worker("worker")
         try:
             bench.wait(worker, "/readyz", lambda: bench.get("/readyz") is not None)

@@ -118,7 +118,9 @@ def _soak(args: argparse.Namespace) -> str:
 
 def _scale(args: argparse.Namespace) -> str:
     users = args.scale_users
-    cfg = broker_scale.Config(users=users, teams=users // 10, pin=not args.no_pin)
+    cfg = broker_scale.Config(
+        users=users, teams=users // 10, pin=not args.no_pin, snapshot=not args.no_snapshot
+    )
     return broker_scale.run(cfg, _log)
 
 
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backlog", type=int, default=300_000, help="soak: events to measure max")
     ap.add_argument(
         "--scale-users", type=int, default=1_000_000, help="scale: users (teams: a tenth)"
+    )
+    ap.add_argument(
+        "--no-snapshot", action="store_true", help="scale: the worker keeps no local snapshot"
     )
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)

@@ -151,10 +151,16 @@ def _coerce(section: str, name: str, target: Any, value: Any) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[
+                str(value).strip().lower()
+            ]
         if kind == "str | None":
             return None if value in (None, "") else str(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise SettingsError(f"{where}: cannot use {value!r} (expected {kind})") from None
 
 
