@@ -43,6 +43,7 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError
+from rocksdict import WriteBatch
 
 from . import changelog as state_changelog
 from . import health_view, state_snapshot, web
@@ -263,7 +264,7 @@ class EngineRuntime:
         self.snapshots = snapshots
         self.snapshot_of: dict[int, PartitionSnapshot] = {}
         #: per partition: state records sent, waiting for their commit to reach the snapshot
-        self.pending: dict[int, Pending] = {}
+        self.pending: dict[int, Pending[WriteBatch]] = {}
         self.engines: dict[int, PartitionEngine] = {}
         #: per partition: bundle offset applied, and per source partition the offset applied
         self.bundle_offset: dict[int, int] = {}
@@ -337,7 +338,7 @@ class EngineRuntime:
             if after is not None:
                 snapshot.write(read.latest.items(), after)
             self.snapshot_of[partition] = snapshot
-            self.pending[partition] = Pending(snapshot.topic, partition)
+            self.pending[partition] = Pending[WriteBatch](snapshot.topic, partition)
         log.info(
             "partition %s: restored %d teams, %d users, bundle offset %s, in %.1f s "
             "(snapshot: %s; changelog read from offset %s to %s)",
@@ -391,11 +392,11 @@ class EngineRuntime:
             pending, snapshot = self.pending.get(partition), self.snapshot_of.get(partition)
             if pending is None or snapshot is None:
                 continue
-            records, position = pending.committed(bundle_committed)
+            batches, position = pending.committed(bundle_committed)
             if position is None:
                 continue
             try:
-                snapshot.write(records, position)
+                snapshot.commit(batches, position)
             except Exception as exc:  # e.g. disk full: the changelog still has it all
                 log.warning("partition %s: snapshot write failed (%r), stopped", partition, exc)
                 pending.stop()
@@ -501,9 +502,12 @@ class EngineRuntime:
                 + encode_partition(engine, self.bundle_offset[partition]),
             )
         )
-        pending = self.pending.get(partition)
-        if pending is not None:
-            pending.add(self.bundle_offset[partition], out)
+        pending, snapshot = self.pending.get(partition), self.snapshot_of.get(partition)
+        if pending is not None and snapshot is not None and not pending.broken:
+            # staged as a write batch: holding the records themselves until the commit
+            # grew the worker's RSS by 2.8-3.8 KB per user instead of 1.6 (a day close
+            # changes every entity: 10^5 records in flight)
+            pending.add(self.bundle_offset[partition], snapshot.stage(out), out[-1][0], len(out))
         return out
 
 

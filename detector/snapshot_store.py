@@ -59,19 +59,27 @@ class PartitionSnapshot:
             return None
         return position, records
 
-    def write(self, records: Iterable[tuple[bytes, bytes | None]], position: Position) -> None:
-        """Store ``records`` (None: delete), then the header (last, so a crash in between
-        leaves the old header, which a replay from its offset completes)."""
+    def stage(self, records: Iterable[tuple[bytes, bytes | None]]) -> WriteBatch:
+        """The records (None: delete) as one write batch: one buffer, not many objects."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in records:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        return batch
+
+    def commit(self, batches: Iterable[WriteBatch], position: Position) -> None:
+        """Write the staged batches, then the header (last, so a crash in between leaves the
+        old header, which a replay from its offset completes)."""
         assert self.db is not None
-        for chunk in chunks(iter(records), CHUNK):
-            batch = WriteBatch(raw_mode=True)
-            for key, value in chunk:
-                if value is None:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
+        for batch in batches:
             self.db.write(batch)
         self.db.put(HEADER_KEY, position.encode(self.topic, self.partition))
+
+    def write(self, records: Iterable[tuple[bytes, bytes | None]], position: Position) -> None:
+        """Store ``records`` (None: delete) in bounded batches, then the header."""
+        self.commit((self.stage(chunk) for chunk in chunks(iter(records), CHUNK)), position)
 
     def wipe(self) -> None:
         """Empty the database (it holds nothing this changelog can vouch for)."""

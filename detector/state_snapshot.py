@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -180,35 +180,42 @@ class Sent(Protocol):
     def result(self) -> Any: ...
 
 
+T = TypeVar("T")
+
+
 @dataclass
-class _Bundle:
+class _Bundle(Generic[T]):
     offset: int
-    records: list[tuple[bytes, bytes]]
+    staged: T
+    last_key: bytes
+    records: int
     sent: Sent | None = None
 
 
-class Pending:
+class Pending(Generic[T]):
     """One partition's changelog records sent but not yet known to be committed.
 
-    The worker adds each bundle's state records (``add``), then the future of the send whose
-    last record is the bundle's meta record (``sent``); once Faust has committed the bundle
-    offsets past a bundle, ``committed`` hands its records over for the snapshot with the
-    position they bring it to.
+    The worker stages each bundle's state records (``add``: already in the form the store
+    writes, e.g. a RocksDB write batch, so the records themselves are not kept alive), then
+    gives the future of the send whose last record is the bundle's meta record (``sent``);
+    once Faust has committed the bundle offsets past a bundle, ``committed`` hands its staged
+    records over for the snapshot with the position they bring it to.
     """
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic, self.partition = topic, partition
-        self.bundles: list[_Bundle] = []
+        self.bundles: list[_Bundle[T]] = []
         self.records = 0
         #: stopped following the changelog (a send failed or commits stalled): never write
         #: past this point again until the partition is restored anew
         self.broken = False
 
-    def add(self, bundle_offset: int, records: list[tuple[bytes, bytes]]) -> None:
+    def add(self, bundle_offset: int, staged: T, last_key: bytes, records: int) -> None:
+        """``staged``: the bundle's ``records`` state records, ``last_key`` the last one's key."""
         if self.broken:
             return
-        self.bundles.append(_Bundle(bundle_offset, records))
-        self.records += len(records)
+        self.bundles.append(_Bundle(bundle_offset, staged, last_key, records))
+        self.records += records
         if self.records > MAX_PENDING_RECORDS:
             self.stop()
 
@@ -225,23 +232,24 @@ class Pending:
         self.bundles.clear()
         self.records = 0
 
-    def committed(self, bundle_committed: int) -> tuple[list[tuple[bytes, bytes]], Position | None]:
-        """Records of the bundles below the committed bundle offset ``bundle_committed``
-        (Kafka's committed offset: the next to read), in order, and the position after them.
+    def committed(self, bundle_committed: int) -> tuple[list[T], Position | None]:
+        """The staged records of the bundles below the committed bundle offset
+        ``bundle_committed`` (Kafka's committed offset: the next to read), in order, and the
+        position after them.
 
         >>> class Done:
         ...     def __init__(self, o): self.o = o
         ...     def done(self): return True
         ...     def result(self): return type("M", (), {"topic": "cl", "partition": 0, "offset": self.o})
         >>> p = Pending("cl", 0)
-        >>> p.add(7, [(b"u:a", b"1"), (b"m:0", b"x")]); p.sent(Done(41))
-        >>> p.add(8, [(b"m:0", b"y")]); p.sent(Done(43))
+        >>> p.add(7, "batch 7", b"m:0", 2); p.sent(Done(41))
+        >>> p.add(8, "batch 8", b"m:0", 1); p.sent(Done(43))
         >>> p.committed(8)
-        ([(b'u:a', b'1'), (b'm:0', b'x')], Position(offset=42, last_offset=41, last_key=b'm:0'))
-        >>> p.committed(8)
-        ([], None)
+        (['batch 7'], Position(offset=42, last_offset=41, last_key=b'm:0'))
+        >>> p.committed(8), p.records
+        (([], None), 1)
         """
-        out: list[tuple[bytes, bytes]] = []
+        out: list[T] = []
         position: Position | None = None
         taken = 0
         for bundle in self.bundles:
@@ -258,11 +266,11 @@ class Pending:
             if (meta.topic, meta.partition) != (self.topic, self.partition):
                 self.stop()  # the send did not end with this partition's changelog record
                 return [], None
-            out.extend(bundle.records)
-            position = Position(meta.offset + 1, meta.offset, bundle.records[-1][0])
+            out.append(bundle.staged)
+            position = Position(meta.offset + 1, meta.offset, bundle.last_key)
+            self.records -= bundle.records
             taken += 1
         del self.bundles[:taken]
-        self.records -= len(out)
         return out, position
 
 

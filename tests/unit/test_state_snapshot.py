@@ -37,26 +37,31 @@ class Future:
         return self.meta
 
 
+def add(pending: Pending, bundle: int, records: list[tuple[bytes, bytes]]) -> None:
+    """Stage a bundle's records as they are (the worker stages a RocksDB write batch)."""
+    pending.add(bundle, records, records[-1][0], len(records))
+
+
 def test_only_bundles_below_the_committed_offset_reach_the_snapshot():
-    pending = Pending("cl", 2)
-    pending.add(10, [(b"u:a", b"1"), (b"m:2", b"x10")])
+    pending: Pending = Pending("cl", 2)
+    add(pending, 10, [(b"u:a", b"1"), (b"m:2", b"x10")])
     pending.sent(Future(Meta("cl", 2, 100)))
-    pending.add(11, [(b"t:t", b"2"), (b"m:2", b"x11")])
+    add(pending, 11, [(b"t:t", b"2"), (b"m:2", b"x11")])
     pending.sent(Future(Meta("cl", 2, 103)))
 
     assert pending.committed(10) == ([], None)  # bundle 10 not committed yet
-    records, position = pending.committed(11)
-    assert records == [(b"u:a", b"1"), (b"m:2", b"x10")]
+    staged, position = pending.committed(11)
+    assert staged == [[(b"u:a", b"1"), (b"m:2", b"x10")]]
     assert position == Position(101, 100, b"m:2")
-    records, position = pending.committed(12)
-    assert records == [(b"t:t", b"2"), (b"m:2", b"x11")]
+    staged, position = pending.committed(12)
+    assert staged == [[(b"t:t", b"2"), (b"m:2", b"x11")]]
     assert position == Position(104, 103, b"m:2")
     assert pending.records == 0
 
 
 def test_a_committed_bundle_whose_send_is_not_acknowledged_waits():
-    pending = Pending("cl", 0)
-    pending.add(1, [(b"m:0", b"a")])
+    pending: Pending = Pending("cl", 0)
+    add(pending, 1, [(b"m:0", b"a")])
     future = Future(Meta("cl", 0, 5), done=False)
     pending.sent(future)
     assert pending.committed(5) == ([], None)
@@ -66,19 +71,19 @@ def test_a_committed_bundle_whose_send_is_not_acknowledged_waits():
 
 def test_a_failed_or_foreign_send_stops_the_snapshot_for_good():
     for future in (None, Future(None, error=True), Future(Meta("other", 0, 5))):
-        pending = Pending("cl", 0)
-        pending.add(1, [(b"m:0", b"a")])
+        pending: Pending = Pending("cl", 0)
+        add(pending, 1, [(b"m:0", b"a")])
         pending.sent(future)
         assert pending.committed(5) == ([], None)
         assert pending.broken
-        pending.add(2, [(b"m:0", b"b")])
+        add(pending, 2, [(b"m:0", b"b")])
         pending.sent(Future(Meta("cl", 0, 9)))
         assert pending.committed(5) == ([], None)  # nothing after a gap, ever
 
 
 def test_stalled_commits_stop_the_snapshot_instead_of_growing_without_bound():
-    pending = Pending("cl", 0)
-    pending.add(1, [(b"u:x", b"v")] * (MAX_PENDING_RECORDS + 1))
+    pending: Pending = Pending("cl", 0)
+    pending.add(1, "a huge batch", b"m:0", MAX_PENDING_RECORDS + 1)
     assert pending.broken and pending.records == 0
 
 
