@@ -7,9 +7,9 @@ never falls between them: a crash leaves either all of it or none. Faust's own
 table writes are buffered and may be sent after the offsets commit (a ``kill -9`` then loses
 them), so the worker sends the records itself under the lock.
 
-A new owner reads a partition's changelog (from the local snapshot's position,
-:mod:`detector.state_snapshot`, or from the beginning) with ``read_committed`` up to the high watermark
-taken before the read (not to the last stable offset): an open transaction of a fenced
+A new owner reads a partition's changelog (from its local snapshot's position,
+:mod:`detector.state_snapshot`, or from the beginning) with ``read_committed`` up to the high
+watermark taken before the read (not to the last stable offset): an open transaction of a fenced
 predecessor holds the last stable offset back, and reading only up to it would return an
 old state while the predecessor's commit is still being resolved (the shape of KAFKA-10167).
 """

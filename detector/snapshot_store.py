@@ -1,10 +1,10 @@
 """The state snapshot on disk: one RocksDB (rocksdict, raw bytes) per changelog partition.
 
 What may be written, and when it is trusted, is :mod:`detector.state_snapshot`; this module
-only stores it. Writes are batched (a ``WriteBatch`` per commit, the header in the same batch
-or after the records) and not synced: after a crash RocksDB recovers a prefix of the
-batches, and each batch leaves a consistent snapshot, so a lost tail only means a longer
-replay. One database per partition, under ``<state_dir>/snapshots/<changelog>-<partition>``:
+only stores it. A bundle's records are staged as one ``WriteBatch`` when they are sent and
+written once their transaction has committed, the header after them; nothing is synced:
+after a crash RocksDB recovers a prefix of the writes, each of which leaves a consistent
+snapshot, so a lost tail only means a longer replay. One database per partition, under ``<state_dir>/snapshots/<changelog>-<partition>``:
 RocksDB's lock file keeps two workers sharing a state directory from writing one at once (the
 second works without a snapshot for that partition).
 """
