@@ -111,6 +111,18 @@ def run_bundles(rt: EngineRuntime, changelog: Changelog, bundles: list[bytes], f
         rt.queued(PARTITION, changelog.append(rt.changes(PARTITION)))
 
 
+def snapshotted(state_dir: Path) -> Changelog:
+    """A worker applied three bundles, all committed and in its snapshot, and left."""
+    bundles = bundles_for(PARTITION, PARTITIONS, size=100)
+    changelog = Changelog()
+    first = runtime(changelog, state_dir)
+    asyncio.run(first.ensure(PARTITION))
+    run_bundles(first, changelog, bundles[:3], 0)
+    first.save_committed({PARTITION: 3})
+    first.drop([PARTITION])
+    return changelog
+
+
 def test_a_restart_reads_only_the_changelog_after_the_snapshot_and_continues_exactly(tmp_path):
     bundles = bundles_for(PARTITION, PARTITIONS, size=100)
     third = len(bundles) // 3
@@ -160,12 +172,7 @@ def test_uncommitted_records_never_reach_the_snapshot(tmp_path):
 
 def test_a_snapshot_that_does_not_match_the_changelog_falls_back_to_a_full_read(tmp_path):
     bundles = bundles_for(PARTITION, PARTITIONS, size=100)
-    changelog = Changelog()
-    first = runtime(changelog, tmp_path)
-    asyncio.run(first.ensure(PARTITION))
-    run_bundles(first, changelog, bundles[:3], 0)
-    first.save_committed({PARTITION: 3})
-    first.drop([PARTITION])
+    snapshotted(tmp_path)
 
     other = Changelog()  # another changelog (a recreated topic) with other state
     other_rt = runtime(other, tmp_path / "elsewhere")
@@ -183,13 +190,7 @@ def test_a_snapshot_that_does_not_match_the_changelog_falls_back_to_a_full_read(
 
 
 def test_a_deleted_snapshot_means_a_full_read(tmp_path):
-    bundles = bundles_for(PARTITION, PARTITIONS, size=100)
-    changelog = Changelog()
-    first = runtime(changelog, tmp_path / "state")
-    asyncio.run(first.ensure(PARTITION))
-    run_bundles(first, changelog, bundles[:3], 0)
-    first.save_committed({PARTITION: 3})
-    first.drop([PARTITION])
+    changelog = snapshotted(tmp_path / "state")
     shutil.rmtree(tmp_path / "state")
     second = runtime(changelog, tmp_path / "state")
     asyncio.run(second.ensure(PARTITION))
@@ -198,13 +199,7 @@ def test_a_deleted_snapshot_means_a_full_read(tmp_path):
 
 
 def test_a_failed_restore_releases_the_snapshot_for_the_retry(tmp_path):
-    bundles = bundles_for(PARTITION, PARTITIONS, size=100)
-    changelog = Changelog()
-    first = runtime(changelog, tmp_path)
-    asyncio.run(first.ensure(PARTITION))
-    run_bundles(first, changelog, bundles[:3], 0)
-    first.save_committed({PARTITION: 3})
-    first.drop([PARTITION])
+    changelog = snapshotted(tmp_path)
 
     calls = []
 
