@@ -292,9 +292,9 @@ def _report(
         "of the worker process between the phases (after each phase was applied and 3-5 s "
         "idle); they include what the process keeps besides the state (allocator free "
         "lists, client buffers, ingest's team→partition cache, RocksDB memtables), so they "
-        "are upper bounds. The restarted worker holds the same state without the stream's churn: "
-        f"({_mb(recoveries[0].rss_bytes)} − {_mb(rss[0])}) / {cfg.users:,} users = "
-        f"{(recoveries[0].rss_bytes - rss[0]) / cfg.users:,.0f} B per user, teams included.",
+        "are upper bounds. The restarted workers' RSS is no measure of the state: it adds "
+        "the restore's transient copies and the probe's day close, which re-encodes every "
+        "entity for the changelog.",
         f"- Local snapshot on disk "
         f"{_mb(snapshot_bytes)}; changelog topic on the broker's disk {_mb(changelog_bytes)} "
         "(uncompacted: every bundle writes each entity it changed).",
