@@ -617,7 +617,9 @@ def build_app(settings: Settings) -> faust.App:
     @app.timer(interval=1.0)
     async def save_snapshots() -> None:
         """Bundles whose transaction Faust has committed go to the local snapshot (never
-        sooner: it must hold committed state only; a fenced commit crashes the app first)."""
+        sooner: it must hold committed state only). Faust records offsets as committed even
+        when the commit was fenced (it crashes the app, then updates them): hence nothing is
+        saved once the app is stopping, nor mid-rebalance."""
         if app.should_stop or app.rebalancing or app.consumer is None:
             return
         # Faust's committed offsets, updated after each commit (no public accessor)
