@@ -499,15 +499,24 @@ def _format_pyspy(profile: PySpyProfile, cfg: Config) -> str:
         "Self time = samples whose innermost Python frame is the function (C calls such as",
         "orjson.loads or datetime.fromisoformat count to the Python line calling them).",
         "",
+    ]
+    return "\n".join(out + hotspot_lines(profile)) + "\n"
+
+
+def hotspot_lines(profile: PySpyProfile) -> list[str]:
+    """The top functions and lines of a py-spy summary, as text lines."""
+    return [
         "Top 30 functions by self time",
         f"{'self%':>6} {'total%':>7}  function (file)",
+        *(
+            f"{h.self_share:6.1%} {h.total_share:7.1%}  {h.name} ({h.where})"
+            for h in profile.functions
+        ),
+        "",
+        "Top 30 lines by self time",
+        f"{'self%':>6}  line  source",
+        *(f"{h.self_share:6.1%}  {h.where} {h.name}: {h.source}" for h in profile.lines),
     ]
-    out += [
-        f"{h.self_share:6.1%} {h.total_share:7.1%}  {h.name} ({h.where})" for h in profile.functions
-    ]
-    out += ["", "Top 30 lines by self time", f"{'self%':>6}  line  source"]
-    out += [f"{h.self_share:6.1%}  {h.where} {h.name}: {h.source}" for h in profile.lines]
-    return "\n".join(out) + "\n"
 
 
 def run_cprofile(lines: Sequence[bytes], settings: EngineSettings) -> Path:

@@ -4,6 +4,9 @@
     .venv/bin/python -m benchmarks.run engine     # the pure-engine replay benchmark
     .venv/bin/python -m benchmarks.run broker     # ceiling / Faust peer / worker via Kafka
     .venv/bin/python -m benchmarks.run soak       # >= 10 min on a local broker (not in `all`)
+    .venv/bin/python -m benchmarks.run replay10m  # `churn-detector replay` of 10M events (not in `all`)
+    .venv/bin/python -m benchmarks.run scale      # 1M users / 100k teams through one worker:
+                                                  # memory, recovery after kill -9 (not in `all`)
 
 The same summary that is appended to RESULTS.md is printed to stdout; progress goes to
 stderr.
@@ -21,7 +24,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import broker_bench, dedup_cost, engine_replay, soak
+from . import broker_bench, broker_scale, dedup_cost, engine_replay, replay_10m, soak
 
 RESULTS = engine_replay.BENCH_DIR / "RESULTS.md"
 REPO_ROOT = engine_replay.REPO_ROOT
@@ -114,13 +117,29 @@ def _soak(args: argparse.Namespace) -> str:
     return soak.run(cfg, _log)
 
 
+def _replay10m(args: argparse.Namespace) -> str:
+    cfg = replay_10m.Config(jobs=args.jobs, check=not args.no_check, profile=not args.no_profile)
+    return replay_10m.run(cfg, _log)
+
+
+def _scale(args: argparse.Namespace) -> str:
+    users = args.scale_users
+    cfg = broker_scale.Config(
+        users=users, teams=users // 10, pin=not args.no_pin, snapshot=not args.no_snapshot
+    )
+    return broker_scale.run(cfg, _log)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
     "engine": ("Pure engine replay (no Kafka)", _engine),
     "dedup": ("Cost of duplicate detection (engine, no Kafka)", _dedup),
     "broker": ("Ceiling vs textbook Faust peer vs churn-detector worker, real broker", _broker),
     "soak": ("Soak: worker on a local broker at a fraction of its maximum rate", _soak),
+    "replay10m": ("`churn-detector replay` of 10M events, end to end", _replay10m),
+    "scale": ("Worker at 1M users / 100k teams: memory, recovery after kill -9", _scale),
 }
-#: run when no name is given (`make bench`); the soak takes over ten minutes, ask for it
+#: run when no name is given (`make bench`); the soak and scale runs take over ten minutes,
+#: replay10m a few minutes and 1.7 GB of disk: ask for them
 DEFAULT = ["engine", "dedup", "broker"]
 
 
@@ -149,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", type=float, default=0.5, help="soak: share of the maximum rate")
     ap.add_argument("--rate", type=float, help="soak: events/s (skips measuring the maximum)")
     ap.add_argument("--backlog", type=int, default=300_000, help="soak: events to measure max")
+    ap.add_argument("--jobs", type=int, help="replay10m: --jobs of the replay (default: its own)")
+    ap.add_argument(
+        "--no-check", action="store_true", help="replay10m: skip the one-process reference run"
+    )
+    ap.add_argument(
+        "--scale-users", type=int, default=1_000_000, help="scale: users (teams: a tenth)"
+    )
+    ap.add_argument(
+        "--no-snapshot", action="store_true", help="scale: the worker keeps no local snapshot"
+    )
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]

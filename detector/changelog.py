@@ -7,8 +7,9 @@ never falls between them: a crash leaves either all of it or none. Faust's own
 table writes are buffered and may be sent after the offsets commit (a ``kill -9`` then loses
 them), so the worker sends the records itself under the lock.
 
-A new owner reads a partition's changelog with ``read_committed`` up to the high watermark
-taken before the read (not to the last stable offset): an open transaction of a fenced
+A new owner reads a partition's changelog (from its local snapshot's position,
+:mod:`detector.state_snapshot`, or from the beginning) with ``read_committed`` up to the high
+watermark taken before the read (not to the last stable offset): an open transaction of a fenced
 predecessor holds the last stable offset back, and reading only up to it would return an
 old state while the predecessor's commit is still being resolved (the shape of KAFKA-10167).
 """
@@ -27,13 +28,16 @@ from faust.exceptions import ProducerSendError
 
 from .kafka_clients import aiokafka_config
 from .settings import KafkaSettings
+from .state_snapshot import ChangelogRead
 
 #: (topic, key, value, partition or None)
 Record = tuple[str, bytes | None, bytes, int | None]
 
 
-async def send_in_transaction(producer: Any, transactional_id: str, records: list[Record]) -> None:
-    """Queue ``records`` in the open transaction ``transactional_id``, with no commit between them."""
+async def send_in_transaction(producer: Any, transactional_id: str, records: list[Record]) -> Any:
+    """Queue ``records`` in the open transaction ``transactional_id``, with no commit between
+    them; returns the future of the last record's acknowledgement (None if there is none)."""
+    sent = None
     async with producer._trn_locks[transactional_id]:
         transaction = producer._transaction_producers.get(transactional_id)
         if transaction is None:
@@ -42,6 +46,7 @@ async def send_in_transaction(producer: Any, transactional_id: str, records: lis
             sent = await transaction.send(topic, value, key=key, partition=partition)
             if fault_kill.after and partition is not None:  # test-only fault; off: one check
                 await fault_kill.state_record_sent(sent, more=len(records) - i - 1)
+    return sent
 
 
 class FaultKill:
@@ -80,20 +85,23 @@ async def wait_fenced(producer: Any, transactional_id: str, timeout_s: float) ->
 
 
 async def read_partition(
-    k: KafkaSettings, topic: str, partition: int, timeout_s: float = 120
-) -> dict[bytes, bytes]:
-    """The latest committed value of every key in one changelog partition (deletes dropped)."""
+    k: KafkaSettings, topic: str, partition: int, start: int = 0, timeout_s: float = 120
+) -> ChangelogRead:
+    """The committed records of one changelog partition from ``start`` to its high watermark:
+    the latest value of every key (None: deleted), and the first and last record read."""
     tp = TopicPartition(topic, partition)
     common = aiokafka_config(k)
     probe = AIOKafkaConsumer(enable_auto_commit=False, isolation_level="read_uncommitted", **common)
     await probe.start()
     try:
         end = (await probe.end_offsets([tp]))[tp]
+        log_start = (await probe.beginning_offsets([tp]))[tp]
     finally:
         await probe.stop()
-    latest: dict[bytes, bytes] = {}
-    if end == 0:
-        return latest
+    read = ChangelogRead(end=end, log_start=log_start)
+    start = max(start, log_start)
+    if start >= end:
+        return read
     reader = AIOKafkaConsumer(
         enable_auto_commit=False,
         isolation_level="read_committed",
@@ -102,9 +110,10 @@ async def read_partition(
         **common,
     )
     await reader.start()
+    latest = read.latest
     try:
         reader.assign([tp])
-        await reader.seek_to_beginning(tp)
+        reader.seek(tp, start)
         deadline = time.monotonic() + timeout_s
         # The position moves past aborted records and transaction markers too, but not past
         # a transaction that is still open: waiting for ``end`` waits until it is resolved.
@@ -114,10 +123,10 @@ async def read_partition(
             for msg in (await reader.getmany(tp, timeout_ms=500)).get(tp, []):
                 if msg.key is None:
                     continue
-                if msg.value is None:
-                    latest.pop(msg.key, None)
-                else:
-                    latest[msg.key] = msg.value
+                if read.first is None:
+                    read.first = (msg.offset, msg.key, msg.value)
+                read.last = (msg.offset, msg.key)
+                latest[msg.key] = msg.value
     finally:
         await reader.stop()
-    return latest
+    return read

@@ -157,7 +157,7 @@ _TYPED_PROPERTIES: dict[str, tuple[str, ...]] = {
     SUBSCRIPTION_CANCELLED: ("reason",),
     TEAM_UPDATED: ("plan", "mrr", "seats", "timezone"),
     SUBSCRIPTION_STARTED: ("plan", "mrr", "seats"),
-    TRIAL_STARTED: ("plan",),
+    TRIAL_STARTED: ("plan", "mrr", "seats"),  # read as team traits too
     PAYMENT_FAILED: ("amount", "reason"),
     PAYMENT_SUCCEEDED: ("amount",),
 }
@@ -253,6 +253,27 @@ def _from_segment(msg: dict[str, Any]) -> dict[str, Any] | Invalid:
         "team_id": group_id,
         "properties": properties,
     }
+
+
+def routing_key(obj: Any) -> Any:
+    """The team id that :func:`validate_fields` would give ``obj`` if it is valid, found
+    without validating it: parallel replay routes a parsed line to its partition's process
+    with it. Not necessarily a string (the line is then invalid).
+
+    >>> routing_key({"event_id": "e1", "team_id": "t1"})
+    't1'
+    >>> routing_key({"messageId": "m1", "type": "group", "groupId": "t2"})
+    't2'
+    >>> routing_key([1]) is None
+    True
+    """
+    if type(obj) is not dict:
+        return None
+    kind = obj.get("type")
+    if "messageId" in obj or (isinstance(kind, str) and kind in SEGMENT_TYPES):
+        mapped = _from_segment(obj)
+        return None if isinstance(mapped, Invalid) else mapped["team_id"]
+    return obj.get("team_id")
 
 
 def validate_event(obj: Any) -> Event | Invalid:

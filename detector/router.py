@@ -6,8 +6,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
+
 from .engine import PartitionEngine
-from .events import EventFields, Invalid, decode_fields
+from .events import EventFields, Invalid, decode_fields, routing_key, validate_fields
 from .partitioning import partition_for
 from .quarantine import quarantined
 from .settings import EngineSettings
@@ -74,9 +76,68 @@ class PartitionedEngines:
                 why = quarantined(exc, engine.stats.invalid)
             if why is not None:
                 rejected.append((n - 1, why))
-            elif engine.outbox:
+            if engine.outbox:  # also after a rejection: a quarantined event may have raised some
                 alerts.extend(engine.drain_alerts())
         return n
+
+    def process_owned_lines(
+        self,
+        lines: Iterable[bytes],
+        first: int,
+        job: int,
+        jobs: int,
+        rejected: list[tuple[int, Invalid]],
+        alerts: list[tuple[int, dict[str, Any]]],
+    ) -> None:
+        """:meth:`process_lines` for one of ``jobs`` processes that each read every line.
+
+        Job ``job`` applies the lines of the partitions ``p % jobs == job`` and rejects the
+        lines that have no team to route by (job 0); the others it skips after parsing
+        (:func:`~detector.events.routing_key`, no validation). Lines are numbered from
+        ``first``; each rejection and each alert carries the number of the line that caused
+        it, so merging the jobs' outputs by line number gives :meth:`process_lines`' order.
+        """
+        decode, validate, loads = decode_fields, validate_fields, orjson.loads
+        max_bytes, engines = self.settings.max_event_bytes, self.engines
+        partition_of, decode_invalid = self._partition_cache, self.decode_invalid
+        owned = [p % jobs == job for p in range(len(engines))]
+        routes_unkeyed = job == 0
+        for index, raw in enumerate(lines, first):
+            key = None
+            if len(raw) <= max_bytes:
+                try:
+                    obj = loads(raw)
+                except orjson.JSONDecodeError:
+                    pass
+                else:
+                    key = routing_key(obj)
+            fields: EventFields | Invalid
+            if type(key) is str:
+                p = partition_of.get(key)
+                if p is None:
+                    p = self.partition(key)
+                if not owned[p]:
+                    continue
+                fields = validate(obj)
+            elif routes_unkeyed:
+                p, fields = -1, decode(raw, max_bytes)  # invalid: no team to route by
+            else:
+                continue
+            if isinstance(fields, Invalid):
+                decode_invalid[fields.reason] = decode_invalid.get(fields.reason, 0) + 1
+                rejected.append((index, fields))
+                continue
+            if fields[4] != key:
+                raise AssertionError(f"line {index + 1}: routed by {key!r}, team {fields[4]!r}")
+            engine = engines[p]
+            try:
+                why = engine.process(fields)
+            except Exception as exc:  # a poison event, as in process_lines
+                why = quarantined(exc, engine.stats.invalid)
+            if why is not None:
+                rejected.append((index, why))
+            if engine.outbox:
+                alerts.extend((index, alert) for alert in engine.drain_alerts())
 
     def drain_alerts(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -13,10 +13,12 @@ Two stages run in one worker process:
   the offsets that state reflects, the state to a compacted changelog topic
   (``<app>-state-changelog``); Faust commits the bundle offsets in the same transaction.
   In live mode ingest waits up to :data:`INGEST_LINGER_S` after a short read, so bundles
-  stay large. A partition's new owner first fences the previous
-  one (Faust starts the partition's transactional producer), then reads the changelog to its
-  high watermark (:mod:`detector.changelog`). The offsets stored with the state make
-  redelivered bundles and events harmless.
+  stay large. A partition's new owner first fences the previous one (Faust starts the
+  partition's transactional producer), then loads its local snapshot of the changelog
+  (RocksDB via rocksdict, :mod:`detector.state_snapshot`; only committed records, written
+  after each commit) and reads the changelog from the snapshot's offset (from the
+  beginning without one) to its high watermark (:mod:`detector.changelog`). The offsets
+  stored with the state make redelivered bundles and events harmless.
 
 Why not a Faust table: a table write is buffered and may reach Kafka after the offsets
 commit (lost on ``kill -9``), and Faust's table recovery reads only to the last stable
@@ -34,19 +36,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError
+from rocksdict import WriteBatch
 
 from . import changelog as state_changelog
-from . import health_view, web
+from . import health_view, state_snapshot, web
 from .bundles import Columns, decode_bundle, encode_tick
 from .codec import (
     decode_team,
@@ -65,7 +69,9 @@ from .pseudonyms import Pseudonyms
 from .quarantine import quarantined
 from .replay import dead_letter
 from .settings import Settings
+from .snapshot_store import PartitionSnapshot, SnapshotStore
 from .state import TeamState, UserState
+from .state_snapshot import ChangelogRead, Pending
 
 log = logging.getLogger("churn_detector")
 
@@ -84,6 +90,20 @@ _META = b"m:"
 _TEAM = b"t:"
 _USER = b"u:"
 _SEP = b"\n"  # between the offsets and the engine's partition record in the meta record
+
+
+@contextlib.contextmanager
+def _without_gc() -> Iterator[None]:
+    """Make many objects without the cyclic collector, which would walk every tracked object
+    again and again while a million entities are built (measured on the scale benchmark's
+    snapshot of 1M users / 100k teams: load and build 12.9 s with it, 4.7 s without)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def bundle_topic_name(settings: Settings) -> str:
@@ -257,14 +277,22 @@ class Ingest:
 
 
 class EngineRuntime:
-    """The engines this worker owns, restored from the state changelog on assignment."""
+    """The engines this worker owns, restored on assignment from the local snapshot (if any)
+    and the state changelog after it."""
 
     def __init__(
-        self, settings: Settings, read_partition: Callable[[int], Awaitable[dict[bytes, bytes]]]
+        self,
+        settings: Settings,
+        read_changelog: Callable[[int, int], Awaitable[ChangelogRead]],
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self.settings = settings
-        #: the committed state records of one partition (key → latest value)
-        self.read_partition = read_partition
+        #: committed state records of one partition from an offset to the end
+        self.read_changelog = read_changelog
+        self.snapshots = snapshots
+        self.snapshot_of: dict[int, PartitionSnapshot] = {}
+        #: per partition: state records sent, waiting for their commit to reach the snapshot
+        self.pending: dict[int, Pending[WriteBatch]] = {}
         self.engines: dict[int, PartitionEngine] = {}
         #: per partition: bundle offset applied, and per source partition the offset applied
         self.bundle_offset: dict[int, int] = {}
@@ -284,18 +312,83 @@ class EngineRuntime:
             self.source_offsets.pop(p, None)
             self.last_seen_wall.pop(p, None)
             self.meta_due.discard(p)
+            # records not yet known committed are left out: the snapshot stays a committed
+            # prefix, and the next owner reads the rest from the changelog
+            self.pending.pop(p, None)
+            snapshot = self.snapshot_of.pop(p, None)
+            if snapshot is not None:
+                snapshot.close()
 
     async def ensure(self, partition: int) -> PartitionEngine:
-        """The partition's engine, restored from its changelog if this worker has none yet."""
+        """The partition's engine, restored if this worker has none yet."""
         async with self._restoring:
             engine = self.engines.get(partition)
             if engine is None:
-                engine = self._restore(partition, await self.read_partition(partition))
+                engine = await self._restore(partition)
                 self.engines[partition] = engine
                 self.last_seen_wall[partition] = time.monotonic()
             return engine
 
-    def _restore(self, partition: int, records: dict[bytes, bytes]) -> PartitionEngine:
+    async def _restore(self, partition: int) -> PartitionEngine:
+        """The local snapshot (checked against the changelog), then the changelog after it;
+        without a usable snapshot the whole changelog partition."""
+        snapshot = self.snapshots.open(partition) if self.snapshots is not None else None
+        try:
+            return await self._restore_with(partition, snapshot)
+        except BaseException:
+            if snapshot is not None:  # e.g. the broker is down: the retry opens it again
+                snapshot.close()
+            raise
+
+    async def _restore_with(
+        self, partition: int, snapshot: PartitionSnapshot | None
+    ) -> PartitionEngine:
+        started = time.monotonic()
+        with _without_gc():
+            loaded = snapshot.load() if snapshot is not None else None
+        position, base = loaded if loaded is not None else (None, {})
+        read = await self.read_changelog(partition, state_snapshot.read_from(position))
+        engine: PartitionEngine | None = None
+        if position is not None:
+            if state_snapshot.continues(position, base.get(position.last_key), read):
+                try:
+                    engine = self._build(partition, state_snapshot.merged(base, read))
+                except Exception as exc:  # a record damaged on disk
+                    log.warning("partition %s: snapshot does not decode (%r)", partition, exc)
+            else:
+                log.warning("partition %s: snapshot does not match the changelog", partition)
+            if engine is None:
+                assert snapshot is not None
+                snapshot.wipe()
+                position, base = None, {}
+                read = await self.read_changelog(partition, 0)
+        if engine is None:
+            engine = self._build(partition, state_snapshot.merged(base, read))
+        if snapshot is not None:
+            after = state_snapshot.after_read(position, read)
+            if after is not None:
+                snapshot.write(read.latest.items(), after)
+            self.snapshot_of[partition] = snapshot
+            self.pending[partition] = Pending[WriteBatch](snapshot.topic, partition)
+        log.info(
+            "partition %s: restored %d teams, %d users, bundle offset %s, in %.1f s "
+            "(snapshot: %s; changelog read from offset %s to %s)",
+            partition,
+            len(engine.teams),
+            len(engine.users),
+            self.bundle_offset[partition],
+            time.monotonic() - started,
+            "none" if position is None else f"{len(base)} records",
+            state_snapshot.read_from(position),
+            read.end,
+        )
+        return engine
+
+    def _build(self, partition: int, records: dict[bytes, bytes]) -> PartitionEngine:
+        with _without_gc():
+            return self._decode(partition, records)
+
+    def _decode(self, partition: int, records: dict[bytes, bytes]) -> PartitionEngine:
         engine = PartitionEngine(self.settings.engine)
         engine.track_changes()
         teams: dict[str, TeamState] = {}
@@ -314,14 +407,30 @@ class EngineRuntime:
         restore_partition(engine, engine_meta, teams, users)
         self.bundle_offset[partition] = int(offsets["bundle"])
         self.source_offsets[partition] = {int(k): v for k, v in offsets["sources"].items()}
-        log.info(
-            "partition %s: restored %d teams, %d users, bundle offset %s",
-            partition,
-            len(teams),
-            len(users),
-            self.bundle_offset[partition],
-        )
         return engine
+
+    def queued(self, partition: int, sent: Any) -> None:
+        """The bundle's records are in its transaction; ``sent``: the future of the last
+        one (the partition's meta record), which gives its changelog offset."""
+        pending = self.pending.get(partition)
+        if pending is not None:
+            pending.sent(sent)
+
+    def save_committed(self, committed: dict[int, int]) -> None:
+        """Write the state records of bundles whose transaction has committed (per
+        partition, Faust's committed bundle offset) to the partitions' snapshots."""
+        for partition, bundle_committed in committed.items():
+            pending, snapshot = self.pending.get(partition), self.snapshot_of.get(partition)
+            if pending is None or snapshot is None:
+                continue
+            batches, position = pending.committed(bundle_committed)
+            if position is None:
+                continue
+            try:
+                snapshot.commit(batches, position)
+            except Exception as exc:  # e.g. disk full: the changelog still has it all
+                log.warning("partition %s: snapshot write failed (%r), stopped", partition, exc)
+                pending.stop()
 
     def apply(
         self, partition: int, offset: int, value: bytes
@@ -434,6 +543,27 @@ class EngineRuntime:
             orjson.dumps(offsets) + _SEP + encode_partition(engine, offset),
         )
 
+    def seal(
+        self, partition: int, records: list[state_changelog.Record], topic: str
+    ) -> list[state_changelog.Record]:
+        """A transaction's records: ``records`` (what the applied bundles caused), then the
+        partition's meta record; the state among them (changelog ``topic``) is held for the
+        local snapshot until Faust has committed the bundles it reflects
+        (:meth:`save_committed`).
+
+        Staged as a write batch: holding the records themselves until the commit grew the
+        worker's RSS by 2.8-3.8 KB per user instead of 1.6 (a day close changes every
+        entity: 10^5 records in flight)."""
+        meta = self.take_meta(partition)
+        if meta is None:
+            return records
+        records.append((topic, meta[0], meta[1], partition))
+        pending, snapshot = self.pending.get(partition), self.snapshot_of.get(partition)
+        if pending is not None and snapshot is not None and not pending.broken:
+            state = [(key, value) for t, key, value, _ in records if t == topic and key]
+            pending.add(self.bundle_offset[partition], snapshot.stage(state), meta[0], len(state))
+        return records
+
 
 def build_app(settings: Settings) -> faust.App:
     s, k = settings.service, settings.kafka
@@ -495,11 +625,12 @@ def build_app(settings: Settings) -> faust.App:
         group = app.assignor.group_for_topic(bundles.get_topic_name())
         return f"{app.conf.id}-{group}-{partition}"
 
-    async def restore_records(partition: int) -> dict[bytes, bytes]:
+    async def restore_records(partition: int, start: int) -> ChangelogRead:
         await state_changelog.wait_fenced(app.producer, transactional_id(partition), 60)
-        return await state_changelog.read_partition(k, changelog, partition)
+        return await state_changelog.read_partition(k, changelog, partition, start)
 
-    runtime = EngineRuntime(settings, restore_records)
+    snapshots = SnapshotStore(s.state_dir, changelog) if s.state_snapshot else None
+    runtime = EngineRuntime(settings, restore_records, snapshots)
     state_changelog.fault_kill.after = s.fault_kill_after_records  # test only; 0: off
     #: per partition: what the applied bundles caused (alerts, dead letters, changed state),
     #: not yet queued in the partition's transaction (see write_on_commit)
@@ -525,12 +656,10 @@ def build_app(settings: Settings) -> faust.App:
             suffix = tid.rpartition("-")[2]
             partition = int(suffix) if suffix.isdigit() else -1
             if partition >= 0 and transactional_id(partition) == tid:
-                records = unsent.pop(partition, [])
-                meta = runtime.take_meta(partition)
-                if meta is not None:
-                    records.append((changelog, meta[0], meta[1], partition))
+                records = runtime.seal(partition, unsent.pop(partition, []), changelog)
                 if records:
-                    await state_changelog.send_in_transaction(producer, tid, records)
+                    sent = await state_changelog.send_in_transaction(producer, tid, records)
+                    runtime.queued(partition, sent)
             await commit({tid: offsets}, group_id, start_new)
 
         async def commit_transactions(
@@ -597,6 +726,21 @@ def build_app(settings: Settings) -> faust.App:
         await task
 
     recovered = {"ready": False}
+
+    @app.timer(interval=1.0)
+    async def save_snapshots() -> None:
+        """Bundles whose transaction Faust has committed go to the local snapshot (never
+        sooner: it must hold committed state only). Faust records offsets as committed even
+        when the commit was fenced (it crashes the app, then updates them): hence nothing is
+        saved once the app is stopping, nor mid-rebalance."""
+        if app.should_stop or app.rebalancing or app.consumer is None:
+            return
+        # Faust's committed offsets, updated after each commit (no public accessor)
+        committed: dict[Any, int | None] = getattr(app.consumer, "_committed_offset", {})
+        bundle_topic = bundles.get_topic_name()
+        runtime.save_committed(
+            {tp.partition: o for tp, o in committed.items() if tp.topic == bundle_topic and o}
+        )
 
     @app.timer(interval=min(1.0, s.idle_sweep_s))
     async def restore_idle_partitions() -> None:

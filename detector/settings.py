@@ -120,6 +120,9 @@ class ServiceSettings:
     #: demos of live silence detection speed the clock up)
     idle_clock_scale: float = 1.0
     log_level: str = "INFO"
+    #: keep a local RocksDB snapshot of each owned partition's state changelog under
+    #: state_dir, so a restart reads only the changelog written after it
+    state_snapshot: bool = True
     #: pseudonymise user ids in alerts and the health API with HMAC-SHA256 under this key
     #: (DETECTOR_SERVICE_USER_ID_KEY), or under the key in this file; never logged
     user_id_key: str | None = field(default=None, repr=False)
@@ -156,10 +159,16 @@ def _coerce(section: str, name: str, target: Any, value: Any) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[
+                str(value).strip().lower()
+            ]
         if kind == "str | None":
             return None if value in (None, "") else str(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise SettingsError(f"{where}: cannot use {value!r} (expected {kind})") from None
 
 

@@ -233,3 +233,22 @@ def test_fast_path_accepts_exactly_what_full_validation_accepts():
     fast, full = outcomes.count(tuple), outcomes.count(Event)  # a plain tuple: the fast path
     assert fast > 0.1 * len(cases) and full > 0, "both paths are exercised"
     assert outcomes.count(Invalid) > 0.2 * len(cases)
+
+
+def test_routing_key_is_the_team_of_every_valid_event():
+    """Parallel replay routes a line by routing_key before validating it: for every event that
+    validates, the key must be the team it validates to (else the event would be applied in
+    the wrong process, or in none)."""
+    cases = [
+        *_variants(),
+        {"messageId": "m", "type": "group", "groupId": "t9", "timestamp": 1772356502123},
+        {"messageId": "m", "type": "group", "context": {"groupId": "t8"}, "groupId": "t9"},
+        {"type": "track", "event": "Feature Used", "userId": "u", "context": {"groupId": "t7"}},
+    ]
+    valid = 0
+    for obj in cases:
+        fields = events.validate_fields(obj)
+        if not isinstance(fields, Invalid):
+            valid += 1
+            assert events.routing_key(obj) == fields[4], obj
+    assert valid > 0.1 * len(cases)

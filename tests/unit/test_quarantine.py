@@ -16,6 +16,7 @@ from detector.replay import replay
 from detector.service import EngineRuntime
 from detector.settings import build_settings
 from detector.simulator import SimulationConfig, simulate
+from detector.state_snapshot import ChangelogRead
 from tests.poison import poison_copies, poisoned_process
 
 
@@ -24,8 +25,8 @@ def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(PartitionEngine, "process", poisoned_process)
 
 
-async def _nothing_stored(partition: int) -> dict[bytes, bytes]:
-    return {}
+async def _nothing_stored(partition: int, start: int) -> ChangelogRead:
+    return ChangelogRead()
 
 
 def _events() -> list[dict]:

@@ -12,6 +12,7 @@ from detector.partitioning import partition_for
 from detector.service import EngineRuntime, Ingest
 from detector.settings import build_settings
 from detector.simulator import SimulationConfig, simulate
+from detector.state_snapshot import ChangelogRead
 
 
 def bundles_for(partition: int, partitions: int, size: int) -> list[bytes]:
@@ -39,8 +40,8 @@ def commit(runtime: EngineRuntime, partition: int, changelog: dict[bytes, bytes]
 
 
 def runtime_over(records: dict[bytes, bytes]) -> EngineRuntime:
-    async def read(partition: int) -> dict[bytes, bytes]:
-        return dict(records)
+    async def read(partition: int, start: int) -> ChangelogRead:
+        return ChangelogRead(dict(records), end=len(records))
 
     return EngineRuntime(build_settings(environ={}), read)
 

@@ -45,3 +45,19 @@ def test_bad_settings_fail_with_a_clear_message(env, message):
 def test_password_is_not_in_repr():
     s = build_settings(environ={"DETECTOR_KAFKA_SASL_PASSWORD": "hunter2"})
     assert "hunter2" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("false", False), ("0", False), ("True", True), ("yes", True)]
+)
+def test_a_switch_reads_true_and_false_words_from_the_environment(value, expected):
+    env = {"DETECTOR_SERVICE_STATE_SNAPSHOT": value}
+    assert build_settings(environ=env).service.state_snapshot is expected
+
+
+def test_a_switch_from_a_config_file_stays_a_bool_and_a_bad_word_fails(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"service": {"state_snapshot": False}}))
+    assert build_settings(environ={}, config_file=config).service.state_snapshot is False
+    with pytest.raises(SettingsError, match="state_snapshot"):
+        build_settings(environ={"DETECTOR_SERVICE_STATE_SNAPSHOT": "maybe"})

@@ -54,7 +54,7 @@ class FakeConsumer:
 
 def make_api(mine: list[int], theirs: list[int], peer_answers: dict[str, Any]) -> HealthApi:
     settings = build_settings(environ={})
-    runtime = EngineRuntime(settings, read_partition=None)  # type: ignore[arg-type]
+    runtime = EngineRuntime(settings, read_changelog=None)  # type: ignore[arg-type]
     engine = PartitionEngine(settings.engine, clock=lambda: 0.0)
     teams = [*healthy_teams(6), TeamSpec("quiet", 4, level=lambda d: 1.0 if d < 40 else 0.0)]
     for ev in stream(teams, days=60):

@@ -1,0 +1,130 @@
+"""The state snapshot on disk: one RocksDB (rocksdict, raw bytes) per changelog partition.
+
+What may be written, and when it is trusted, is :mod:`detector.state_snapshot`; this module
+only stores it. A bundle's records are staged as one ``WriteBatch`` when they are sent and
+written once their transaction has committed, the header after them; nothing is synced:
+after a crash RocksDB recovers a prefix of the writes, each of which leaves a consistent
+snapshot, so a lost tail only means a longer replay. One database per partition, under ``<state_dir>/snapshots/<changelog>-<partition>``:
+RocksDB's lock file keeps two workers sharing a state directory from writing one at once (the
+second works without a snapshot for that partition).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from rocksdict import Options, Rdict, WriteBatch
+
+from .state_snapshot import HEADER_KEY, Position, chunks
+
+log = logging.getLogger("churn_detector.snapshot")
+
+#: records per WriteBatch when a whole partition is written (bounded transient memory)
+CHUNK = 50_000
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    # small memtables: four partitions must not hold hundreds of MB the engine needs
+    options.set_write_buffer_size(8 << 20)
+    options.set_max_write_buffer_number(2)
+    return options
+
+
+class PartitionSnapshot:
+    """One partition's snapshot database (open)."""
+
+    def __init__(self, path: Path, topic: str, partition: int) -> None:
+        self.path, self.topic, self.partition = path, topic, partition
+        self.db: Rdict | None = Rdict(str(path), _options())
+
+    def load(self) -> tuple[Position, dict[bytes, bytes]] | None:
+        """The position and records held, or None (empty, foreign or unreadable: wiped)."""
+        assert self.db is not None
+        try:
+            position = Position.decode(self.db.get(HEADER_KEY), self.topic, self.partition)
+            if position is None:
+                self.wipe()
+                return None
+            records: dict[bytes, bytes] = {
+                k: v for k, v in self.db.items() if isinstance(k, bytes) and k != HEADER_KEY
+            }
+        except Exception as exc:  # a damaged database: the changelog has it all
+            log.warning("snapshot %s unreadable (%r): dropped", self.path, exc)
+            self.wipe()
+            return None
+        return position, records
+
+    def stage(self, records: Iterable[tuple[bytes, bytes | None]]) -> WriteBatch:
+        """The records (None: delete) as one write batch: one buffer, not many objects."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in records:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        return batch
+
+    def commit(self, batches: Iterable[WriteBatch], position: Position) -> None:
+        """Write the staged batches, then the header (last, so a crash in between leaves the
+        old header, which a replay from its offset completes)."""
+        assert self.db is not None
+        for batch in batches:
+            self.db.write(batch)
+        self.db.put(HEADER_KEY, position.encode(self.topic, self.partition))
+
+    def write(self, records: Iterable[tuple[bytes, bytes | None]], position: Position) -> None:
+        """Store ``records`` (None: delete) in bounded batches, then the header."""
+        self.commit((self.stage(chunk) for chunk in chunks(iter(records), CHUNK)), position)
+
+    def wipe(self) -> None:
+        """Empty the database (it holds nothing this changelog can vouch for)."""
+        self.close()
+        Rdict.destroy(str(self.path), _options())
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.db = Rdict(str(self.path), _options())
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+class SnapshotStore:
+    """The snapshots of one changelog topic under a state directory."""
+
+    def __init__(self, state_dir: str | Path, topic: str) -> None:
+        self.root = Path(state_dir) / "snapshots"
+        self.topic = topic
+
+    def path(self, partition: int) -> Path:
+        return self.root / f"{self.topic}-{partition}"
+
+    def open(self, partition: int) -> PartitionSnapshot | None:
+        """The partition's snapshot, or None if it cannot be used (locked by another
+        worker); a database that does not open is removed and made anew."""
+        path = self.path(partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return PartitionSnapshot(path, self.topic, partition)
+        except Exception as exc:
+            if "lock" in str(exc).lower():
+                log.warning("snapshot %s in use (%r): partition restored without it", path, exc)
+                return None
+            log.warning("snapshot %s does not open (%r): made anew", path, exc)
+        shutil.rmtree(path, ignore_errors=True)
+        try:
+            return PartitionSnapshot(path, self.topic, partition)
+        except Exception as exc:
+            log.warning("snapshot %s cannot be made (%r): none for this partition", path, exc)
+            return None
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of every snapshot under this store."""
+        if not self.root.exists():
+            return 0
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())

@@ -1,0 +1,122 @@
+"""Replay of a file: in one process or in several (--jobs), byte for byte the same output."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from detector.engine import PartitionEngine
+from detector.replay import ReplayResult, read_lines, replay, replay_file
+from detector.router import PartitionedEngines
+from detector.settings import EngineSettings
+from detector.simulator import SimulationConfig, simulate, to_segment
+from tests.poison import poison_copies, poisoned_process
+
+from .fuzz_corpus import Corpus, mixed
+
+SETTINGS = EngineSettings(partitions=4)
+
+
+def _simulated_lines() -> list[bytes]:
+    """A simulated product (with churn, so alerts) in both input formats, with bad lines."""
+    events = list(simulate(SimulationConfig(teams=20, days=100, seed=5)).events())
+    lines = [orjson.dumps(to_segment(ev) if n % 7 == 0 else ev) for n, ev in enumerate(events)]
+    for at, bad in (
+        (10, b"{not json"),
+        (500, b"[1, 2]"),
+        (20_000, orjson.dumps({k: v for k, v in events[19_000].items() if k != "team_id"})),
+        (30_000, lines[100]),  # late (and a duplicate id)
+        (40_000, b"  "),  # blank: skipped, not numbered
+        (50_000, b'{"event_id": "\xff"}'),  # not UTF-8
+        (55_000, orjson.dumps({**events[54_000], "timestamp": "yesterday"})),
+    ):
+        lines.insert(at, bad)
+    return lines
+
+
+def _write(tmp_path: Path, lines: list[bytes], newline: bytes = b"\n") -> Path:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(newline.join(lines) + newline)
+    return path
+
+
+def _outputs(events: Path, out: Path, jobs: int) -> tuple[bytes, bytes, ReplayResult]:
+    alerts, dlq = out / f"alerts-{jobs}.jsonl", out / f"dlq-{jobs}.jsonl"
+    result = replay_file(events, alerts, dlq, SETTINGS, show_progress=False, jobs=jobs)
+    return alerts.read_bytes(), dlq.read_bytes(), result
+
+
+def test_parallel_replay_writes_what_one_process_writes(tmp_path: Path) -> None:
+    events = _write(tmp_path, _simulated_lines())
+    serial_alerts, serial_dlq, serial = _outputs(events, tmp_path, jobs=1)
+    assert serial.alerts > 50 and len(serial_alerts.splitlines()) == serial.alerts
+    assert {"malformed_json", "not_an_object", "missing_field:team_id", "late"} <= set(
+        serial.invalid
+    )
+    for jobs in (2, 3):  # 3 jobs over 4 partitions: one job has two, the others one
+        alerts, dlq, result = _outputs(events, tmp_path, jobs)
+        assert alerts == serial_alerts, f"{jobs} jobs"
+        assert dlq == serial_dlq, f"{jobs} jobs"
+        assert result == serial
+    assert not list(tmp_path.glob(".replay-*")), "the jobs' files are removed"
+
+
+def test_parallel_replay_of_fuzzed_input_writes_what_one_process_writes(tmp_path: Path) -> None:
+    """Half the lines broken in known ways, CRLF line ends: the same dead letters, in order."""
+    lines = [raw for raw, _ in mixed(Corpus(seed=11), 6_000, 0.5, 500)]
+    events = _write(tmp_path, lines, newline=b"\r\n")
+    serial_alerts, serial_dlq, serial = _outputs(events, tmp_path, jobs=1)
+    assert sum(serial.invalid.values()) > 2_000
+    alerts, dlq, result = _outputs(events, tmp_path, jobs=2)
+    assert (alerts, dlq, result) == (serial_alerts, serial_dlq, serial)
+
+
+def test_a_poisoned_job_quarantines_as_one_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs are forked, so they get the injected fault too."""
+    monkeypatch.setattr(PartitionEngine, "process", poisoned_process)
+    events = list(simulate(SimulationConfig(teams=12, days=60, seed=3)).events())
+    path = _write(tmp_path, [orjson.dumps(e) for e in poison_copies(events, every=500)])
+    alerts, dlq = io.BytesIO(), io.BytesIO()
+    serial = replay(read_lines(path), SETTINGS, alerts, dlq)
+    assert serial.invalid["processing_error"] >= 5
+    assert _outputs(path, tmp_path, jobs=2) == (alerts.getvalue(), dlq.getvalue(), serial)
+
+
+def test_a_failing_job_fails_the_replay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = PartitionedEngines.process_owned_lines
+
+    def crash_in_job_1(self: PartitionedEngines, *args: Any) -> None:
+        if args[2] == 1:  # (lines, first, job, ...)
+            raise MemoryError("job 1 ran out")
+        real(self, *args)
+
+    monkeypatch.setattr(PartitionedEngines, "process_owned_lines", crash_in_job_1)
+    path = _write(tmp_path, [orjson.dumps(e) for e in simulate(SimulationConfig(teams=4)).events()])
+    with pytest.raises(RuntimeError, match="job 1: exit code 1"):
+        _outputs(path, tmp_path, jobs=2)
+    assert not list(tmp_path.glob(".replay-*")), "the jobs' files are removed"
+
+
+def test_lines_are_read_across_chunk_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("detector.replay.READ_CHUNK", 7)
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a":1}\r\n\n   \n{"bb":22}\n{"c":3}')
+    assert list(read_lines(path)) == [b'{"a":1}', b'{"bb":22}', b'{"c":3}']
+
+
+def test_parallel_replay_of_parquet_writes_what_one_process_writes(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs the parquet extra (pyarrow)")
+    import pyarrow as pa
+
+    events = list(simulate(SimulationConfig(teams=8, days=40, seed=5)).events())
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pylist(events), path, row_group_size=5_000)
+    serial_alerts, serial_dlq, serial = _outputs(path, tmp_path, jobs=1)
+    assert serial.lines == len(events) and serial.valid > 0
+    assert _outputs(path, tmp_path, jobs=2) == (serial_alerts, serial_dlq, serial)
