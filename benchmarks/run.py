@@ -112,7 +112,11 @@ def _dedup(args: argparse.Namespace) -> str:
 
 def _soak(args: argparse.Namespace) -> str:
     cfg = soak.Config(
-        minutes=args.soak_minutes, load=args.load, rate=args.rate, backlog=args.backlog
+        minutes=args.soak_minutes,
+        load=args.load,
+        rate=args.rate,
+        backlog=args.backlog,
+        snapshot=not args.no_snapshot,
     )
     return soak.run(cfg, _log)
 
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "--scale-users", type=int, default=1_000_000, help="scale: users (teams: a tenth)"
     )
     ap.add_argument(
-        "--no-snapshot", action="store_true", help="scale: the worker keeps no local snapshot"
+        "--no-snapshot", action="store_true", help="scale, soak: the worker keeps no local snapshot"
     )
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)

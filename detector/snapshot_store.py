@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 from .state_snapshot import HEADER_KEY, Position, chunks
 
@@ -26,12 +26,22 @@ log = logging.getLogger("churn_detector.snapshot")
 CHUNK = 50_000
 
 
+#: one block cache for every partition's database, index and filter blocks included: the
+#: snapshot is read once per restore, so its memory is kept small and bounded (without it,
+#: a worker's RSS crept up ~3 MB a minute in the soak as table files accumulated)
+_CACHE = Cache(4 << 20)
+
+
 def _options() -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     # small memtables: four partitions must not hold hundreds of MB the engine needs
-    options.set_write_buffer_size(8 << 20)
+    options.set_write_buffer_size(2 << 20)
     options.set_max_write_buffer_number(2)
+    table = BlockBasedOptions()
+    table.set_block_cache(_CACHE)
+    table.set_cache_index_and_filter_blocks(True)
+    options.set_block_based_table_factory(table)
     return options
 
 
