@@ -276,12 +276,9 @@ def dead_letters(text: str) -> float:
     return sum(v for _, v in _metric_lines(text, "churn_detector_events_invalid_total"))
 
 
-def entities(text: str) -> float:
-    return sum(v for head, v in _metric_lines(text, ENTITIES) if head.startswith(ENTITIES + "{"))
-
-
-def lag_gauge(text: str) -> float:
-    return sum(v for head, v in _metric_lines(text, LAG_GAUGE) if head.startswith(LAG_GAUGE + "{"))
+def labelled_sum(text: str, name: str) -> float:
+    """The sum of a labelled gauge's series in a /metrics page."""
+    return sum(v for head, v in _metric_lines(text, name) if head.startswith(name + "{"))
 
 
 class Sampler:
@@ -307,10 +304,10 @@ class Sampler:
             produced=produced,
             applied=applied,
             lag_events=max(0, produced - applied),
-            lag_gauge=lag_gauge(text),
+            lag_gauge=labelled_sum(text, LAG_GAUGE),
             rss_mb=self.worker.rss_mb(),
             latency_s=means,
-            entities=entities(text),
+            entities=labelled_sum(text, ENTITIES),
         )
         self.samples.append(sample)
         return sample
