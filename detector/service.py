@@ -543,6 +543,15 @@ class EngineRuntime:
             orjson.dumps(offsets) + _SEP + encode_partition(engine, offset),
         )
 
+    def commit_failed(self, partition: int) -> None:
+        """The partition's last transaction did not commit: its meta record is due again,
+        and the local snapshot stops following (behind, never wrong) until a restore."""
+        if partition in self.engines:
+            self.meta_due.add(partition)
+        pending = self.pending.get(partition)
+        if pending is not None:
+            pending.stop()
+
     def seal(
         self, partition: int, records: list[state_changelog.Record], topic: str
     ) -> list[state_changelog.Record]:
@@ -655,12 +664,23 @@ def build_app(settings: Settings) -> faust.App:
         async def commit_one(tid: str, offsets: Any, group_id: str, start_new: bool) -> None:
             suffix = tid.rpartition("-")[2]
             partition = int(suffix) if suffix.isdigit() else -1
-            if partition >= 0 and transactional_id(partition) == tid:
-                records = runtime.seal(partition, unsent.pop(partition, []), changelog)
+            if partition < 0 or transactional_id(partition) != tid:
+                await commit({tid: offsets}, group_id, start_new)
+                return
+            held = unsent.pop(partition, [])
+            records = runtime.seal(partition, list(held), changelog)
+            try:
                 if records:
                     sent = await state_changelog.send_in_transaction(producer, tid, records)
                     runtime.queued(partition, sent)
-            await commit({tid: offsets}, group_id, start_new)
+                await commit({tid: offsets}, group_id, start_new)
+            except BaseException:
+                # Not committed (e.g. a rebalance failed the offset commit): what this
+                # transaction carried goes into the next one, or the offsets Faust commits
+                # later would cover bundles whose state was never written.
+                unsent[partition] = held + unsent.get(partition, [])
+                runtime.commit_failed(partition)
+                raise
 
         async def commit_transactions(
             tid_to_offset_map: Any, group_id: str, start_new_transaction: bool = True
