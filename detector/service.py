@@ -51,7 +51,7 @@ from aiokafka.errors import CommitFailedError
 from rocksdict import WriteBatch
 
 from . import changelog as state_changelog
-from . import health_view, state_snapshot, web
+from . import health_view, heap, state_snapshot, web
 from .bundles import Columns, decode_bundle, encode_tick
 from .codec import (
     decode_team,
@@ -309,6 +309,8 @@ class EngineRuntime:
         self.pseudonyms = Pseudonyms.from_settings(settings.service)
         #: records written and their bytes, per kind (team, user): the mean record size
         self.record_sizes = {_TEAM: [0, 0], _USER: [0, 0]}
+        #: work done (records restored and written) since the heap was last released
+        self.heap = heap.HeapKeeper()
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -370,6 +372,7 @@ class EngineRuntime:
                 read = await self.read_changelog(partition, 0)
         if engine is None:
             engine = self._build(partition, state_snapshot.merged(base, read))
+        self.heap.add(len(base) + len(read.latest), time.monotonic())
         if snapshot is not None:
             after = state_snapshot.after_read(position, read)
             if after is not None:
@@ -483,6 +486,7 @@ class EngineRuntime:
                     )
         self.bundle_offset[partition] = offset
         self.meta_due.add(partition)
+        self.heap.add(0, time.monotonic())  # the records come at the commit; the work is now
         return self.pseudonyms.alerts(engine.drain_alerts()), dead
 
     def team_view(self, team_id: str) -> dict[str, Any] | None:
@@ -596,6 +600,7 @@ class EngineRuntime:
             (topic, key, value, partition) for key, value in self._encoded(partition, *changed)
         )
         records.append((topic, meta[0], meta[1], partition))
+        self.heap.add(len(records) - first_state, time.monotonic())
         pending, snapshot = self.pending.get(partition), self.snapshot_of.get(partition)
         if pending is not None and snapshot is not None and not pending.broken:
             state = [(key, value) for _, key, value, _ in records[first_state:] if key]
@@ -794,6 +799,17 @@ def build_app(settings: Settings) -> faust.App:
         runtime.save_committed(
             {tp.partition: o for tp, o in committed.items() if tp.topic == bundle_topic and o}
         )
+
+    @app.timer(interval=1.0)
+    async def release_heap() -> None:
+        """After a burst of work (a restore, a day close, a catch-up), the garbage and free
+        heap it left go back to the OS (:mod:`detector.heap`)."""
+        now = time.monotonic()
+        if runtime.heap.due(now):
+            records = runtime.heap.records
+            took = heap.release()
+            runtime.heap.released(now)
+            log.info("heap released after %d records in %.2f s", records, took)
 
     @app.timer(interval=min(1.0, s.idle_sweep_s))
     async def restore_idle_partitions() -> None:
