@@ -251,13 +251,17 @@ class Ingest:
         k = self.settings.kafka
         topic = bundle_topic_name(self.settings)
         per_partition: dict[int, Columns] = {}
+        #: this batch's teams -> their partition's columns (one look-up per event)
+        columns_of: dict[str, Columns] = {}
         futures = []
-        partition_of = self._partition_of
+        max_bytes = self.max_bytes
         for tp, messages in batch.items():
             source = tp.partition
             for msg in messages:
-                raw = msg.value if msg.value is not None else b""
-                decoded = decode_fields(raw, self.max_bytes)
+                raw = msg.value
+                if raw is None:
+                    raw = b""
+                decoded = decode_fields(raw, max_bytes)
                 if isinstance(decoded, Invalid):
                     reasons = self.invalid_reasons
                     reasons[decoded.reason] = reasons.get(decoded.reason, 0) + 1
@@ -270,15 +274,13 @@ class Ingest:
                         await producer.send(k.dlq_topic, orjson.dumps(record), key=msg.key)
                     )
                     continue
-                team_id = decoded[4]
-                target = partition_of.get(team_id, -1)
-                if target < 0:
-                    target = partition_for(team_id, self.partitions)
-                    if len(partition_of) < 1_000_000:
-                        partition_of[team_id] = target
-                columns = per_partition.get(target)
+                columns = columns_of.get(decoded[4])
                 if columns is None:
-                    columns = per_partition[target] = Columns()
+                    target = self._partition(decoded[4])
+                    columns = per_partition.get(target)
+                    if columns is None:
+                        columns = per_partition[target] = Columns()
+                    columns_of[decoded[4]] = columns
                 columns.sources.append(source)
                 columns.offsets.append(msg.offset)
                 columns.raws.append(raw)
@@ -288,6 +290,15 @@ class Ingest:
             for bundle in columns.encoded():
                 futures.append(await producer.send(topic, bundle, partition=target))
         return futures
+
+    def _partition(self, team_id: str) -> int:
+        """The engine partition of ``team_id`` (remembered for up to a million teams)."""
+        target = self._partition_of.get(team_id, -1)
+        if target < 0:
+            target = partition_for(team_id, self.partitions)
+            if len(self._partition_of) < 1_000_000:
+                self._partition_of[team_id] = target
+        return target
 
 
 class EngineRuntime:
