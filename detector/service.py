@@ -91,7 +91,7 @@ _TEAM = b"t:"
 _USER = b"u:"
 _SEP = b"\n"  # between the offsets and the engine's partition record in the meta record
 #: net new container objects between two young-generation collections (CPython: 700)
-GC_YOUNG_THRESHOLD = 100_000
+GC_YOUNG_THRESHOLD = 30_000
 
 
 @contextlib.contextmanager
@@ -113,9 +113,9 @@ def _collect_cycles_less_often() -> None:
     instead of CPython's 700. Ingest holds a few batches of records, decoded events and
     bundles at a time (~10 objects per event): with the default they outlived the young
     generations, and the full collections they then triggered took 12 of the worker's 34
-    CPU-seconds over 2.1M events (benchmarks/worker_quick.py). Garbage is still freed by
-    reference counting at once; only cycles wait for the next collection (bounded by the
-    threshold)."""
+    CPU-seconds over 2.1M events (benchmarks/worker_quick.py; 0.4-0.8 s with 10k-100k).
+    Garbage is still freed by reference counting at once; only cycles wait for the next
+    collection, and there are few (at most ~700 objects found per collection)."""
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
