@@ -27,6 +27,7 @@ _USER_FIELDS = UserState.__slots__
 _TEAM_ADDED: tuple[dict[str, Any], ...] = (
     {"open_days": 0, "open_days_early": 0},
     {"open_tasks": NOTHING, "pending": NOTHING},
+    {"champion_left_first": False},
 )
 _USER_ADDED = ("open_days", "settled_day")  # 0 and the user's last_day (decode_user)
 _USER_FIELDS_V1 = tuple(s for s in _USER_FIELDS if s not in _USER_ADDED)

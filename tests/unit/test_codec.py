@@ -84,12 +84,19 @@ def test_records_written_before_open_days_were_tracked_still_decode():
     head, sep, rest = encode_team(team).partition(b"\x00")
     names = [n for n in TeamState.__slots__ if n not in ("ring", "recent_ids")]
     values = dict(zip(names, orjson.loads(head), strict=True))
+    later = ("champion_left_first",)
     for release, added in enumerate(
-        [("open_days", "open_days_early", "open_tasks", "pending"), ("open_tasks", "pending")]
+        [
+            ("open_days", "open_days_early", "open_tasks", "pending", *later),
+            ("open_tasks", "pending", *later),
+            later,
+        ]
     ):
         old_head = orjson.dumps([v for n, v in values.items() if n not in added])
         old_team = decode_team(old_head + sep + rest)
-        assert (old_team.open_tasks, old_team.pending) == ((), ()), release
+        assert old_team.champion_left_first is False, release
+        if release < 2:
+            assert (old_team.open_tasks, old_team.pending) == ((), ()), release
         if release == 0:
             assert (old_team.open_days, old_team.open_days_early) == (0, 0)
         else:
