@@ -115,3 +115,17 @@ def test_pending_team_events_and_open_tasks_survive_a_restore():
     restored = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
     restore_partition(restored, encode_partition(engine, 0), {"t": team}, {})
     assert restored.population.task_days == {20_454: {"x": [1, round(math.log1p(2.5) * 1e6)]}}
+
+
+def test_records_are_json_arrays_of_the_slot_values_in_slot_order():
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    ts = 20_454 * 86_400_000 + 3_600_000
+    engine.process(Event("a", "team.updated", ts, None, "t", {"plan": "pro", "mrr": 99.0}))
+    engine.process(Event("b", "task.completed", ts, "u", "t", {"task": "x", "duration_s": 2.5}))
+    team, user = engine.teams["t"], engine.users["u"]
+
+    assert encode_user(user) == orjson.dumps([getattr(user, s) for s in UserState.__slots__])
+    head = encode_team(team).partition(b"\x00")[0]
+    assert head == orjson.dumps(
+        [getattr(team, s) for s in TeamState.__slots__ if s not in ("ring", "recent_ids")]
+    )
