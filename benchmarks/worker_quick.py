@@ -52,6 +52,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def health(port: int) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
@@ -109,7 +117,7 @@ def main() -> int:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     first: float | None = None
-    cpu_first = cpu_done = 0.0
+    cpu_first = cpu_done = rss_done = 0.0
     applied = 0
     try:
         while time.perf_counter() - t0 < args.timeout:
@@ -120,7 +128,7 @@ def main() -> int:
             if applied and first is None:
                 first, cpu_first = time.perf_counter(), cpu_seconds(proc.pid)
             if applied >= sent:
-                cpu_done = cpu_seconds(proc.pid)
+                cpu_done, rss_done = cpu_seconds(proc.pid), rss_mb(proc.pid)
                 break
             time.sleep(0.2)
         done = time.perf_counter()
@@ -142,6 +150,7 @@ def main() -> int:
                 "events_per_s_from_first": round(sent / (done - first)),
                 "worker_cpu_s_from_first": round(cpu_done - cpu_first, 2),
                 "events_per_worker_cpu_s": round(sent / (cpu_done - cpu_first)),
+                "worker_rss_mb_at_done": rss_done,
                 "load_average_1m": os.getloadavg()[0],
             }
         )

@@ -54,7 +54,10 @@ class Columns:
 
     def encoded(self) -> Iterator[bytes]:
         """The bundles, each at most :data:`MAX_ITEMS` events and about :data:`MAX_BYTES`."""
-        lengths = [len(raw) for raw in self.raws]
+        lengths = list(map(len, self.raws))
+        if len(lengths) <= MAX_ITEMS and _item_bytes(len(lengths), sum(lengths)) <= MAX_BYTES:
+            yield _encode(self.sources, self.offsets, self.raws, lengths, self.events)
+            return  # the common case: one bundle, no per-event sizing
         for start, end in _chunk_bounds(lengths):
             yield _encode(
                 self.sources[start:end],
@@ -79,6 +82,11 @@ def _encode(
     return header + _SEP + b"".join(raws)
 
 
+def _item_bytes(items: int, raw_bytes: int) -> int:
+    """Rough bundle size of ``items`` events: their raw bytes, a decoded copy, framing."""
+    return 2 * raw_bytes + 40 * items
+
+
 def _chunk_bounds(lengths: list[int]) -> Iterator[tuple[int, int]]:
     """
     >>> list(_chunk_bounds([400_000, 400_000, 400_000, 10]))
@@ -86,7 +94,7 @@ def _chunk_bounds(lengths: list[int]) -> Iterator[tuple[int, int]]:
     """
     start, size = 0, 0
     for i, length in enumerate(lengths):
-        item_size = 2 * length + 40  # its raw bytes, its decoded copy, framing (roughly)
+        item_size = _item_bytes(1, length)
         if i > start and (i - start >= MAX_ITEMS or size + item_size > MAX_BYTES):
             yield start, i
             start, size = i, 0

@@ -83,6 +83,9 @@ _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
 #: than right (healthy teams have quiet publishing weeks), so alone it raises no alert; with
 #: another signal (noisy-or) it adds to the risk.
 KEY_ACTION_STRENGTH = 0.3
+#: the rest of the team, without its away champion, still at this share of its usual: the
+#: champion went first (in a team-wide decline the champion goes quiet after the others fell)
+CARRIES_ON = 0.8
 #: the most a team's shortfall counts in a window that is mostly a population-wide low
 LOW_POPULATION_STRENGTH = 0.3
 
@@ -695,7 +698,8 @@ class PartitionEngine:
                     Reason("activity_recovered", "activity is back near its baseline", norm, 1.0)
                 ]
             else:
-                signal, reasons = explain(signals)
+                cause = "champion_loss" if team.champion_left_first else None
+                signal, reasons = explain(signals, cause)
                 reasons += self._model_reason(signals, norm, mature)
             self._emit(
                 "team",
@@ -956,6 +960,7 @@ class PartitionEngine:
             return
         champ = self.users.get(team.champion)
         if champ is None or champ.last_day >= day:
+            team.champion_left_first = False
             return
         silent = self.population.effective_days(champ.last_day + 1, day)
         threshold = max(7.0, 3.0 * champ.gap)
@@ -979,6 +984,8 @@ class PartitionEngine:
             and low_activity_p_value(week[ACTIVE_USERS], rest_usual) <= self.settings.decay_alpha
         )
         long_gone = silent >= 2.0 * threshold  # longer than most vacations
+        if rest >= CARRIES_ON:
+            team.champion_left_first = True
         strength = 0.45
         if following or (long_gone and rest < 0.85):
             strength = 0.7 if following and long_gone else 0.6
@@ -995,6 +1002,7 @@ class PartitionEngine:
             # gone for longer than a vacation and the team carries on: it has moved on, and
             # the next most active user becomes the champion
             team.champion, team.champion_rate = None, 0.0
+            team.champion_left_first = False
             return
         if team.users_regular > 20:
             strength = min(strength, 0.3)
@@ -1225,6 +1233,8 @@ class PartitionEngine:
             (team.champion != uid and slow > team.champion_rate)
             or (team.champion == uid and (user.last_day == day or slow > team.champion_rate))
         ):
+            if team.champion != uid:
+                team.champion_left_first = False
             team.champion, team.champion_rate = uid, slow
         if step.state == hs.CHURNED:
             user.check_day = -1

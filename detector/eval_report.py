@@ -743,6 +743,20 @@ def render_html(
     for level, comp in report.levels.items():
         rows = list(comp.to_dict().values())
         out.append(_table(rows, f"{level} level"))
+    out.append(
+        _table(
+            [{"level": level, **ctx.to_dict()} for level, ctx in report.lead_context.items()],
+            "lead context: an oracle alerting the day each decline began (the most lead there "
+            "is), and both methods on the entities both flagged",
+        )
+    )
+    out.append(
+        _table(
+            [{"level": level, **low.to_dict()} for level, low in report.low_periods.items()],
+            "warnings on healthy entities in and after population-wide lows (holidays, "
+            "outages) vs the number expected from the rest of the data",
+        )
+    )
     out.append(_table([data.to_dict()], "data"))
     for level in report.levels:
         out += [

@@ -344,6 +344,57 @@ class DataSummary:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class LeadContext:
+    """What the median leads of one level can be compared with.
+
+    ``bound``: the lead of an oracle that alerts on the day each churned entity's decline
+    began (truth's ``decay_start``), which no detector can beat. ``paired``: the leads of both
+    methods on the entities both flagged, since each method's median is taken over its own
+    hits, and a rule that catches few entities can have a long median on those few.
+    """
+
+    bound_median_days: float | None
+    bound_count: int  # churned entities with a decay_start
+    paired_count: int
+    paired_detector_median_days: float | None
+    paired_baseline_median_days: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def lead_context(
+    truths: Sequence[_Truth], detector: Sequence[_Outcome], baseline: Sequence[_Outcome]
+) -> LeadContext:
+    """The oracle's median lead and both methods' medians on the entities both flagged.
+
+    >>> row = _Truth("team", "t", True, 30 * DAY_MS, "decay", decay_start=5 * DAY_MS)
+    >>> lead_context([row], [_Outcome(first_ms=20 * DAY_MS)], [_Outcome(first_ms=25 * DAY_MS)])
+    LeadContext(bound_median_days=25.0, bound_count=1, paired_count=1, paired_detector_median_days=10.0, paired_baseline_median_days=5.0)
+    """
+    bounds = [
+        (row.churned_at - row.decay_start) / DAY_MS
+        for row in truths
+        if row.churned and row.churned_at is not None and row.decay_start is not None
+    ]
+    both = [
+        ((row.churned_at - det.first_ms) / DAY_MS, (row.churned_at - base.first_ms) / DAY_MS)
+        for row, det, base in zip(truths, detector, baseline, strict=True)
+        if row.churned
+        and row.churned_at is not None
+        and det.first_ms is not None
+        and base.first_ms is not None
+    ]
+    return LeadContext(
+        bound_median_days=quantile(bounds, 0.5),
+        bound_count=len(bounds),
+        paired_count=len(both),
+        paired_detector_median_days=quantile([d for d, _ in both], 0.5),
+        paired_baseline_median_days=quantile([b for _, b in both], 0.5),
+    )
+
+
 @dataclass(frozen=True)
 class EvaluationReport:
     levels: dict[str, LevelComparison]
@@ -354,6 +405,8 @@ class EvaluationReport:
     lead_days: dict[str, dict[str, list[float]]] = field(default_factory=dict, compare=False)
     #: level -> warnings on healthy entities in and after population-wide lows
     low_periods: dict[str, LowPeriodReport] = field(default_factory=dict)
+    #: level -> the oracle's lead and the leads on the entities both methods flagged
+    lead_context: dict[str, LeadContext] = field(default_factory=dict)
 
     @property
     def baseline_name(self) -> str:
@@ -373,6 +426,7 @@ class EvaluationReport:
             },
             "data": self.data.to_dict(),
             "low_periods": {level: low.to_dict() for level, low in self.low_periods.items()},
+            "lead_context": {level: ctx.to_dict() for level, ctx in self.lead_context.items()},
         }
 
     def to_text(self) -> str:
@@ -425,6 +479,15 @@ class EvaluationReport:
                 f"NAB ({data.nab_window_days} d)",
             ]
             lines += _table(header, rows)
+            ctx = self.lead_context.get(level)
+            if ctx is not None:
+                lines += [
+                    f"lead context: an oracle alerting the day each decline began has a median "
+                    f"lead of {_fmt(ctx.bound_median_days, 1)} d ({ctx.bound_count} churned); on "
+                    f"the {ctx.paired_count} entities both flagged: detector "
+                    f"{_fmt(ctx.paired_detector_median_days, 1)} d, baseline "
+                    f"{_fmt(ctx.paired_baseline_median_days, 1)} d"
+                ]
         for level, low in self.low_periods.items():
             lines += [
                 "",
@@ -511,6 +574,7 @@ class _Truth:
     churned: bool
     churned_at: int | None
     scenario: str
+    decay_start: int | None = None
 
 
 class _Activity:
@@ -600,6 +664,9 @@ def _read_truth(truth: Iterable[dict[str, Any]]) -> dict[tuple[str, str], _Truth
             churned=churned,
             churned_at=churned_at,
             scenario=str(record.get("scenario") or "unknown"),
+            decay_start=parse_time_ms(decay_raw)
+            if (decay_raw := record.get("decay_start"))
+            else None,
         )
     return table
 
@@ -697,6 +764,7 @@ def evaluate(
     scenarios: dict[str, dict[str, ScenarioReport]] = {}
     evaluated_counts: dict[str, int] = {}
     lead_days: dict[str, dict[str, list[float]]] = {}
+    contexts: dict[str, LeadContext] = {}
     for level, states in (("team", teams), ("user", users)):
         evaluated = [
             (truth_row, states[truth_row.entity_id])
@@ -727,6 +795,7 @@ def evaluate(
         )
         signals[level] = _signals(truths, detector_outcomes)
         scenarios[level] = _scenarios(truths, detector_outcomes, baseline_outcomes)
+        contexts[level] = lead_context(truths, detector_outcomes, baseline_outcomes)
         lead_days[level] = {
             DETECTOR: _leads(truths, detector_outcomes),
             baseline: _leads(truths, baseline_outcomes),
@@ -758,6 +827,7 @@ def evaluate(
         data=data,
         lead_days=lead_days,
         low_periods=low_periods,
+        lead_context=contexts,
     )
 
 

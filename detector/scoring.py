@@ -60,13 +60,17 @@ def combine(signals: list[Signal]) -> float:
 SPECIFICITY = {"champion_loss": 3, "user_decay": 2, "silence": 1, "team_decay": 0}
 #: strength at which a signal is at-risk evidence on its own (see the module docstring)
 AT_RISK_STRENGTH = 0.6
+#: strength at which a signal is cooling evidence
+CAUSE_STRENGTH = 0.45
 
 
-def explain(signals: list[Signal]) -> tuple[str, list[Reason]]:
+def explain(signals: list[Signal], cause: str | None = None) -> tuple[str, list[Reason]]:
     """The signal to name and every reason, that signal first, then by strength.
 
     The strongest signal is named, except that an activity signal strong enough to be at
-    risk on its own is named before a less specific one of the family (which counts once).
+    risk on its own is named before a less specific one of the family (which counts once),
+    and that ``cause``, an activity signal the entity's history singles out as what started
+    the fall, is named once it is at cooling strength.
 
     >>> explain([Signal("a", 0.3, (Reason("x", "", 1.0, 2.0),)), Signal("b", 0.6, ())])[0]
     'b'
@@ -76,6 +80,8 @@ def explain(signals: list[Signal]) -> tuple[str, list[Reason]]:
     'team_decay'
     >>> explain([Signal("payment_failure", 0.8, ()), Signal("silence", 0.65, ())])[0]
     'payment_failure'
+    >>> explain([Signal("team_decay", 1.0, ()), Signal("champion_loss", 0.45, ())], "champion_loss")[0]
+    'champion_loss'
     """
     ordered = sorted(signals, key=lambda sig: -sig.strength)
     if ordered[0].name in SPECIFICITY:
@@ -83,7 +89,11 @@ def explain(signals: list[Signal]) -> tuple[str, list[Reason]]:
             (
                 sig
                 for sig in ordered
-                if sig.name in SPECIFICITY and sig.strength >= AT_RISK_STRENGTH
+                if sig.name in SPECIFICITY
+                and (
+                    sig.strength >= AT_RISK_STRENGTH
+                    or (sig.name == cause and sig.strength >= CAUSE_STRENGTH)
+                )
             ),
             key=lambda sig: SPECIFICITY[sig.name],
             default=ordered[0],

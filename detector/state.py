@@ -34,6 +34,7 @@ class TeamState:
         "calm_days",
         "cancelled",
         "champion",
+        "champion_left_first",
         "champion_rate",
         "cooldown_until",
         "events_total",
@@ -108,6 +109,9 @@ class TeamState:
         self.reactivated = False
         self.champion: str | None = None
         self.champion_rate = 0.0
+        #: the champion went quiet while the rest of the team still carried on: if the team
+        #: falls later, "the champion left" is the cause to name, not "activity fell"
+        self.champion_left_first = False
         self.users_at_risk = 0
         self.users_regular = 0
         #: risk-model feature snapshots awaiting their delayed label, oldest first; each is

@@ -81,3 +81,14 @@ def test_a_bundle_of_the_first_release_raw_bytes_only_still_decodes():
     assert bundle.events[0] == ("e1", "session.started", 1772356502123, "u1", "t1", {})
     assert bundle.events[1][:2] == ("e2", "login")
     assert bundle.tick_ms == 0
+
+
+def test_columns_within_both_limits_are_one_bundle_and_one_event_more_splits_them():
+    raws = [_event(i) for i in range(MAX_ITEMS)]
+
+    whole = [decode_bundle(data) for data in _columns(raws).encoded()]
+    split = [decode_bundle(data) for data in _columns([*raws, _event(MAX_ITEMS)]).encoded()]
+
+    assert [len(b.offsets) for b in whole] == [MAX_ITEMS]
+    assert [b.raw(i) for b in whole for i in range(MAX_ITEMS)] == raws
+    assert [len(b.offsets) for b in split] == [MAX_ITEMS, 1]

@@ -84,12 +84,19 @@ def test_records_written_before_open_days_were_tracked_still_decode():
     head, sep, rest = encode_team(team).partition(b"\x00")
     names = [n for n in TeamState.__slots__ if n not in ("ring", "recent_ids")]
     values = dict(zip(names, orjson.loads(head), strict=True))
+    later = ("champion_left_first",)
     for release, added in enumerate(
-        [("open_days", "open_days_early", "open_tasks", "pending"), ("open_tasks", "pending")]
+        [
+            ("open_days", "open_days_early", "open_tasks", "pending", *later),
+            ("open_tasks", "pending", *later),
+            later,
+        ]
     ):
         old_head = orjson.dumps([v for n, v in values.items() if n not in added])
         old_team = decode_team(old_head + sep + rest)
-        assert (old_team.open_tasks, old_team.pending) == ((), ()), release
+        assert old_team.champion_left_first is False, release
+        if release < 2:
+            assert (old_team.open_tasks, old_team.pending) == ((), ()), release
         if release == 0:
             assert (old_team.open_days, old_team.open_days_early) == (0, 0)
         else:
@@ -108,3 +115,17 @@ def test_pending_team_events_and_open_tasks_survive_a_restore():
     restored = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
     restore_partition(restored, encode_partition(engine, 0), {"t": team}, {})
     assert restored.population.task_days == {20_454: {"x": [1, round(math.log1p(2.5) * 1e6)]}}
+
+
+def test_records_are_json_arrays_of_the_slot_values_in_slot_order():
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    ts = 20_454 * 86_400_000 + 3_600_000
+    engine.process(Event("a", "team.updated", ts, None, "t", {"plan": "pro", "mrr": 99.0}))
+    engine.process(Event("b", "task.completed", ts, "u", "t", {"task": "x", "duration_s": 2.5}))
+    team, user = engine.teams["t"], engine.users["u"]
+
+    assert encode_user(user) == orjson.dumps([getattr(user, s) for s in UserState.__slots__])
+    head = encode_team(team).partition(b"\x00")[0]
+    assert head == orjson.dumps(
+        [getattr(team, s) for s in TeamState.__slots__ if s not in ("ring", "recent_ids")]
+    )

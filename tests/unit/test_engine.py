@@ -329,6 +329,53 @@ def test_champion_gone_and_the_rest_slowing_is_champion_loss():
     assert 60 < day_of(at_risk[0]) <= 80
 
 
+def _team_falls(champion_first: bool) -> list[dict]:
+    """Team "c" falls to a tenth from day 70; its champion went quiet on day 60, or with it."""
+    events = list(stream([*healthy_teams(20), TeamSpec("c", 8)], days=100))
+    engine, _ = run(ev for ev in events if ev.ts_ms < (START_DAY + 60) * DAY_MS)
+    champion = engine.teams["c"].champion
+    quiet_from = (START_DAY + (60 if champion_first else 70)) * DAY_MS
+    fall = (START_DAY + 70) * DAY_MS
+
+    def kept(ev: Event) -> bool:
+        if ev.team_id != "c" or ev.ts_ms < min(quiet_from, fall):
+            return True
+        if ev.user_id == champion:
+            return ev.ts_ms < quiet_from
+        return ev.ts_ms < fall or (ev.ts_ms // DAY_MS + int(str(ev.user_id)[-1])) % 10 == 0
+
+    _, alerts = run(ev for ev in events if kept(ev))
+    return team_alerts(alerts, "c", "at_risk")
+
+
+def test_a_team_that_falls_after_its_champion_went_quiet_is_named_champion_loss():
+    at_risk = _team_falls(champion_first=True)
+    assert at_risk and at_risk[0]["data"]["signal"] == "champion_loss"
+    assert 70 < day_of(at_risk[0]) <= 80
+
+
+def test_the_champion_going_quiet_first_is_remembered_until_they_are_back():
+    """What names champion_loss when the team's fall is the stronger evidence (explain's
+    ``cause``): kept while the champion is away, dropped when they are active again."""
+    events = list(stream([*healthy_teams(20), TeamSpec("c", 8)], days=90))
+    engine, _ = run(ev for ev in events if ev.ts_ms < (START_DAY + 60) * DAY_MS)
+    champion = engine.teams["c"].champion
+    away = range((START_DAY + 60) * DAY_MS, (START_DAY + 70) * DAY_MS)
+    engine, _ = run(
+        ev
+        for ev in events
+        if ev.ts_ms < away.stop and not (ev.user_id == champion and ev.ts_ms in away)
+    )
+    assert engine.teams["c"].champion_left_first
+    engine, _ = run(ev for ev in events if not (ev.user_id == champion and ev.ts_ms in away))
+    assert not engine.teams["c"].champion_left_first
+
+
+def test_a_team_that_falls_with_its_champion_is_named_team_decay():
+    at_risk = _team_falls(champion_first=False)
+    assert at_risk and at_risk[0]["data"]["signal"] == "team_decay"
+
+
 def test_small_team_silent_through_a_holiday_raises_no_alert_during_or_after_it():
     """How deep a team dips in a population-wide low says little about it: the low days are
     left out of its windows instead of being expected at the population's level."""

@@ -297,3 +297,10 @@ def test_empty_inputs_still_render_every_plot():
     tags = parse(build([], [], []))
     assert len(tags.all("svg")) == 6  # three plots per level, no timelines
     assert "none" in " ".join(tags.text)  # empty tables say so
+
+
+def test_summary_shows_the_lead_context_and_the_population_lows(page):
+    text = "".join(parse(page).text)
+    assert "lead context: an oracle alerting the day each decline began" in text
+    assert "bound median days" in text and "paired detector median days" in text
+    assert "warnings on healthy entities in and after population-wide lows" in text

@@ -166,6 +166,20 @@ def test_team_baseline_scores(report):
     assert base.false_alarms_per_1000_weeks == pytest.approx(2 / HEALTHY_WEEKS * 1000)
 
 
+def test_lead_context_compares_both_methods_on_the_entities_both_flagged():
+    truth = main_truth()
+    truth[0]["decay_start"] = format_time_ms(at(18))  # t_churn: declined from day 18
+    ctx = evaluate(main_events(), main_alerts(), truth).lead_context["team"]
+    assert (ctx.bound_median_days, ctx.bound_count) == (42.0, 1)  # t_ghost has no events
+    # t_churn: the detector flagged it on day 30, the rule on day 34; cancelled on day 60
+    assert (ctx.paired_count, ctx.paired_detector_median_days) == (1, 30.0)
+    assert ctx.paired_baseline_median_days == 26.0
+    assert (
+        "median lead of 42.0 d (1 churned)"
+        in evaluate(main_events(), main_alerts(), truth).to_text()
+    )
+
+
 def test_user_level_undefined_precision_without_flags(report):
     det = report.levels["user"].detector
     assert det.entities == 4
@@ -314,7 +328,7 @@ def test_bad_events_skipped_and_duplicate_alerts_dropped():
 
 def test_to_dict_round_trips_through_orjson(report):
     as_dict = report.to_dict()
-    assert set(as_dict) == {"levels", "signals", "scenarios", "data", "low_periods"}
+    assert set(as_dict) == {"levels", "signals", "scenarios", "data", "low_periods", "lead_context"}
     assert set(as_dict["levels"]["team"]) == {"detector", "baseline_inactive_14d"}
     assert orjson.loads(orjson.dumps(as_dict)) == as_dict
     assert as_dict["levels"]["user"]["detector"]["precision"] is None

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+from typing import Any, NamedTuple
 
 import orjson
 
-from detector.bundles import Item, encode_bundle
+from detector.bundles import Item, decode_bundle, encode_bundle
 from detector.events import decode_fields
 from detector.partitioning import partition_for
-from detector.service import EngineRuntime, Ingest
+from detector.service import (
+    GC_YOUNG_THRESHOLD,
+    EngineRuntime,
+    Ingest,
+    _collect_cycles_less_often,
+    bundle_topic_name,
+)
 from detector.settings import build_settings
 from detector.simulator import SimulationConfig, simulate
 from detector.state_snapshot import ChangelogRead
@@ -194,3 +202,80 @@ def test_ingest_with_nothing_to_read_returns_an_empty_batch():
     source = SlicedSource([])
     assert asyncio.run(Ingest(build_settings(environ={}), 4)._read_batch(source)) == {}
     assert len(source.asked) == 1  # no lingering on an empty read
+
+
+class SourcePartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+class SourceMessage(NamedTuple):
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class RecordingProducer:
+    """Keeps what ingest sends; every send is acknowledged at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, value, key, partition))
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        return acked
+
+
+def test_ingest_forwards_each_valid_event_once_to_its_teams_partition_and_bad_ones_to_the_dlq():
+    settings = build_settings(environ={})
+    raws = [orjson.dumps(event) for event in EVENTS[:3000]]
+    raws[5], raws[2000] = b'{"event_id":', None  # malformed, and a tombstone (no value)
+    batch: dict[Any, list[Any]] = {
+        SourcePartition("events", source): [
+            SourceMessage(offset, b"k", raw)
+            for offset, raw in enumerate(raws)
+            if offset % 2 == source
+        ]
+        for source in (0, 1)
+    }
+    ingest = Ingest(settings, partitions=3)
+    producer = RecordingProducer()
+
+    acks = asyncio.run(ingest._forward(batch, producer))  # type: ignore[arg-type]
+
+    assert len(acks) == len(producer.sent)
+    bundles = [
+        (p, decode_bundle(v)) for t, v, _, p in producer.sent if t == bundle_topic_name(settings)
+    ]
+    forwarded = sorted(
+        (offset, partition, b.raw(i), tuple(b.events[i]))
+        for partition, b in bundles
+        for i, offset in enumerate(b.offsets)
+    )
+    expected = [
+        (offset, partition_for(EVENTS[offset]["team_id"], 3), raw, decode_fields(raw))
+        for offset, raw in enumerate(raws)
+        if offset not in (5, 2000)
+    ]
+    assert forwarded == expected
+    for _, b in bundles:  # in source order within each source partition
+        for source in (0, 1):
+            offsets = [o for o, s in zip(b.offsets, b.sources, strict=True) if s == source]
+            assert offsets == sorted(offsets) and all(o % 2 == source for o in offsets)
+    dead = [orjson.loads(v) for t, v, _, _ in producer.sent if t == settings.kafka.dlq_topic]
+    assert len(dead) == 2
+    assert ingest.invalid_reasons == {"malformed_json": 2}
+    assert ingest.consumed == len(raws)
+
+
+def test_the_worker_collects_cycles_after_many_new_objects_not_after_700():
+    before = gc.get_threshold()
+    try:
+        _collect_cycles_less_often()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.set_threshold(*before)
