@@ -125,12 +125,16 @@ def test_the_meta_record_is_due_once_the_state_moves_and_not_for_redelivered_bun
     assert runtime.take_meta(partition) is None
 
 
-def test_a_transaction_carries_each_changed_entity_once_as_it_is_at_the_commit():
-    partitions = 4
-    partition = partition_for(EVENTS[0]["team_id"], partitions)
-    bundles = bundles_for(partition, partitions, size=50)
+def restored_fresh(size: int) -> tuple[EngineRuntime, int, list[bytes]]:
+    """A runtime with no state yet, its partition (of 4) and that partition's bundles."""
+    partition = partition_for(EVENTS[0]["team_id"], 4)
     runtime = runtime_over({})
     asyncio.run(runtime.ensure(partition))
+    return runtime, partition, bundles_for(partition, 4, size)
+
+
+def test_a_transaction_carries_each_changed_entity_once_as_it_is_at_the_commit():
+    runtime, partition, bundles = restored_fresh(size=50)
     for offset, bundle in enumerate(bundles[:3]):
         runtime.apply(partition, offset, bundle)
     records = runtime.seal(partition, [], "cl")
@@ -144,15 +148,15 @@ def test_a_transaction_carries_each_changed_entity_once_as_it_is_at_the_commit()
     again = runtime_over(dict((key, value) for _, key, value, _ in records if key))
     asyncio.run(again.ensure(partition))
     assert again.bundle_offset[partition] == 2
+    restored = again.engines[partition]
+    assert {t: team.events_total for t, team in restored.teams.items()} == {
+        t: team.events_total for t, team in engine.teams.items()
+    }
     assert runtime.seal(partition, [], "cl") == []  # nothing moved since
 
 
 def test_entities_of_a_transaction_that_failed_to_commit_go_into_the_next_one():
-    partitions = 4
-    partition = partition_for(EVENTS[0]["team_id"], partitions)
-    bundles = bundles_for(partition, partitions, size=50)
-    runtime = runtime_over({})
-    asyncio.run(runtime.ensure(partition))
+    runtime, partition, bundles = restored_fresh(size=50)
     runtime.apply(partition, 0, bundles[0])
     failed = {key for _, key, _, _ in runtime.seal(partition, [], "cl")}
     runtime.commit_failed(partition)
