@@ -42,7 +42,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import orjson
@@ -120,6 +120,15 @@ def _collect_cycles_less_often() -> None:
     collection, and there are few (at most ~700 objects found per collection)."""
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+def _exit_state_unsafe(message: str, *args: Any) -> NoReturn:
+    """Exit at once: the engine holds changes that no record describes any more, and Faust
+    would go on to commit the offsets of the bundles that made them. The open transactions
+    are aborted; a restart restores the committed state."""
+    log.critical(message, *args, exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_STATE_UNSAFE)
 
 
 def bundle_topic_name(settings: Settings) -> str:
@@ -733,7 +742,11 @@ def build_app(settings: Settings) -> faust.App:
                 await commit({tid: offsets}, group_id, start_new)
                 return
             held = unsent.pop(partition, [])
-            records = runtime.seal(partition, list(held), changelog)
+            try:
+                records = runtime.seal(partition, list(held), changelog)
+            except Exception:
+                # the changed entities were taken: committing without them would lose them
+                _exit_state_unsafe("partition %s: encoding its state failed; exiting", partition)
             try:
                 if records:
                     sent = await state_changelog.send_in_transaction(producer, tid, records)
@@ -786,11 +799,7 @@ def build_app(settings: Settings) -> faust.App:
                 # record describes any more, and Faust would restart the agent and commit
                 # the bundle offsets anyway: state lost without a trace. Exiting leaves the
                 # open transactions to be aborted; a restart restores the committed state.
-                log.critical(
-                    "partition %s: bundle %s failed; exiting", partition, offset, exc_info=True
-                )
-                logging.shutdown()
-                os._exit(EXIT_STATE_UNSAFE)
+                _exit_state_unsafe("partition %s: bundle %s failed; exiting", partition, offset)
             pages.observe_bundle(event.message.timestamp, len(alerts))
 
     @app.task
