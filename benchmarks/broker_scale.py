@@ -13,10 +13,13 @@ many teams, as live traffic does.
 
 Memory: the worker's resident set size (``/proc/<pid>/statm``) once it is ready on an empty
 topic (its baseline: interpreter, Faust, clients), after every team event is applied (teams,
-no users yet), and after every user event is applied. Per team = (after teams − baseline) /
-teams; per user = (after users − after teams) / users. RSS also holds what the process keeps
-around the state (allocator free lists, client buffers, the partition cache of ingest, RocksDB
-memtables of the snapshot), so these are upper bounds of what the state costs.
+no users yet), and after every user event is applied, each time after :data:`SETTLE_S` idle
+(the worker gives the heap of a burst back once its work has paused for 2 s,
+:mod:`detector.heap`); and the highest RSS sampled while the users are applied. Per team =
+(after teams − baseline) / teams; per user = (after users − after teams) / users. RSS also
+holds what the process keeps around the state (allocator free lists, client buffers, the
+partition cache of ingest, RocksDB memtables of the snapshot), so these are upper bounds of
+what the state costs.
 
 Recovery: the worker is killed (SIGKILL) and restarted on the same state directory (the
 snapshot is used), then killed again and restarted with the state directory deleted (the
@@ -31,6 +34,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +49,8 @@ TARGET_USER_BYTES = 1024
 TARGET_TEAM_BYTES = 4096
 TARGET_RECOVERY_S = 60.0
 DAY_MS = 86_400_000
+#: idle seconds before the RSS of a phase is taken
+SETTLE_S = 8.0
 
 Log = Callable[[str], None]
 
@@ -193,6 +199,27 @@ def recover(bench: ScaleBench, label: str, probe_team: str, events_before: int) 
     return Recovery(label, ready_s, live_s, rss, _restore_lines(log_file, since))
 
 
+class PeakRss:
+    """The highest RSS of a process, sampled every 0.2 s while in the ``with`` block."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.2):  # sampling period, not synchronisation
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def run(cfg: Config, log: Log) -> str:
     wall = time.perf_counter()
     pinning = Pinning.choose(cfg.pin)
@@ -214,18 +241,19 @@ def run(cfg: Config, log: Log) -> str:
             log(f"  ready, RSS {rss_base / 2**20:,.0f} MB; producing the team events ...")
             bench.produce(teams_file, n_teams)
             bench.wait_applied(worker, n_teams, "teams")
-            time.sleep(3)
+            time.sleep(SETTLE_S)
             rss_teams = rss_bytes(worker.pid)
             log(f"  teams applied, RSS {rss_teams / 2**20:,.0f} MB; producing user events ...")
-            load = bench.produce(users_file, n_users)
-            log(f"  produced in {load.seconds:.0f} s")
-            applied = bench.wait_applied(worker, n_teams + n_users, "users")
+            with PeakRss(worker.pid) as peak:
+                load = bench.produce(users_file, n_users)
+                log(f"  produced in {load.seconds:.0f} s")
+                applied = bench.wait_applied(worker, n_teams + n_users, "users")
             if not applied.finished:
                 raise RuntimeError(f"the worker did not apply every event:\n{worker.tail()}")
-            time.sleep(5)  # the last commits, and their snapshot writes
+            time.sleep(SETTLE_S)  # the last commits, their snapshot writes, the heap release
             rss_users = rss_bytes(worker.pid)
             log(f"  all applied ({applied.rate_from_first:,.0f} events/s), RSS "
-                f"{rss_users / 2**20:,.0f} MB")  # fmt: skip
+                f"{rss_users / 2**20:,.0f} MB, peak {peak.peak / 2**20:,.0f} MB")  # fmt: skip
             probe_team = "t-000000"
             before = int((bench.get(f"/teams/{probe_team}") or {}).get("events_total", 0))
         finally:
@@ -244,7 +272,7 @@ def run(cfg: Config, log: Log) -> str:
     per_team = (rss_teams - rss_base) / cfg.teams
     per_user = (rss_users - rss_teams) / cfg.users
     return _report(
-        cfg, pinning, applied, (rss_base, rss_teams, rss_users), per_user, per_team,
+        cfg, pinning, applied, (rss_base, rss_teams, rss_users, peak.peak), per_user, per_team,
         snapshot_bytes, changelog_bytes, (warm, cold),
     ) + f"\nBenchmark wall time: {time.perf_counter() - wall:.0f} s.\n"  # fmt: skip
 
@@ -257,7 +285,7 @@ def _report(
     cfg: Config,
     pinning: Pinning,
     applied: broker_bench.WorkerRun,
-    rss: tuple[int, int, int],
+    rss: tuple[int, int, int, int],
     per_user: float,
     per_team: float,
     snapshot_bytes: int,
@@ -281,6 +309,7 @@ def _report(
         f"| ready, no state | {_mb(rss[0])} |",
         f"| + {cfg.teams:,} teams | {_mb(rss[1])} |",
         f"| + {cfg.users:,} users | {_mb(rss[2])} |",
+        f"| highest while the users were applied | {_mb(rss[3])} |",
         *(
             f"| restarted, {r.label.replace('-', ' ')}, live | {_mb(r.rss_bytes)} |"
             for r in recoveries
@@ -289,15 +318,16 @@ def _report(
         f"- Memory: **{per_user:,.0f} B per user** (target ≤ {TARGET_USER_BYTES} B: "
         f"{met(per_user <= TARGET_USER_BYTES)}), **{per_team:,.0f} B per team** (target ≤ "
         f"{TARGET_TEAM_BYTES} B: {met(per_team <= TARGET_TEAM_BYTES)}). Method: RSS deltas "
-        "of the worker process between the phases (after each phase was applied and 3-5 s "
-        "idle); they include what the process keeps besides the state (allocator free "
+        "of the worker process between the phases (after each phase was applied and "
+        f"{SETTLE_S:.0f} s idle; the worker releases a burst's heap once its work has paused "
+        "for 2 s); they include what the process keeps besides the state (allocator free "
         "lists, client buffers, ingest's team→partition cache, RocksDB memtables), so they "
-        "are upper bounds. The restarted workers' RSS is no measure of the state: it adds "
-        "the restore's transient copies and the probe's day close, which re-encodes every "
-        "entity for the changelog.",
+        "are upper bounds. The restarted workers' RSS, taken as soon as the probe is "
+        "applied, also holds the restore's transient copies and the probe's day close, "
+        "which re-encodes every entity for the changelog.",
         f"- Local snapshot on disk "
         f"{_mb(snapshot_bytes)}; changelog topic on the broker's disk {_mb(changelog_bytes)} "
-        "(uncompacted: every bundle writes each entity it changed).",
+        "(uncompacted: every transaction writes each entity it changed).",
         "",
         "| restart after `kill -9` | /readyz ready | back to live (probe applied) | target |",
         "|---|---:|---:|---|",

@@ -86,7 +86,21 @@ def encode_user(user: UserState) -> bytes:
     >>> v = decode_user(encode_user(u)); (v.team_id, v.gap, v.first_day)
     ('t-1', 1.5, 5)
     """
-    return orjson.dumps(_user_values(user))
+    return dumps_held(_user_values(user))
+
+
+def dumps_held(value: Any) -> bytes:
+    """``orjson.dumps(value)`` for bytes that are kept a while (until a commit sends them).
+
+    orjson returns its output in the buffer it wrote it to, at least 4 KB (it sets the
+    length, never shrinks it): a ~100-byte user record held ~4 KB until it was sent, and a
+    day close encodes every user of a partition at once (the worker's RSS reached 2.7 GB at
+    200k users in the scale benchmark). This copies it out, at ~0.1 µs.
+
+    >>> dumps_held([1, "a"])
+    b'[1,"a"]'
+    """
+    return memoryview(orjson.dumps(value)).tobytes()
 
 
 def decode_user(data: bytes) -> UserState:

@@ -7,11 +7,12 @@ Two stages run in one worker process:
   the source offset, and packs good events into bundles re-keyed by team partition
   (``<app>-bundles``). Source offsets are committed only after the bundles are acknowledged.
 * **engine** (Faust agent): one :class:`PartitionEngine` per bundle partition, held in
-  memory. Each bundle is applied and what it caused (alerts, dead letters, the entities it
-  changed) is collected; when Faust commits the partition's transaction (every
-  :data:`COMMIT_INTERVAL_S`), all of it goes in at once, followed by one meta record with
-  the offsets that state reflects, the state to a compacted changelog topic
-  (``<app>-state-changelog``); Faust commits the bundle offsets in the same transaction.
+  memory. Each bundle is applied and what it caused (alerts, dead letters) is collected, and
+  the engine notes the entities it changed; when Faust commits the partition's transaction
+  (every :data:`COMMIT_INTERVAL_S`), all of it goes in at once, followed by the records of
+  the changed entities (each once) and one meta record with the offsets that state
+  reflects, the state to a compacted changelog topic (``<app>-state-changelog``); Faust
+  commits the bundle offsets in the same transaction.
   In live mode ingest waits up to :data:`INGEST_LINGER_S` after a short read, so bundles
   stay large. A partition's new owner first fences the previous one (Faust starts the
   partition's transactional producer), then loads its local snapshot of the changelog
@@ -41,7 +42,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import orjson
@@ -50,11 +51,12 @@ from aiokafka.errors import CommitFailedError
 from rocksdict import WriteBatch
 
 from . import changelog as state_changelog
-from . import health_view, state_snapshot, web
+from . import health_view, heap, state_snapshot, web
 from .bundles import Columns, decode_bundle, encode_tick
 from .codec import (
     decode_team,
     decode_user,
+    dumps_held,
     encode_partition,
     encode_team,
     encode_user,
@@ -118,6 +120,15 @@ def _collect_cycles_less_often() -> None:
     collection, and there are few (at most ~700 objects found per collection)."""
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+def _exit_state_unsafe(message: str, *args: Any) -> NoReturn:
+    """Exit at once: the engine holds changes that no record describes any more, and Faust
+    would go on to commit the offsets of the bundles that made them. The open transactions
+    are aborted; a restart restores the committed state."""
+    log.critical(message, *args, exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_STATE_UNSAFE)
 
 
 def bundle_topic_name(settings: Settings) -> str:
@@ -325,10 +336,15 @@ class EngineRuntime:
         self.last_seen_wall: dict[int, float] = {}
         #: partitions whose state moved since their meta record was last queued
         self.meta_due: set[int] = set()
+        #: per partition: the teams and users whose records the open transaction carries
+        #: (due again if it fails to commit)
+        self.sealed: dict[int, tuple[set[str], set[str]]] = {}
         self._restoring = asyncio.Lock()
         self.pseudonyms = Pseudonyms.from_settings(settings.service)
         #: records written and their bytes, per kind (team, user): the mean record size
         self.record_sizes = {_TEAM: [0, 0], _USER: [0, 0]}
+        #: work done (records restored and written) since the heap was last released
+        self.heap = heap.HeapKeeper()
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -337,6 +353,7 @@ class EngineRuntime:
             self.source_offsets.pop(p, None)
             self.last_seen_wall.pop(p, None)
             self.meta_due.discard(p)
+            self.sealed.pop(p, None)
             # records not yet known committed are left out: the snapshot stays a committed
             # prefix, and the next owner reads the rest from the changelog
             self.pending.pop(p, None)
@@ -389,6 +406,7 @@ class EngineRuntime:
                 read = await self.read_changelog(partition, 0)
         if engine is None:
             engine = self._build(partition, state_snapshot.merged(base, read))
+        self.heap.add(len(base) + len(read.latest), time.monotonic())
         if snapshot is not None:
             after = state_snapshot.after_read(position, read)
             if after is not None:
@@ -502,6 +520,7 @@ class EngineRuntime:
                     )
         self.bundle_offset[partition] = offset
         self.meta_due.add(partition)
+        self.heap.add(0, time.monotonic())  # the records come at the commit; the work is now
         return self.pseudonyms.alerts(engine.drain_alerts()), dead
 
     def team_view(self, team_id: str) -> dict[str, Any] | None:
@@ -532,8 +551,14 @@ class EngineRuntime:
 
     def changes(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
         """Entity records to write for what changed in ``partition`` since the last call."""
+        teams, users = self.engines[partition].take_changes()
+        return self._encoded(partition, teams, users)
+
+    def _encoded(
+        self, partition: int, teams: Iterable[str], users: Iterable[str]
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """The records of these entities of ``partition``, as they are now."""
         engine = self.engines[partition]
-        teams, users = engine.take_changes()
         team_sizes, user_sizes = self.record_sizes[_TEAM], self.record_sizes[_USER]
         for team_id in teams:
             record = encode_team(engine.teams[team_id])
@@ -569,10 +594,15 @@ class EngineRuntime:
         )
 
     def commit_failed(self, partition: int) -> None:
-        """The partition's last transaction did not commit: its meta record is due again,
-        and the local snapshot stops following (behind, never wrong) until a restore."""
-        if partition in self.engines:
+        """The partition's last transaction did not commit: its meta record and the entities
+        it carried are due again (encoded anew by the next :meth:`seal`), and the local
+        snapshot stops following (behind, never wrong) until a restore."""
+        teams, users = self.sealed.pop(partition, (set(), set()))
+        engine = self.engines.get(partition)
+        if engine is not None:
             self.meta_due.add(partition)
+            engine.dirty_teams = teams | (engine.dirty_teams or set())
+            engine.dirty_users = users | (engine.dirty_users or set())
         pending = self.pending.get(partition)
         if pending is not None:
             pending.stop()
@@ -580,23 +610,40 @@ class EngineRuntime:
     def seal(
         self, partition: int, records: list[state_changelog.Record], topic: str
     ) -> list[state_changelog.Record]:
-        """A transaction's records: ``records`` (what the applied bundles caused), then the
-        partition's meta record; the state among them (changelog ``topic``) is held for the
-        local snapshot until Faust has committed the bundles it reflects
-        (:meth:`save_committed`).
+        """A transaction's records: ``records`` (the alerts and dead letters of the applied
+        bundles), then the state of every entity changed since the last transaction, each
+        once and encoded now, then the partition's meta record; the state among them
+        (changelog ``topic``) is held for the local snapshot until Faust has committed the
+        bundles it reflects (:meth:`save_committed`).
 
-        Staged as a write batch: holding the records themselves until the commit grew the
-        worker's RSS by 2.8-3.8 KB per user instead of 1.6 (a day close changes every
-        entity: 10^5 records in flight)."""
+        Encoded here, at the commit, not after each bundle: during catch-up a transaction
+        spans many bundles, and encoding each changed entity after every bundle held one
+        record per (bundle, team) until the commit (10^5 records and 60 MB per partition
+        in the scale benchmark, worker RSS 2.7 GB at 200k users). Nothing awaits between
+        the meta record and the entities, so both describe the same applied bundles.
+
+        The state is staged as a write batch: holding the records themselves until the
+        commit grew the worker's RSS by 2.8-3.8 KB per user instead of 1.6 (a day close
+        changes every entity: 10^5 records in flight)."""
         meta = self.take_meta(partition)
         if meta is None:
             return records
+        first_state = len(records)
+        changed = self.sealed[partition] = self.engines[partition].take_changes()
+        records.extend(
+            (topic, key, value, partition) for key, value in self._encoded(partition, *changed)
+        )
         records.append((topic, meta[0], meta[1], partition))
+        self.heap.add(len(records) - first_state, time.monotonic())
         pending, snapshot = self.pending.get(partition), self.snapshot_of.get(partition)
         if pending is not None and snapshot is not None and not pending.broken:
-            state = [(key, value) for t, key, value, _ in records if t == topic and key]
+            state = [(key, value) for _, key, value, _ in records[first_state:] if key]
             pending.add(self.bundle_offset[partition], snapshot.stage(state), meta[0], len(state))
         return records
+
+    def settled(self, partition: int) -> None:
+        """The partition's last sealed transaction has committed."""
+        self.sealed.pop(partition, None)
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -666,17 +713,19 @@ def build_app(settings: Settings) -> faust.App:
     snapshots = SnapshotStore(s.state_dir, changelog) if s.state_snapshot else None
     runtime = EngineRuntime(settings, restore_records, snapshots)
     state_changelog.fault_kill.after = s.fault_kill_after_records  # test only; 0: off
-    #: per partition: what the applied bundles caused (alerts, dead letters, changed state),
-    #: not yet queued in the partition's transaction (see write_on_commit)
+    #: per partition: what the applied bundles caused (alerts, dead letters), not yet
+    #: queued in the partition's transaction (see write_on_commit)
     unsent: dict[int, list[state_changelog.Record]] = {}
 
     def write_on_commit(producer: Any) -> None:
         """Make Faust's commit of a partition's transaction first queue in it what the
-        partition's applied bundles caused, and then the meta record describing that state.
+        partition's applied bundles caused, then the changed entities and the meta record
+        describing that state (:meth:`EngineRuntime.seal`).
 
         The agent only applies bundles and collects their records (no await between the two),
-        so at any await the engine's state is exactly what the collected records describe:
-        taking them and encoding the meta record at once gives a consistent transaction. The
+        so at any await the engine's state is exactly what the applied bundles made it:
+        taking their records and encoding the changed entities and the meta record at once
+        gives a consistent transaction. The
         agent never waits for Kafka, not even while a transaction commits (it used to, for
         each bundle, on the partition's transaction lock), and the meta record, which
         carries the population history and the risk model, is written once per commit
@@ -693,12 +742,17 @@ def build_app(settings: Settings) -> faust.App:
                 await commit({tid: offsets}, group_id, start_new)
                 return
             held = unsent.pop(partition, [])
-            records = runtime.seal(partition, list(held), changelog)
+            try:
+                records = runtime.seal(partition, list(held), changelog)
+            except Exception:
+                # the changed entities were taken: committing without them would lose them
+                _exit_state_unsafe("partition %s: encoding its state failed; exiting", partition)
             try:
                 if records:
                     sent = await state_changelog.send_in_transaction(producer, tid, records)
                     runtime.queued(partition, sent)
                 await commit({tid: offsets}, group_id, start_new)
+                runtime.settled(partition)
             except BaseException:
                 # Not committed (e.g. a rebalance failed the offset commit): what this
                 # transaction carried goes into the next one, or the offsets Faust commits
@@ -734,13 +788,10 @@ def build_app(settings: Settings) -> faust.App:
             try:
                 alerts, dead = runtime.apply(partition, offset, event.value)
                 records = unsent.setdefault(partition, [])
-                records.extend((k.dlq_topic, None, orjson.dumps(r), None) for r in dead)
+                records.extend((k.dlq_topic, None, dumps_held(r), None) for r in dead)
                 records.extend(
-                    (k.alerts_topic, a["data"]["entity_id"].encode(), orjson.dumps(a), None)
+                    (k.alerts_topic, a["data"]["entity_id"].encode(), dumps_held(a), None)
                     for a in alerts
-                )
-                records.extend(
-                    (changelog, key, value, partition) for key, value in runtime.changes(partition)
                 )
             except Exception:
                 # A poison event is quarantined inside apply; reaching here is a bug outside
@@ -748,11 +799,7 @@ def build_app(settings: Settings) -> faust.App:
                 # record describes any more, and Faust would restart the agent and commit
                 # the bundle offsets anyway: state lost without a trace. Exiting leaves the
                 # open transactions to be aborted; a restart restores the committed state.
-                log.critical(
-                    "partition %s: bundle %s failed; exiting", partition, offset, exc_info=True
-                )
-                logging.shutdown()
-                os._exit(EXIT_STATE_UNSAFE)
+                _exit_state_unsafe("partition %s: bundle %s failed; exiting", partition, offset)
             pages.observe_bundle(event.message.timestamp, len(alerts))
 
     @app.task
@@ -786,6 +833,17 @@ def build_app(settings: Settings) -> faust.App:
         runtime.save_committed(
             {tp.partition: o for tp, o in committed.items() if tp.topic == bundle_topic and o}
         )
+
+    @app.timer(interval=1.0)
+    async def release_heap() -> None:
+        """After a burst of work (a restore, a day close, a catch-up), the garbage and free
+        heap it left go back to the OS (:mod:`detector.heap`)."""
+        now = time.monotonic()
+        if runtime.heap.due(now):
+            records = runtime.heap.records
+            took = heap.release()
+            runtime.heap.released(now)
+            log.info("heap released after %d records in %.2f s", records, took)
 
     @app.timer(interval=min(1.0, s.idle_sweep_s))
     async def restore_idle_partitions() -> None:

@@ -125,6 +125,51 @@ def test_the_meta_record_is_due_once_the_state_moves_and_not_for_redelivered_bun
     assert runtime.take_meta(partition) is None
 
 
+def restored_fresh(size: int) -> tuple[EngineRuntime, int, list[bytes]]:
+    """A runtime with no state yet, its partition (of 4) and that partition's bundles."""
+    partition = partition_for(EVENTS[0]["team_id"], 4)
+    runtime = runtime_over({})
+    asyncio.run(runtime.ensure(partition))
+    return runtime, partition, bundles_for(partition, 4, size)
+
+
+def test_a_transaction_carries_each_changed_entity_once_as_it_is_at_the_commit():
+    runtime, partition, bundles = restored_fresh(size=50)
+    for offset, bundle in enumerate(bundles[:3]):
+        runtime.apply(partition, offset, bundle)
+    records = runtime.seal(partition, [], "cl")
+    keys = [key for _, key, _, _ in records]
+    assert len(keys) == len(set(keys)) and keys[-1] == f"m:{partition}".encode()
+    engine = runtime.engines[partition]
+    assert {k for k in keys if k and k.startswith(b"t:")} == {
+        b"t:" + t.encode() for t in engine.teams
+    }
+    # entity records match the state now, the meta record the last bundle applied
+    again = runtime_over(dict((key, value) for _, key, value, _ in records if key))
+    asyncio.run(again.ensure(partition))
+    assert again.bundle_offset[partition] == 2
+    restored = again.engines[partition]
+    assert {t: team.events_total for t, team in restored.teams.items()} == {
+        t: team.events_total for t, team in engine.teams.items()
+    }
+    assert runtime.seal(partition, [], "cl") == []  # nothing moved since
+
+
+def test_entities_of_a_transaction_that_failed_to_commit_go_into_the_next_one():
+    runtime, partition, bundles = restored_fresh(size=50)
+    runtime.apply(partition, 0, bundles[0])
+    failed = {key for _, key, _, _ in runtime.seal(partition, [], "cl")}
+    runtime.commit_failed(partition)
+    runtime.apply(partition, 1, bundles[1])
+    retried = {key for _, key, _, _ in runtime.seal(partition, [], "cl")}
+    assert failed <= retried
+    runtime.settled(partition)
+    runtime.commit_failed(partition)  # a later transaction with no entities in it fails
+    assert [key for _, key, _, _ in runtime.seal(partition, [], "cl")] == [
+        f"m:{partition}".encode()
+    ]
+
+
 class SlicedSource:
     """A consumer whose ``getmany`` hands out prepared slices, one per call (then nothing)."""
 

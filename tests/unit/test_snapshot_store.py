@@ -107,8 +107,7 @@ def counts(rt: EngineRuntime) -> dict[str, int]:
 
 def transaction(rt: EngineRuntime) -> list[tuple[bytes, bytes]]:
     """The state records the worker sends when the partition's transaction commits."""
-    state = [(TOPIC, key, value, PARTITION) for key, value in rt.changes(PARTITION)]
-    return [(key or b"", value) for _, key, value, _ in rt.seal(PARTITION, state, TOPIC)]
+    return [(key or b"", value) for _, key, value, _ in rt.seal(PARTITION, [], TOPIC)]
 
 
 def run_bundles(rt: EngineRuntime, changelog: Changelog, bundles: list[bytes], first: int):
