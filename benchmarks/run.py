@@ -194,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts()  # load average before the benchmark loads the machine
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     sections = []
+    cpus = os.sched_getaffinity(0)
     for name in names:
         title, fn = BENCHMARKS[name]
+        # each benchmark starts on every usable CPU: the engine's pins this process to one,
+        # and the broker's would then find a single CPU and pin nothing
+        os.sched_setaffinity(0, cpus)
         body = fn(args)
         sections.append(
             f"## {stamp} — {name}: {title}\n\n- Command: `{_command(argv)}`\n{facts}\n{body}"
