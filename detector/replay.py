@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import orjson
 
+from .codec import dumps_held
 from .events import Invalid
 from .router import PartitionedEngines
 from .settings import EngineSettings
@@ -123,7 +124,8 @@ def _parquet_rows(path: Path, progress: Callable[[int], None] | None) -> Iterato
         ) from exc
     table = pq.ParquetFile(path)
     for batch in table.iter_batches(batch_size=50_000):
-        rows = [orjson.dumps(_without_nulls(row)) for row in batch.to_pylist()]
+        # held until the batch is applied: copied out of orjson's 4 KB output buffers
+        rows = [dumps_held(_without_nulls(row)) for row in batch.to_pylist()]
         if progress is not None:
             progress(sum(map(len, rows)))
         yield from rows
