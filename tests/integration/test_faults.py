@@ -23,7 +23,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from detector.quarantine import PROCESSING_ERROR
-from detector.service import bundle_topic_name
+from detector.service import EXIT_STATE_UNSAFE, bundle_topic_name
 from tests.integration import test_worker
 from tests.integration.test_worker import (
     QUIET,
@@ -293,3 +293,36 @@ def test_a_worker_killed_in_the_middle_of_a_state_flush_loses_and_duplicates_not
     committed = sum(1 for _ in _changelog(settings))
     assert committed > committed_before
     assert uncommitted > committed, "the cut flush's records are in the log, aborted"
+
+
+def test_a_bundle_that_fails_outside_the_quarantine_stops_the_worker_and_loses_nothing(
+    kafka_settings_factory, kafka_admin, workers, tmp_path
+):
+    """A bug outside any one event (tests/bundle_fault.py: a bundle raises after its events
+    are in the engine) leaves the engine with changes no record describes. The worker exits
+    with EXIT_STATE_UNSAFE instead of letting Faust commit that bundle's offset; a restarted
+    worker restores the committed state and redoes the bundle: nothing lost, nothing twice."""
+    settings = kafka_settings_factory(service=QUIET)
+    stream = simulated_halves(settings, tmp_path, teams=14, days=70, seed=79)
+
+    produce_file(stream.first, settings, progress=False)
+    first = workers(settings, "first").start()
+    wait_until(lambda: events_applied(first) >= stream.first_events, 180, "the first half applied")
+    wait_until(lambda: _bundles_committed(kafka_admin, settings), 60, "the first half committed")
+    first.stop()
+
+    faulty = workers(settings, "faulty")
+    faulty.module = "tests.bundle_fault"  # the real worker, with the fault injected
+    faulty.start()
+    produce_file(stream.second, settings, progress=False)
+    assert faulty.proc is not None
+    assert faulty.proc.wait(timeout=180) == EXIT_STATE_UNSAFE
+    log = faulty.log.read_bytes()
+    assert b"BundleFault: injected fault after bundle" in log
+    assert re.search(rb"partition \d+: bundle \d+ failed; exiting", log)
+
+    second = workers(settings, "second").start()  # same state dir and app id, no fault
+    wait_until(
+        all_teams_complete([second], stream.expected), 240, "every event counted after the exit"
+    )
+    assert_alerts_equal_replay(settings, stream.alert_ids)
