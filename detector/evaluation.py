@@ -378,20 +378,20 @@ def lead_context(
         for row in truths
         if row.churned and row.churned_at is not None and row.decay_start is not None
     ]
-    both = [
-        ((row.churned_at - det.first_ms) / DAY_MS, (row.churned_at - base.first_ms) / DAY_MS)
+    flagged_by_both = [
+        (row, det, base)
         for row, det, base in zip(truths, detector, baseline, strict=True)
-        if row.churned
-        and row.churned_at is not None
-        and det.first_ms is not None
-        and base.first_ms is not None
+        if det.first_ms is not None and base.first_ms is not None
     ]
+    rows = [row for row, _, _ in flagged_by_both]
+    paired_detector = _leads(rows, [det for _, det, _ in flagged_by_both])
+    paired_baseline = _leads(rows, [base for _, _, base in flagged_by_both])
     return LeadContext(
         bound_median_days=quantile(bounds, 0.5),
         bound_count=len(bounds),
-        paired_count=len(both),
-        paired_detector_median_days=quantile([d for d, _ in both], 0.5),
-        paired_baseline_median_days=quantile([b for _, b in both], 0.5),
+        paired_count=len(paired_detector),
+        paired_detector_median_days=quantile(paired_detector, 0.5),
+        paired_baseline_median_days=quantile(paired_baseline, 0.5),
     )
 
 

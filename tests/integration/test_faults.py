@@ -188,6 +188,15 @@ def _bundles_committed(admin, settings) -> bool:
     return bool(mine) and all(mine[tp] >= end for tp, end in ends.items())
 
 
+def _first_half_committed(settings, stream: Halves, workers, kafka_admin) -> None:
+    """A worker applies the stream's first half, Faust commits all of it, the worker stops."""
+    produce_file(stream.first, settings, progress=False)
+    first = workers(settings, "first").start()
+    wait_until(lambda: events_applied(first) >= stream.first_events, 180, "the first half applied")
+    wait_until(lambda: _bundles_committed(kafka_admin, settings), 60, "the first half committed")
+    first.stop()
+
+
 def _changelog(settings, isolation_level: str = "read_committed") -> Iterator[Any]:
     """Every record of the state changelog, as a consumer with ``isolation_level`` reads it."""
     consumer = KafkaConsumer(
@@ -264,11 +273,7 @@ def test_a_worker_killed_in_the_middle_of_a_state_flush_loses_and_duplicates_not
     settings = kafka_settings_factory(service=QUIET)
     stream = simulated_halves(settings, tmp_path, teams=14, days=70, seed=73)
 
-    produce_file(stream.first, settings, progress=False)
-    first = workers(settings, "first").start()
-    wait_until(lambda: events_applied(first) >= stream.first_events, 180, "the first half applied")
-    wait_until(lambda: _bundles_committed(kafka_admin, settings), 60, "the first half committed")
-    first.stop()
+    _first_half_committed(settings, stream, workers, kafka_admin)
     committed_before = sum(1 for _ in _changelog(settings))
 
     faulty_service = dataclasses.replace(settings.service, fault_kill_after_records=25)
@@ -305,11 +310,7 @@ def test_a_bundle_that_fails_outside_the_quarantine_stops_the_worker_and_loses_n
     settings = kafka_settings_factory(service=QUIET)
     stream = simulated_halves(settings, tmp_path, teams=14, days=70, seed=79)
 
-    produce_file(stream.first, settings, progress=False)
-    first = workers(settings, "first").start()
-    wait_until(lambda: events_applied(first) >= stream.first_events, 180, "the first half applied")
-    wait_until(lambda: _bundles_committed(kafka_admin, settings), 60, "the first half committed")
-    first.stop()
+    _first_half_committed(settings, stream, workers, kafka_admin)
 
     faulty = workers(settings, "faulty")
     faulty.module = "tests.bundle_fault"  # the real worker, with the fault injected

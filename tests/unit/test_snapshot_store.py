@@ -117,15 +117,23 @@ def run_bundles(rt: EngineRuntime, changelog: Changelog, bundles: list[bytes], f
         rt.queued(PARTITION, changelog.append(transaction(rt)))
 
 
+def first_worker(
+    changelog: Changelog, state_dir: Path, bundles: list[bytes], committed: int
+) -> EngineRuntime:
+    """A worker that applied ``bundles``, each in a transaction of its own, of which Faust
+    committed the first ``committed`` (the snapshot holds those)."""
+    first = runtime(changelog, state_dir)
+    asyncio.run(first.ensure(PARTITION))
+    run_bundles(first, changelog, bundles, 0)
+    first.save_committed({PARTITION: committed})
+    return first
+
+
 def snapshotted(state_dir: Path) -> Changelog:
     """A worker applied three bundles, all committed and in its snapshot, and left."""
     bundles = bundles_for(PARTITION, PARTITIONS, size=100)
     changelog = Changelog()
-    first = runtime(changelog, state_dir)
-    asyncio.run(first.ensure(PARTITION))
-    run_bundles(first, changelog, bundles[:3], 0)
-    first.save_committed({PARTITION: 3})
-    first.drop([PARTITION])
+    first_worker(changelog, state_dir, bundles[:3], 3).drop([PARTITION])
     return changelog
 
 
@@ -138,10 +146,7 @@ def test_a_restart_reads_only_the_changelog_after_the_snapshot_and_continues_exa
         straight.apply(PARTITION, offset, bundle)
 
     changelog = Changelog()
-    first = runtime(changelog, tmp_path)
-    asyncio.run(first.ensure(PARTITION))
-    run_bundles(first, changelog, bundles[: 2 * third], 0)
-    first.save_committed({PARTITION: third})  # Faust committed the first third only
+    first = first_worker(changelog, tmp_path, bundles[: 2 * third], third)  # a third committed
     snapshot_end = first.snapshot_of[PARTITION].load()
     first.drop([PARTITION])
     assert snapshot_end is not None
@@ -160,10 +165,7 @@ def test_a_restart_reads_only_the_changelog_after_the_snapshot_and_continues_exa
 def test_uncommitted_records_never_reach_the_snapshot(tmp_path):
     bundles = bundles_for(PARTITION, PARTITIONS, size=100)
     changelog = Changelog()
-    first = runtime(changelog, tmp_path)
-    asyncio.run(first.ensure(PARTITION))
-    run_bundles(first, changelog, bundles[:4], 0)
-    first.save_committed({PARTITION: 2})
+    first = first_worker(changelog, tmp_path, bundles[:4], 2)
     saved = first.snapshot_of[PARTITION].load()
     assert saved is not None
     position, held = saved
