@@ -13,9 +13,11 @@ pinned to one CPU (the broker and this driver get the other one):
    per-team 1-day tumbling-window tables (RocksDB) per event, run for a bounded time;
 3. **churn-detector worker**: whatever ``churn-detector worker`` the venv has installed,
    configured with ``DETECTOR_*`` variables; timed from process start until its /healthz
-   reports every loaded event applied. Then: stopped, the lag part produced, restarted, and
-   timed until it has caught up (lag recovery, including restoring its state from the
-   changelog); then the last part is sent at half the measured throughput while the alerts
+   reports every loaded event applied; repeated, each run from nothing (its own groups,
+   topics and state), median reported. py-spy samples one more run, which is not timed: the
+   sampler shares the broker's CPU. Then: the last worker stopped, the lag part produced,
+   restarted, and timed until it has caught up (lag recovery, including restoring its state
+   from the changelog); then the last part is sent at half the measured throughput while the alerts
    topic is read, for end-to-end alert latency (see :mod:`benchmarks.broker_latency`).
 
 What it needs from the worker: the ``DETECTOR_*`` settings it reads and the
@@ -83,7 +85,10 @@ class Config:
     #: paced rate for the latency phase, as a share of the worker's measured throughput
     latency_rate_share: float = 0.5
     pin: bool = True
-    #: py-spy sampling of the worker while it catches up (0: off; skipped without py-spy)
+    #: timed runs of the worker over the loaded topic, each from nothing (median reported)
+    worker_reps: int = 3
+    #: py-spy sampling of one more worker run while it catches up, not timed: the sampler
+    #: shares the broker's CPU and slows what it watches (0: off; skipped without py-spy)
     profile_seconds: float = 30.0
 
 
@@ -170,22 +175,32 @@ class Bench:
         self.log = log
         tag = uuid.uuid4().hex[:8]
         self.topic = f"bench-events-{tag}"
-        self.app_id = f"bench-detector-{tag}"
+        self.app_id = ""
+        self.new_worker()
         self.python = sys.executable
         self.cli = str(Path(sys.executable).with_name("churn-detector"))
         self.web_port = free_port()
         self.profiler: subprocess.Popen[bytes] | None = None
+
+    def new_worker(self) -> None:
+        """The next worker starts from nothing: its own consumer groups, bundle, changelog
+        and alert topics, and state directory (the events topic stays)."""
+        self.app_id = f"bench-detector-{uuid.uuid4().hex[:8]}"
+
+    @property
+    def alerts_topic(self) -> str:
+        return f"{self.app_id}-alerts"
 
     def detector_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
         env.update(
             DETECTOR_KAFKA_BROKERS=self.bootstrap,
             DETECTOR_KAFKA_EVENTS_TOPIC=self.topic,
-            DETECTOR_KAFKA_DLQ_TOPIC=f"{self.topic}-dlq",
-            DETECTOR_KAFKA_ALERTS_TOPIC=f"{self.topic}-alerts",
+            DETECTOR_KAFKA_DLQ_TOPIC=f"{self.app_id}-dlq",
+            DETECTOR_KAFKA_ALERTS_TOPIC=self.alerts_topic,
             DETECTOR_ENGINE_PARTITIONS=str(self.cfg.partitions),
             DETECTOR_SERVICE_APP_ID=self.app_id,
-            DETECTOR_SERVICE_STATE_DIR=str(self.run_dir / "worker-state"),
+            DETECTOR_SERVICE_STATE_DIR=str(self.run_dir / "worker-state" / self.app_id),
             DETECTOR_SERVICE_WEB_PORT=str(self.web_port),
             DETECTOR_SERVICE_LOG_LEVEL="WARNING",
         )
@@ -249,6 +264,19 @@ class Bench:
         finally:
             child.stop(20)
         return Rate.of(orjson.loads(out.read_bytes()))
+
+    def worker_run(
+        self, expected: int, name: str, on_first: Callable[[int], None] | None = None
+    ) -> WorkerRun:
+        """A new worker over the loaded topic, until it has applied ``expected`` events."""
+        self.new_worker()
+        worker = self.start_worker(name)
+        try:
+            run = self.wait_applied(worker, expected, name, on_first)
+        finally:
+            worker.stop()
+        self.log(f"  {run.applied:,} events, {_k(run.rate_from_first)} events/s from the first")
+        return run
 
     def start_worker(self, name: str) -> Child:
         self.web_port = free_port()
@@ -391,7 +419,7 @@ class Bench:
             broker_latency.paced_run(
                 self.bootstrap,
                 self.topic,
-                f"{self.topic}-alerts",
+                self.alerts_topic,
                 lines,
                 routes,
                 rate,
@@ -473,14 +501,17 @@ def run(cfg: Config, log: Log) -> str:
         peer = bench.peer()
         log(f"  {peer.events:,} events in {peer.seconds:.1f} s: {peer.per_s:,.0f} events/s")
 
-        log("churn-detector worker over the loaded topic ...")
-        worker = bench.start_worker("worker")
-        try:
-            full = bench.wait_applied(worker, n_pre, "worker", bench.start_profile)
-        finally:
-            worker.stop()
-        profile = bench.finish_profile()
-        log(f"  {full.applied:,} events, {full.rate_from_start:,.0f} events/s from start")
+        runs: list[WorkerRun] = []
+        for rep in range(cfg.worker_reps):
+            log(f"churn-detector worker over the loaded topic {rep + 1}/{cfg.worker_reps} ...")
+            runs.append(bench.worker_run(n_pre, f"worker-{rep}"))
+        profile: engine_replay.PySpyProfile | None = None
+        profiled: WorkerRun | None = None
+        if cfg.profile_seconds:
+            log("churn-detector worker once more, sampled by py-spy (not timed) ...")
+            profiled = bench.worker_run(n_pre, "worker-profiled", bench.start_profile)
+            profile = bench.finish_profile()
+        full = _median_run(runs)
 
         log(f"worker stopped; producing {n_lag:,} events (lag) ...")
         lag_load = bench.produce(lag, n_lag)
@@ -500,10 +531,16 @@ def run(cfg: Config, log: Log) -> str:
     for part in (preload, lag, paced):
         part.unlink()  # copies of the cached event file; the logs stay for a look afterwards
     body = _report(
-        cfg, pinning, path, total, (n_pre, n_lag, n_paced), load, lag_load, ceilings, peer, full,
-        recovery, live, profile,
+        cfg, pinning, path, total, (n_pre, n_lag, n_paced), load, lag_load, ceilings, peer, runs,
+        recovery, live, profile, profiled,
     )  # fmt: skip
     return body + f"\nBenchmark wall time: {time.perf_counter() - wall:.0f} s.\n"
+
+
+def _median_run(runs: list[WorkerRun]) -> WorkerRun:
+    """The run with the median rate from its first applied event (the lower middle one of
+    an even count)."""
+    return sorted(runs, key=lambda r: r.rate_from_first)[(len(runs) - 1) // 2]
 
 
 def _k(rate: float) -> str:
@@ -535,14 +572,16 @@ def _report(
     lag_load: Rate,
     ceilings: list[Rate],
     peer: Rate,
-    full: WorkerRun,
+    runs: list[WorkerRun],
     recovery: WorkerRun,
     live: Live | None,
     profile: engine_replay.PySpyProfile | None,
+    profiled: WorkerRun | None,
 ) -> str:
     n_pre, n_lag, n_paced = counts
     e = cfg.events
     ceiling = statistics.median(c.per_s for c in ceilings)
+    full = _median_run(runs)
     worker = full.rate_from_first
     out = [
         f"- Input: {total:,} simulated events (`simulate(SimulationConfig(teams={e.teams}, "
@@ -566,7 +605,8 @@ def _report(
         f"| textbook peer: Faust agent, 2 tumbling 1-day tables (RocksDB) updated per event, "
         f"first {cfg.peer_seconds:.0f} s | **{_k(peer.per_s)}** | {_k(peer.per_cpu_s)} | "
         f"{peer.events:,} | {peer.seconds:.1f} | {_mb(peer.rss_bytes)} |",
-        f"| churn-detector worker, from its first applied event | **{_k(worker)}** | "
+        f"| churn-detector worker, from its first applied event (median run of {len(runs)}: "
+        f"{', '.join(_k(r.rate_from_first) for r in runs)}) | **{_k(worker)}** | "
         f"{_k(full.per_cpu_s)} | {full.applied:,} | {full.from_first_s:.1f} | "
         f"{_mb(full.rss_bytes)} |",
         f"| churn-detector worker, from process start (incl. startup, rebalance) | "
@@ -574,9 +614,15 @@ def _report(
         "",
         "Events per CPU-second: the process's user + system CPU time over the same stretch "
         "(all its threads); on a shared machine this is less sensitive to other load than "
-        "wall-clock rates.",
+        "wall-clock rates. Each worker run starts from nothing (new consumer groups, bundle, "
+        "state and alert topics, state directory) over the same loaded topic.",
         "",
     ]
+    if profiled is not None:
+        out.append(
+            f"- One more worker run, sampled by py-spy for the profile below and not timed: "
+            f"{_k(profiled.rate_from_first)} events/s ({_k(profiled.per_cpu_s)} per CPU-second)."
+        )
     if not full.finished:
         out.append(
             f"- **The worker did not apply all {n_pre:,} events within "

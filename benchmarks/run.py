@@ -98,6 +98,7 @@ def _broker(args: argparse.Namespace) -> str:
     cfg = broker_bench.Config(
         events=engine_replay.Config(teams=args.teams),
         ceiling_reps=args.reps,
+        worker_reps=args.reps,
         peer_seconds=args.peer_seconds,
         worker_timeout_s=args.worker_timeout,
         pin=not args.no_pin,

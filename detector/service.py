@@ -94,6 +94,9 @@ _USER = b"u:"
 _SEP = b"\n"  # between the offsets and the engine's partition record in the meta record
 #: net new container objects between two young-generation collections (CPython: 700)
 GC_YOUNG_THRESHOLD = 30_000
+#: longest time the broker may hold a fetch of the engine's consumer with no data for it
+#: (Faust sets 1,500 ms; see _fetch_bundles_without_long_polls)
+BUNDLE_FETCH_MAX_WAIT_MS = 100
 
 
 @contextlib.contextmanager
@@ -108,6 +111,31 @@ def _without_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _fetch_bundles_without_long_polls() -> None:
+    """Make the broker answer the engine's fetches within :data:`BUNDLE_FETCH_MAX_WAIT_MS`.
+
+    aiokafka keeps one fetch in flight per broker and leaves out of it the partitions whose
+    records are not consumed yet. Once the engine holds bundles of every bundle partition,
+    the next fetch asks only for partitions with nothing new (Faust's leader topic, which
+    never has data), and the broker holds it for Faust's fixed ``fetch_max_wait_ms`` of
+    1,500 ms; bundles that arrive or are consumed meanwhile wait for it. During a catch-up
+    the engine then applied a burst and sat idle ~1.4 s in every ~1.6 s (worker_quick,
+    consumer instrumented: ``getmany`` 1.0 s empty, then 8 bundles after 0.35 s)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "short_fetch_wait", False):
+        return
+
+    def create_worker_consumer(self: Any, transport: Any) -> AIOKafkaConsumer:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = BUNDLE_FETCH_MAX_WAIT_MS  # read when it starts
+        return consumer
+
+    create_worker_consumer.short_fetch_wait = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
 
 
 def _collect_cycles_less_often() -> None:
@@ -916,6 +944,9 @@ def _credentials(settings: Settings) -> Any:
 def run_worker(settings: Settings) -> int:
     """Run the worker until stopped (SIGTERM/SIGINT)."""
     _collect_cycles_less_often()
+    _fetch_bundles_without_long_polls()
+    # Faust creates its data directory but not the ones above it
+    os.makedirs(settings.service.state_dir, exist_ok=True)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=settings.service.log_level.lower(), quiet=True)
     worker.execute_from_commandline()

@@ -6,16 +6,19 @@ import asyncio
 import gc
 from typing import Any, NamedTuple
 
+import faust
 import orjson
 
 from detector.bundles import Item, decode_bundle, encode_bundle
 from detector.events import decode_fields
 from detector.partitioning import partition_for
 from detector.service import (
+    BUNDLE_FETCH_MAX_WAIT_MS,
     GC_YOUNG_THRESHOLD,
     EngineRuntime,
     Ingest,
     _collect_cycles_less_often,
+    _fetch_bundles_without_long_polls,
     bundle_topic_name,
 )
 from detector.settings import build_settings
@@ -283,3 +286,24 @@ def test_the_worker_collects_cycles_after_many_new_objects_not_after_700():
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
     finally:
         gc.set_threshold(*before)
+
+
+def test_the_engines_consumer_is_not_held_by_the_broker_for_faust_s_long_poll(tmp_path):
+    """Faust fixes fetch_max_wait_ms at 1,500 ms: a fetch that asks only for partitions with
+    nothing new (its leader topic) then holds back every bundle for that long."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    async def created_wait_ms() -> int:
+        app = faust.App("wait-test", broker="kafka://127.0.0.1:1", datadir=str(tmp_path))
+        thread = app.consumer._thread
+        assert isinstance(thread, AIOKafkaConsumerThread)
+        return int(thread._create_worker_consumer(app.transport)._fetch_max_wait_ms)
+
+    original = AIOKafkaConsumerThread._create_worker_consumer
+    try:
+        assert asyncio.run(created_wait_ms()) == 1500  # Faust's own
+        _fetch_bundles_without_long_polls()
+        _fetch_bundles_without_long_polls()  # idempotent
+        assert asyncio.run(created_wait_ms()) == BUNDLE_FETCH_MAX_WAIT_MS
+    finally:
+        AIOKafkaConsumerThread._create_worker_consumer = original  # type: ignore[method-assign]
