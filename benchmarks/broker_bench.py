@@ -17,8 +17,8 @@ pinned to one CPU (the broker and this driver get the other one):
    topics and state), median reported. py-spy samples one more run, which is not timed: the
    sampler shares the broker's CPU. Then: the last worker stopped, the lag part produced,
    restarted, and timed until it has caught up (lag recovery, including restoring its state
-   from the changelog); then the last part is sent at half the measured throughput while the alerts
-   topic is read, for end-to-end alert latency (see :mod:`benchmarks.broker_latency`).
+   from the changelog); then the last part is sent at half the measured throughput while the
+   alerts topic is read, for end-to-end alert latency (see :mod:`benchmarks.broker_latency`).
 
 What it needs from the worker: the ``DETECTOR_*`` settings it reads and the
 ``applied_since_start`` (+ ``ingest_invalid``) fields of ``/healthz``; nothing else, so it
