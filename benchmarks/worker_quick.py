@@ -31,6 +31,8 @@ from detector.kafka_tools import produce_file
 from detector.settings import build_settings
 from detector.simulator import SimulationConfig, simulate, write_jsonl
 
+from .broker_procs import cpu_seconds, rss_bytes
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
@@ -44,20 +46,6 @@ def events_file(teams: int, days: int, seed: int) -> tuple[Path, int]:
         )
         count_file.write_text(str(count))
     return path, int(count_file.read_text())
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process, MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 def health(port: int) -> dict[str, Any] | None:
@@ -128,7 +116,8 @@ def main() -> int:
             if applied and first is None:
                 first, cpu_first = time.perf_counter(), cpu_seconds(proc.pid)
             if applied >= sent:
-                cpu_done, rss_done = cpu_seconds(proc.pid), rss_mb(proc.pid)
+                cpu_done = cpu_seconds(proc.pid)
+                rss_done = round(rss_bytes(proc.pid) / 2**20, 1)
                 break
             time.sleep(0.2)
         done = time.perf_counter()

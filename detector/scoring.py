@@ -61,7 +61,7 @@ SPECIFICITY = {"champion_loss": 3, "user_decay": 2, "silence": 1, "team_decay": 
 #: strength at which a signal is at-risk evidence on its own (see the module docstring)
 AT_RISK_STRENGTH = 0.6
 #: strength at which a signal is cooling evidence
-CAUSE_STRENGTH = 0.45
+COOLING_STRENGTH = 0.45
 
 
 def explain(signals: list[Signal], cause: str | None = None) -> tuple[str, list[Reason]]:
@@ -92,7 +92,7 @@ def explain(signals: list[Signal], cause: str | None = None) -> tuple[str, list[
                 if sig.name in SPECIFICITY
                 and (
                     sig.strength >= AT_RISK_STRENGTH
-                    or (sig.name == cause and sig.strength >= CAUSE_STRENGTH)
+                    or (sig.name == cause and sig.strength >= COOLING_STRENGTH)
                 )
             ),
             key=lambda sig: SPECIFICITY[sig.name],

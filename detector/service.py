@@ -577,11 +577,6 @@ class EngineRuntime:
                 total += held * size / written
         return int(total)
 
-    def changes(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
-        """Entity records to write for what changed in ``partition`` since the last call."""
-        teams, users = self.engines[partition].take_changes()
-        return self._encoded(partition, teams, users)
-
     def _encoded(
         self, partition: int, teams: Iterable[str], users: Iterable[str]
     ) -> Iterator[tuple[bytes, bytes]]:
@@ -753,11 +748,10 @@ def build_app(settings: Settings) -> faust.App:
         The agent only applies bundles and collects their records (no await between the two),
         so at any await the engine's state is exactly what the applied bundles made it:
         taking their records and encoding the changed entities and the meta record at once
-        gives a consistent transaction. The
-        agent never waits for Kafka, not even while a transaction commits (it used to, for
-        each bundle, on the partition's transaction lock), and the meta record, which
-        carries the population history and the risk model, is written once per commit
-        instead of once per bundle.
+        gives a consistent transaction. The agent never waits for Kafka, not even while a
+        transaction commits (it used to, for each bundle, on the partition's transaction
+        lock), and the meta record, which carries the population history and the risk model,
+        is written once per commit instead of once per bundle.
         """
         commit = producer.commit_transactions
         if getattr(commit, "writes_state", False):

@@ -43,10 +43,11 @@ EVENTS = list(simulate(SimulationConfig(teams=6, days=30, seed=5)).events())
 
 
 def commit(runtime: EngineRuntime, partition: int, changelog: dict[bytes, bytes]) -> None:
-    """What the worker queues when a partition's transaction commits: the meta record."""
-    meta = runtime.take_meta(partition)
-    assert meta is not None
-    changelog[meta[0]] = meta[1]
+    """What the worker queues when a partition's transaction commits: the changed entities,
+    then the meta record."""
+    records = runtime.seal(partition, [], "cl")
+    assert records and records[-1][1] == f"m:{partition}".encode()
+    changelog.update((key, value) for _, key, value, _ in records if key)
     assert runtime.take_meta(partition) is None  # once per transaction
 
 
@@ -74,7 +75,6 @@ def test_a_runtime_restored_from_the_changelog_continues_like_one_that_never_sto
     asyncio.run(first.ensure(partition))
     for offset, bundle in enumerate(bundles[:half]):
         first.apply(partition, offset, bundle)
-        changelog.update(first.changes(partition))
         if offset % 3 == 2 or offset == half - 1:
             commit(first, partition, changelog)
     # what the first runtime applied after its last commit is lost with it
@@ -105,7 +105,7 @@ def test_state_bytes_estimates_what_a_new_owner_reads_back_from_the_changelog():
     changelog: dict[bytes, bytes] = {}
     for offset, bundle in enumerate(bundles_for(partition, partitions, size=200)):
         runtime.apply(partition, offset, bundle)
-        changelog.update(runtime.changes(partition))
+        commit(runtime, partition, changelog)
     entity_bytes = sum(len(v) for k, v in changelog.items() if k[:2] in (b"t:", b"u:"))
     assert entity_bytes > 0
     assert abs(runtime.state_bytes() - entity_bytes) <= 0.25 * entity_bytes
