@@ -198,6 +198,8 @@ class Bench:
             DETECTOR_KAFKA_EVENTS_TOPIC=self.topic,
             DETECTOR_KAFKA_DLQ_TOPIC=f"{self.app_id}-dlq",
             DETECTOR_KAFKA_ALERTS_TOPIC=self.alerts_topic,
+            # `churn-detector produce` keys every event by its team id
+            DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM="true",
             DETECTOR_ENGINE_PARTITIONS=str(self.cfg.partitions),
             DETECTOR_SERVICE_APP_ID=self.app_id,
             DETECTOR_SERVICE_STATE_DIR=str(self.run_dir / "worker-state" / self.app_id),

@@ -421,6 +421,7 @@ def run(cfg: Config, log: Log) -> str:
                     "events_topic": f"soak-events-{tag}",
                     "dlq_topic": f"soak-dlq-{tag}",
                     "alerts_topic": f"soak-alerts-{tag}",
+                    "events_keyed_by_team": True,  # Source keys every event by its team id
                 },
                 "service": {
                     "app_id": f"soak-{tag}",

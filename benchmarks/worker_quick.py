@@ -65,6 +65,12 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help="web port (default: a free one)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--profile", help="write a cProfile of the worker's main thread here")
+    parser.add_argument(
+        "--parse-all",
+        action="store_true",
+        help="leave kafka.events_keyed_by_team off: ingest parses every event to route it "
+        "(the topic is keyed by team either way)",
+    )
     args = parser.parse_args()
 
     path, total = events_file(args.teams, args.days, args.seed)
@@ -82,6 +88,7 @@ def main() -> int:
                 "events_topic": f"bench-events-{run}",
                 "dlq_topic": f"bench-dlq-{run}",
                 "alerts_topic": f"bench-alerts-{run}",
+                "events_keyed_by_team": not args.parse_all,
             },
             "service": {
                 "app_id": f"bench-{run}",

@@ -1,4 +1,4 @@
-"""Bundles: many validated events in one Kafka message, re-keyed to the engine's partition.
+"""Bundles: many events in one Kafka message, re-keyed to the engine's partition.
 
 The ingest stage packs validated events, each with its source partition and offset, its
 decoded fields and its original bytes, into one message per engine partition. Per-message
@@ -9,6 +9,10 @@ a crash never double counts). The original bytes are kept for a dead letter the 
 still write (an event that turns out late). A tick is a bundle without events that lets idle
 time pass in live mode.
 
+When the source topic is keyed by team (``kafka.events_keyed_by_team``), ingest routes by
+the key and does not parse: such a bundle carries the original bytes only (no decoded
+fields), and the engine decodes and validates each event.
+
 A bundle is held and sent as columns (one list per field, not one object per event): at
 tens of thousands of events per second, building and unpacking a small object per event on
 both sides was a tenth of the worker's time. The original bytes travel concatenated after
@@ -17,13 +21,12 @@ the header and are cut out only for an event the engine rejects.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import orjson
 
-from .events import EventFields, decode_fields
+from .events import EventFields
 
 _SEP = b"\x00"  # JSON output never contains a raw NUL byte
 
@@ -42,7 +45,8 @@ class Item(NamedTuple):
 
 
 class Columns:
-    """The events of one bundle being built by ingest, a list per field."""
+    """The events of one bundle being built by ingest, a list per field; ``events`` empty:
+    a bundle of original bytes only, which the engine decodes."""
 
     __slots__ = ("events", "offsets", "raws", "sources")
 
@@ -75,10 +79,13 @@ def _encode(
     lengths: list[int],
     events: list[EventFields],
 ) -> bytes:
-    header = orjson.dumps(
-        {"p": sources, "o": offsets, "n": lengths, "e": events},
-        default=tuple,  # fields as an Event (a NamedTuple, which orjson does not take)
-    )
+    if events:
+        header = orjson.dumps(
+            {"p": sources, "o": offsets, "n": lengths, "e": events},
+            default=tuple,  # fields as an Event (a NamedTuple, which orjson does not take)
+        )
+    else:
+        header = orjson.dumps({"p": sources, "o": offsets, "n": lengths})
     return header + _SEP + b"".join(raws)
 
 
@@ -104,10 +111,11 @@ def _chunk_bounds(lengths: list[int]) -> Iterator[tuple[int, int]]:
 
 
 class Bundle(NamedTuple):
-    #: per event: source partition, source offset, decoded fields (as lists)
+    #: per event: source partition, source offset, decoded fields (as lists); no fields
+    #: (None): the engine decodes the original bytes
     sources: list[int]
     offsets: list[int]
-    events: list[EventFields]
+    events: list[EventFields] | None
     #: the original bytes of the events, concatenated, and the length of each
     lengths: list[int]
     body: bytes
@@ -148,17 +156,18 @@ def encode_tick(elapsed_ms: int) -> bytes:
 
 
 def decode_bundle(data: bytes) -> Bundle:
+    """
+    >>> raw = Columns(); raw.sources, raw.offsets, raw.raws = [0, 1], [7, 3], [b"{}", b"[]"]
+    >>> b = decode_bundle(next(raw.encoded()))
+    >>> b.events, b.offsets, b.raw(1)
+    (None, [7, 3], b'[]')
+    """
     head, _, body = data.partition(_SEP)
     meta = orjson.loads(head)
     if isinstance(meta, list):  # a bundle of release 0.1.0: [partition, offset, length] rows
-        lengths = [row[2] for row in meta]
-        starts = itertools.accumulate(lengths, initial=0)
-        # ingest validated these bytes; should the rules have changed since, the engine
-        # raises on the Invalid and the event is quarantined (dead-lettered), not lost
-        events = [decode_fields(body[s : s + n]) for s, n in zip(starts, lengths, strict=False)]
         sources, offsets = [row[0] for row in meta], [row[1] for row in meta]
-        return Bundle(sources, offsets, cast(list[EventFields], events), lengths, body)
+        return Bundle(sources, offsets, None, [row[2] for row in meta], body)
     if "tick_ms" in meta:
         return Bundle([], [], [], [], b"", int(meta["tick_ms"]))
     # the fields come back as lists: the engine unpacks them the same way
-    return Bundle(meta["p"], meta["o"], meta["e"], meta["n"], body)
+    return Bundle(meta["p"], meta["o"], meta.get("e"), meta["n"], body)

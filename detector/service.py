@@ -52,7 +52,7 @@ from rocksdict import WriteBatch
 
 from . import changelog as state_changelog
 from . import health_view, heap, state_snapshot, web
-from .bundles import Columns, decode_bundle, encode_tick
+from .bundles import Bundle, Columns, decode_bundle, encode_tick
 from .codec import (
     decode_team,
     decode_user,
@@ -63,10 +63,10 @@ from .codec import (
     restore_partition,
 )
 from .engine import PartitionEngine
-from .events import Invalid, decode_fields
+from .events import EventFields, Invalid, decode_fields
 from .kafka_clients import aiokafka_config, ensure_topics
 from .metrics import ServiceMetrics
-from .partitioning import partition_for
+from .partitioning import partition_for, partition_for_key
 from .pseudonyms import Pseudonyms
 from .quarantine import quarantined
 from .replay import dead_letter
@@ -177,7 +177,7 @@ class Ingest:
         self.consumer: AIOKafkaConsumer | None = None
         self.metrics: ServiceMetrics | None = None
         self.producer: AIOKafkaProducer | None = None
-        self._partition_of: dict[str, int] = {}
+        self._partition_of: dict[bytes, int] = {}
 
     @property
     def invalid(self) -> int:
@@ -292,6 +292,9 @@ class Ingest:
         per_partition: dict[int, Columns] = {}
         #: this batch's teams -> their partition's columns (one look-up per event)
         columns_of: dict[str, Columns] = {}
+        #: keyed source: this batch's message keys -> their partition's columns
+        columns_by_key: dict[bytes, Columns] = {}
+        keyed = k.events_keyed_by_team
         futures = []
         max_bytes = self.max_bytes
         for tp, messages in batch.items():
@@ -300,44 +303,52 @@ class Ingest:
                 raw = msg.value
                 if raw is None:
                     raw = b""
-                decoded = decode_fields(raw, max_bytes)
-                if isinstance(decoded, Invalid):
-                    reasons = self.invalid_reasons
-                    reasons[decoded.reason] = reasons.get(decoded.reason, 0) + 1
-                    record = dead_letter(
-                        raw,
-                        decoded,
-                        {"topic": tp.topic, "partition": source, "offset": msg.offset},
-                    )
-                    futures.append(
-                        await producer.send(k.dlq_topic, orjson.dumps(record), key=msg.key)
-                    )
-                    continue
-                columns = columns_of.get(decoded[4])
-                if columns is None:
-                    target = self._partition(decoded[4])
-                    columns = per_partition.get(target)
+                key = msg.key
+                if keyed and key is not None:  # the engine parses and validates it
+                    columns = columns_by_key.get(key)
                     if columns is None:
-                        columns = per_partition[target] = Columns()
-                    columns_of[decoded[4]] = columns
+                        columns = columns_by_key[key] = self._columns(per_partition, key)
+                else:
+                    decoded = decode_fields(raw, max_bytes)
+                    if isinstance(decoded, Invalid):
+                        reasons = self.invalid_reasons
+                        reasons[decoded.reason] = reasons.get(decoded.reason, 0) + 1
+                        record = dead_letter(
+                            raw,
+                            decoded,
+                            {"topic": tp.topic, "partition": source, "offset": msg.offset},
+                        )
+                        futures.append(
+                            await producer.send(k.dlq_topic, orjson.dumps(record), key=key)
+                        )
+                        continue
+                    columns = columns_of.get(decoded[4])
+                    if columns is None:
+                        columns = self._columns(per_partition, decoded[4].encode())
+                        columns_of[decoded[4]] = columns
+                    if not keyed:  # a keyed source's bundles carry original bytes only
+                        columns.events.append(decoded)
                 columns.sources.append(source)
                 columns.offsets.append(msg.offset)
                 columns.raws.append(raw)
-                columns.events.append(decoded)
             self.consumed += len(messages)
         for target, columns in per_partition.items():
             for bundle in columns.encoded():
                 futures.append(await producer.send(topic, bundle, partition=target))
         return futures
 
-    def _partition(self, team_id: str) -> int:
-        """The engine partition of ``team_id`` (remembered for up to a million teams)."""
-        target = self._partition_of.get(team_id, -1)
+    def _columns(self, per_partition: dict[int, Columns], team_key: bytes) -> Columns:
+        """The columns of the engine partition of ``team_key`` (a team id, UTF-8), whose
+        partition is remembered for up to a million teams."""
+        target = self._partition_of.get(team_key, -1)
         if target < 0:
-            target = partition_for(team_id, self.partitions)
+            target = partition_for_key(team_key, self.partitions)
             if len(self._partition_of) < 1_000_000:
-                self._partition_of[team_id] = target
-        return target
+                self._partition_of[team_key] = target
+        columns = per_partition.get(target)
+        if columns is None:
+            columns = per_partition[target] = Columns()
+        return columns
 
 
 class EngineRuntime:
@@ -523,17 +534,25 @@ class EngineRuntime:
         else:
             applied = self.source_offsets[partition]
             process = engine.process
+            invalid = engine.stats.invalid
+            events: Iterable[EventFields | Invalid] = (
+                self._decoded(partition, bundle) if bundle.events is None else bundle.events
+            )
             for index, (source, source_offset, event) in enumerate(
-                zip(bundle.sources, bundle.offsets, bundle.events, strict=True)
+                zip(bundle.sources, bundle.offsets, events, strict=True)
             ):
                 if source_offset <= applied.get(source, -1):
                     continue
                 applied[source] = source_offset
-                # a poison event is dead-lettered (detector.quarantine), the rest keeps flowing
-                try:
-                    rejected = process(event)
-                except Exception as exc:
-                    rejected = quarantined(exc, engine.stats.invalid)
+                if isinstance(event, Invalid):
+                    rejected: Invalid | None = event
+                    invalid[event.reason] = invalid.get(event.reason, 0) + 1
+                else:
+                    # a poison event is dead-lettered (detector.quarantine), the rest flows
+                    try:
+                        rejected = process(event)
+                    except Exception as exc:
+                        rejected = quarantined(exc, invalid)
                 if rejected is not None:
                     dead.append(
                         dead_letter(
@@ -550,6 +569,32 @@ class EngineRuntime:
         self.meta_due.add(partition)
         self.heap.add(0, time.monotonic())  # the records come at the commit; the work is now
         return self.pseudonyms.alerts(engine.drain_alerts()), dead
+
+    def _decoded(self, partition: int, bundle: Bundle) -> Iterator[EventFields | Invalid]:
+        """The fields of a bundle of original bytes (a keyed source: ingest did not parse
+        them), or why an event is rejected: invalid, or its team belongs to another
+        partition than its message key (``misrouted``: applying it here would split the
+        team's state between two engines)."""
+        max_bytes = self.settings.engine.max_event_bytes
+        partitions = self.settings.engine.partitions
+        teams = self.engines[partition].teams
+        body, start = bundle.body, 0
+        for length in bundle.lengths:
+            end = start + length
+            decoded = decode_fields(body[start:end], max_bytes)
+            start = end
+            if (
+                not isinstance(decoded, Invalid)
+                and decoded[4] not in teams
+                and partition_for(decoded[4], partitions) != partition
+            ):
+                decoded = Invalid(
+                    "misrouted",
+                    f"team {decoded[4]!r:.80} belongs to partition "
+                    f"{partition_for(decoded[4], partitions)}, its message key's is {partition}: "
+                    "with kafka.events_keyed_by_team the key must be the team id",
+                )
+            yield decoded
 
     def team_view(self, team_id: str) -> dict[str, Any] | None:
         for engine in self.engines.values():

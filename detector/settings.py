@@ -93,6 +93,11 @@ class KafkaSettings:
     events_topic: str = "usage-events"
     dlq_topic: str = "usage-events-dlq"
     alerts_topic: str = "churn-alerts"
+    #: the producers key every event by its team id (as ``churn-detector produce`` does):
+    #: ingest then routes each keyed message by its key without parsing it, and the engine
+    #: validates it (parsed once instead of twice); an event whose team is not the key's is
+    #: dead-lettered as ``misrouted``. Off: ingest parses every event to find its team.
+    events_keyed_by_team: bool = False
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None

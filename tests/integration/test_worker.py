@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from detector.kafka_tools import produce_file
+from detector.partitioning import partition_for
 from detector.replay import replay_file
 from detector.settings import Settings
 from detector.simulator import SimulationConfig, simulate
@@ -260,6 +261,51 @@ def test_streamed_file_gives_the_replay_alerts_and_bad_input_lands_in_the_dlq(
     assert sorted(d["reason"] for d in dead) == dlq_reasons
     assert all("offset" in d and ("raw" in d or "raw_base64" in d) for d in dead)
     assert sent == sum(expected.values()) + 4
+
+
+def test_a_team_keyed_source_is_validated_by_the_engine_and_a_wrong_key_is_dead_lettered(
+    kafka_settings_factory, workers, tmp_path
+):
+    settings = kafka_settings_factory(service=QUIET, kafka={"events_keyed_by_team": True})
+    events = tmp_path / "events.jsonl"
+    expected = make_events(events, teams=10, days=60, seed=47, bad=True)
+    alert_ids, dlq_reasons = replay_expectation(events, settings, tmp_path)
+    first = orjson.loads(events.read_bytes().splitlines()[0])
+    team, partitions = first["team_id"], settings.engine.partitions
+    other = next(
+        t for t in expected if partition_for(t, partitions) != partition_for(team, partitions)
+    )
+
+    produce_file(events, settings, progress=False)  # keyed by team; bad input unkeyed
+    producer = KafkaProducer(bootstrap_servers=[settings.kafka.brokers], acks="all")
+    keyed_bad = {**first, "event_id": "keyed-bad", "timestamp": "soon"}
+    moved = {**first, "event_id": "moved"}  # valid, but keyed by a team of another partition
+    for key, event in ((team, keyed_bad), (other, moved)):
+        producer.send(settings.kafka.events_topic, orjson.dumps(event), key=key.encode())
+    producer.flush()
+    producer.close()
+    worker = workers(settings).start()
+    wait_until(all_teams_complete([worker], expected), 180, "every event applied")
+    wait_until(
+        lambda: (
+            len(read_topic(settings.kafka.brokers, settings.kafka.dlq_topic))
+            >= len(dlq_reasons) + 2
+        ),
+        60,
+        "dead letters",
+    )
+
+    assert set(committed_alert_ids(settings, alert_ids)) == alert_ids
+    dead = read_topic(settings.kafka.brokers, settings.kafka.dlq_topic)
+    assert sorted(d["reason"] for d in dead) == sorted(
+        [*dlq_reasons, "invalid_timestamp", "misrouted"]
+    )
+    assert {orjson.loads(d["raw"])["event_id"] for d in dead if d["reason"] == "misrouted"} == {
+        "moved"
+    }
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert 'churn_detector_events_invalid_total{reason="misrouted"} 1.0' in metrics
 
 
 def test_a_team_gone_silent_is_flagged_by_the_wall_clock_without_new_events(

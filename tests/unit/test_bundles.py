@@ -78,9 +78,20 @@ def test_a_bundle_of_the_first_release_raw_bytes_only_still_decodes():
         first,
         second,
     )
-    assert bundle.events[0] == ("e1", "session.started", 1772356502123, "u1", "t1", {})
-    assert bundle.events[1][:2] == ("e2", "login")
+    assert bundle.events is None  # original bytes only: the engine decodes them
     assert bundle.tick_ms == 0
+
+
+def test_columns_without_fields_make_a_bundle_of_original_bytes_only():
+    raws = [_event(i) for i in range(5)] + [b'{"event_id":']  # not parsed by ingest
+    columns = Columns()
+    columns.sources, columns.offsets, columns.raws = [0] * 6, list(range(6)), raws
+
+    (bundle,) = [decode_bundle(data) for data in columns.encoded()]
+
+    assert bundle.events is None
+    assert [bundle.raw(i) for i in range(6)] == raws
+    assert bundle.offsets == list(range(6))
 
 
 def test_columns_within_both_limits_are_one_bundle_and_one_event_more_splits_them():

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import faust
 import orjson
 
-from detector.bundles import Item, decode_bundle, encode_bundle
+from detector.bundles import Columns, Item, decode_bundle, encode_bundle
 from detector.events import decode_fields
 from detector.partitioning import partition_for
 from detector.service import (
@@ -277,6 +277,81 @@ def test_ingest_forwards_each_valid_event_once_to_its_teams_partition_and_bad_on
     assert len(dead) == 2
     assert ingest.invalid_reasons == {"malformed_json": 2}
     assert ingest.consumed == len(raws)
+
+
+def test_ingest_of_a_team_keyed_source_routes_by_key_unparsed_and_parses_unkeyed_messages():
+    settings = build_settings(environ={"DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM": "true"})
+    raws = [orjson.dumps(event) for event in EVENTS[:500]]
+    keys: list[bytes | None] = [event["team_id"].encode() for event in EVENTS[:500]]
+    raws[3] = b'{"event_id":'  # keyed: travels to the engine, which validates it
+    raws[4], keys[4] = b"[]", None  # unkeyed and invalid: dead-lettered by ingest
+    keys[5] = None  # unkeyed and valid: routed by its parsed team
+    batch = {
+        SourcePartition("events", 0): [
+            SourceMessage(offset, key, raw)
+            for offset, (key, raw) in enumerate(zip(keys, raws, strict=True))
+        ]
+    }
+    ingest = Ingest(settings, partitions=3)
+    producer = RecordingProducer()
+
+    asyncio.run(ingest._forward(batch, producer))  # type: ignore[arg-type]
+
+    bundles = [
+        (p, decode_bundle(v)) for t, v, _, p in producer.sent if t == bundle_topic_name(settings)
+    ]
+    assert all(b.events is None for _, b in bundles)
+    forwarded = sorted((o, p, b.raw(i)) for p, b in bundles for i, o in enumerate(b.offsets))
+    assert forwarded == [
+        (offset, partition_for(EVENTS[offset]["team_id"], 3), raw)
+        for offset, raw in enumerate(raws)
+        if offset != 4
+    ]
+    assert ingest.invalid_reasons == {"not_an_object": 1}
+
+
+def raw_bundle(source: int, items: list[tuple[int, bytes]]) -> bytes:
+    """A bundle of (source offset, original bytes), as ingest sends them from a keyed source."""
+    columns = Columns()
+    for offset, raw in items:
+        columns.sources.append(source)
+        columns.offsets.append(offset)
+        columns.raws.append(raw)
+    (bundle,) = columns.encoded()
+    return bundle
+
+
+def test_a_bundle_of_original_bytes_applies_like_decoded_fields_and_dead_letters_the_bad():
+    partitions = 4
+    partition = partition_for(EVENTS[0]["team_id"], partitions)
+    raws = [
+        (offset, orjson.dumps(event))
+        for offset, event in enumerate(EVENTS)
+        if partition_for(event["team_id"], partitions) == partition
+    ]
+    elsewhere = next(
+        orjson.dumps(e) for e in EVENTS if partition_for(e["team_id"], partitions) != partition
+    )
+    bad = [(len(EVENTS), b'{"event_id":'), (len(EVENTS) + 1, elsewhere)]
+    decoded = runtime_over({})
+    original = runtime_over({})
+    for runtime in (decoded, original):
+        asyncio.run(runtime.ensure(partition))
+
+    (fields_bundle,) = bundles_for(partition, partitions, size=len(EVENTS))
+    decoded.apply(partition, 0, fields_bundle)
+    _, dead = original.apply(partition, 0, raw_bundle(partition, raws + bad))
+
+    engine, same = original.engines[partition], decoded.engines[partition]
+    assert {t: team.events_total for t, team in engine.teams.items()} == {
+        t: team.events_total for t, team in same.teams.items()
+    }
+    assert engine.stats.events_valid == same.stats.events_valid
+    assert [(d["reason"], d["offset"]) for d in dead] == [
+        ("malformed_json", len(EVENTS)),
+        ("misrouted", len(EVENTS) + 1),
+    ]
+    assert engine.stats.invalid == {"malformed_json": 1, "misrouted": 1}
 
 
 def test_the_worker_collects_cycles_after_many_new_objects_not_after_700():
