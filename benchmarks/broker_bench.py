@@ -15,7 +15,9 @@ pinned to one CPU (the broker and this driver get the other one):
    configured with ``DETECTOR_*`` variables; timed from process start until its /healthz
    reports every loaded event applied; repeated, each run from nothing (its own groups,
    topics and state), median reported. py-spy samples one more run, which is not timed: the
-   sampler shares the broker's CPU. Then: the last worker stopped, the lag part produced,
+   sampler shares the broker's CPU. The workers run with ``kafka.events_keyed_by_team`` (the
+   topic is keyed by team); one more run without it (ingest parses every event) is timed
+   for comparison. Then: the last worker stopped, the lag part produced,
    restarted, and timed until it has caught up (lag recovery, including restoring its state
    from the changelog); then the last part is sent at half the measured throughput while the
    alerts topic is read, for end-to-end alert latency (see :mod:`benchmarks.broker_latency`).
@@ -90,6 +92,9 @@ class Config:
     #: py-spy sampling of one more worker run while it catches up, not timed: the sampler
     #: shares the broker's CPU and slows what it watches (0: off; skipped without py-spy)
     profile_seconds: float = 30.0
+    #: one more timed run with kafka.events_keyed_by_team off (the default setting: ingest
+    #: parses every event to route it), for comparison
+    parse_all_run: bool = True
 
 
 @dataclass
@@ -181,6 +186,8 @@ class Bench:
         self.cli = str(Path(sys.executable).with_name("churn-detector"))
         self.web_port = free_port()
         self.profiler: subprocess.Popen[bytes] | None = None
+        #: the workers run with kafka.events_keyed_by_team (the topic is keyed by team)
+        self.keyed_by_team = True
 
     def new_worker(self) -> None:
         """The next worker starts from nothing: its own consumer groups, bundle, changelog
@@ -199,7 +206,7 @@ class Bench:
             DETECTOR_KAFKA_DLQ_TOPIC=f"{self.app_id}-dlq",
             DETECTOR_KAFKA_ALERTS_TOPIC=self.alerts_topic,
             # `churn-detector produce` keys every event by its team id
-            DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM="true",
+            DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM=str(self.keyed_by_team).lower(),
             DETECTOR_ENGINE_PARTITIONS=str(self.cfg.partitions),
             DETECTOR_SERVICE_APP_ID=self.app_id,
             DETECTOR_SERVICE_STATE_DIR=str(self.run_dir / "worker-state" / self.app_id),
@@ -513,6 +520,12 @@ def run(cfg: Config, log: Log) -> str:
             log("churn-detector worker once more, sampled by py-spy (not timed) ...")
             profiled = bench.worker_run(n_pre, "worker-profiled", bench.start_profile)
             profile = bench.finish_profile()
+        parse_all: WorkerRun | None = None
+        if cfg.parse_all_run:
+            log("churn-detector worker once more, parsing every event in ingest ...")
+            bench.keyed_by_team = False
+            parse_all = bench.worker_run(n_pre, "worker-parse-all")
+            bench.keyed_by_team = True
         full = _median_run(runs)
 
         log(f"worker stopped; producing {n_lag:,} events (lag) ...")
@@ -534,7 +547,7 @@ def run(cfg: Config, log: Log) -> str:
         part.unlink()  # copies of the cached event file; the logs stay for a look afterwards
     body = _report(
         cfg, pinning, path, total, (n_pre, n_lag, n_paced), load, lag_load, ceilings, peer, runs,
-        recovery, live, profile, profiled,
+        recovery, live, profile, profiled, parse_all,
     )  # fmt: skip
     return body + f"\nBenchmark wall time: {time.perf_counter() - wall:.0f} s.\n"
 
@@ -579,6 +592,7 @@ def _report(
     live: Live | None,
     profile: engine_replay.PySpyProfile | None,
     profiled: WorkerRun | None,
+    parse_all: WorkerRun | None,
 ) -> str:
     n_pre, n_lag, n_paced = counts
     e = cfg.events
@@ -590,7 +604,8 @@ def _report(
         f"days={e.days}, seed={e.seed}))`, `{path.name}`), split in time order: "
         f"{n_pre:,} loaded up front, {n_lag:,} produced while the worker was stopped, "
         f"{n_paced:,} sent at a paced rate; topic with {cfg.partitions} partitions, keyed by "
-        "team.",
+        "team; the worker runs with `DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM=true` (ingest routes "
+        "each event by its key, the engine parses it) unless said otherwise.",
         f"- Broker: local Apache Kafka from `deploy/kafka-local.sh` (single node, KRaft); "
         f"{pinning.describe()}. The machine is shared with other work: absolute rates are "
         "noisy, the ratios within this run are what to compare.",
@@ -624,6 +639,13 @@ def _report(
         out.append(
             f"- One more worker run, sampled by py-spy for the profile below and not timed: "
             f"{_k(profiled.rate_from_first)} events/s ({_k(profiled.per_cpu_s)} per CPU-second)."
+        )
+    if parse_all is not None:
+        out.append(
+            f"- One more worker run with `DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM=false` (the "
+            f"default: ingest parses every event to find its team, the engine gets the fields): "
+            f"{_k(parse_all.rate_from_first)} events/s ({_k(parse_all.per_cpu_s)} per "
+            f"CPU-second), {_ratio(parse_all.rate_from_first, ceiling)} of the ceiling."
         )
     if not full.finished:
         out.append(

@@ -591,8 +591,8 @@ class EngineRuntime:
                 decoded = Invalid(
                     "misrouted",
                     f"team {decoded[4]!r:.80} belongs to partition "
-                    f"{partition_for(decoded[4], partitions)}, its message key's is {partition}: "
-                    "with kafka.events_keyed_by_team the key must be the team id",
+                    f"{partition_for(decoded[4], partitions)}, its message key sent it to "
+                    f"{partition} (with kafka.events_keyed_by_team the key must be the team id)",
                 )
             yield decoded
 
