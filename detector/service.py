@@ -6,6 +6,8 @@ Two stages run in one worker process:
   message, sends bad input to the dead-letter topic with the original bytes, the reason and
   the source offset, and packs good events into bundles re-keyed by team partition
   (``<app>-bundles``). Source offsets are committed only after the bundles are acknowledged.
+  With ``kafka.events_keyed_by_team`` a keyed message is routed by its key, unparsed, and
+  the engine validates it (bad input is then dead-lettered in the engine's transaction).
 * **engine** (Faust agent): one :class:`PartitionEngine` per bundle partition, held in
   memory. Each bundle is applied and what it caused (alerts, dead letters) is collected, and
   the engine notes the entities it changed; when Faust commits the partition's transaction
@@ -164,7 +166,7 @@ def bundle_topic_name(settings: Settings) -> str:
 
 
 class Ingest:
-    """Source topic → validated, re-keyed bundles (+ dead letters). At-least-once."""
+    """Source topic → bundles re-keyed by team partition (+ dead letters). At-least-once."""
 
     def __init__(self, settings: Settings, partitions: int) -> None:
         self.settings = settings
@@ -384,6 +386,8 @@ class EngineRuntime:
         self.record_sizes = {_TEAM: [0, 0], _USER: [0, 0]}
         #: work done (records restored and written) since the heap was last released
         self.heap = heap.HeapKeeper()
+        #: a misrouted event has been logged (once per process: the DLQ has every one)
+        self.misrouted_warned = False
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -594,6 +598,13 @@ class EngineRuntime:
                     f"{partition_for(decoded[4], partitions)}, its message key sent it to "
                     f"{partition} (with kafka.events_keyed_by_team the key must be the team id)",
                 )
+                if not self.misrouted_warned:
+                    self.misrouted_warned = True
+                    log.warning(
+                        "an event's message key is not its team id (dead-lettered as "
+                        "misrouted); if the producers key events otherwise, set "
+                        "DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM=false"
+                    )
             yield decoded
 
     def team_view(self, team_id: str) -> dict[str, Any] | None:

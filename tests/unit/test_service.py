@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import faust
 import orjson
+import pytest
 
 from detector.bundles import Columns, Item, decode_bundle, encode_bundle
 from detector.events import decode_fields
@@ -321,7 +322,9 @@ def raw_bundle(source: int, items: list[tuple[int, bytes]]) -> bytes:
     return bundle
 
 
-def test_a_bundle_of_original_bytes_applies_like_decoded_fields_and_dead_letters_the_bad():
+def test_a_bundle_of_original_bytes_applies_like_decoded_fields_and_dead_letters_the_bad(
+    caplog: pytest.LogCaptureFixture,
+):
     partitions = 4
     partition = partition_for(EVENTS[0]["team_id"], partitions)
     raws = [
@@ -352,6 +355,8 @@ def test_a_bundle_of_original_bytes_applies_like_decoded_fields_and_dead_letters
         ("misrouted", len(EVENTS) + 1),
     ]
     assert engine.stats.invalid == {"malformed_json": 1, "misrouted": 1}
+    warned = [r for r in caplog.records if "EVENTS_KEYED_BY_TEAM=false" in r.getMessage()]
+    assert len(warned) == 1  # once, with what to do about it
 
 
 def test_the_worker_collects_cycles_after_many_new_objects_not_after_700():
