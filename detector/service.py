@@ -40,6 +40,7 @@ import asyncio
 import collections
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import time
@@ -582,11 +583,17 @@ class EngineRuntime:
         max_bytes = self.settings.engine.max_event_bytes
         partitions = self.settings.engine.partitions
         teams = self.engines[partition].teams
-        body, start = bundle.body, 0
-        for length in bundle.lengths:
-            end = start + length
-            decoded = decode_fields(body[start:end], max_bytes)
-            start = end
+        body = bundle.body
+        starts = itertools.accumulate(bundle.lengths, initial=0)
+        # all at once, as the fields of a bundle from ingest are: decoded one by one between
+        # the applies, the new entities' strings were spread over the heap among each
+        # event's short-lived objects (scale benchmark, 1M users: RSS +970 B per user
+        # against +682 B)
+        everything = [
+            decode_fields(body[start : start + length], max_bytes)
+            for start, length in zip(starts, bundle.lengths, strict=False)
+        ]
+        for decoded in everything:
             if (
                 not isinstance(decoded, Invalid)
                 and decoded[4] not in teams
