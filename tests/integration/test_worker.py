@@ -338,10 +338,11 @@ def test_a_team_gone_silent_is_flagged_by_the_wall_clock_without_new_events(
     assert {a["data"]["entity_id"] for a in flagged} <= set(expected)
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["parsed-by-ingest", "keyed-by-team"])
 def test_kill_9_in_the_middle_then_restart_equals_an_uninterrupted_run(
-    kafka_settings_factory, workers, tmp_path
+    kafka_settings_factory, workers, tmp_path, keyed
 ):
-    settings = kafka_settings_factory(service=QUIET)
+    settings = kafka_settings_factory(service=QUIET, kafka={"events_keyed_by_team": keyed})
     events = tmp_path / "events.jsonl"
     expected = make_events(events, teams=24, days=90, seed=43)
     alert_ids, _ = replay_expectation(events, settings, tmp_path)
