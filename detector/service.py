@@ -89,6 +89,8 @@ INGEST_BATCHES_IN_FLIGHT = 4
 #: and its records); at 15-30k events/s the source arrives in slices of a few hundred events
 #: over 4 partitions, and bundling each slice on its own made ~60-event bundles.
 INGEST_LINGER_S = 0.03
+#: keyed messages whose key must be their team id before ingest suggests the keyed option
+KEYS_TO_CHECK = 10_000
 #: how often each partition's transaction commits (see build_app)
 COMMIT_INTERVAL_S = 0.5
 _META = b"m:"
@@ -181,6 +183,8 @@ class Ingest:
         self.metrics: ServiceMetrics | None = None
         self.producer: AIOKafkaProducer | None = None
         self._partition_of: dict[bytes, int] = {}
+        #: keyed messages left to check before suggesting kafka.events_keyed_by_team
+        self.keys_to_check = 0 if settings.kafka.events_keyed_by_team else KEYS_TO_CHECK
 
     @property
     def invalid(self) -> int:
@@ -331,6 +335,8 @@ class Ingest:
                         columns_of[decoded[4]] = columns
                     if not keyed:  # a keyed source's bundles carry original bytes only
                         columns.events.append(decoded)
+                        if key is not None and self.keys_to_check:
+                            self._check_key(key, decoded[4])
                 columns.sources.append(source)
                 columns.offsets.append(msg.offset)
                 columns.raws.append(raw)
@@ -339,6 +345,22 @@ class Ingest:
             for bundle in columns.encoded():
                 futures.append(await producer.send(topic, bundle, partition=target))
         return futures
+
+    def _check_key(self, key: bytes, team_id: str) -> None:
+        """Count a keyed message whose key is its team id; once :data:`KEYS_TO_CHECK` in a
+        row are, say (once) that ``kafka.events_keyed_by_team`` would spare parsing them
+        here. A key that is not the team id ends the check: nothing to suggest."""
+        if key != team_id.encode():
+            self.keys_to_check = 0
+            return
+        self.keys_to_check -= 1
+        if not self.keys_to_check:
+            log.info(
+                "the last %d message keys were all their event's team id: with "
+                "DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM=true ingest routes them without parsing "
+                "(about 20%% more events/s per worker), if every producer keys by team id",
+                KEYS_TO_CHECK,
+            )
 
     def _columns(self, per_partition: dict[int, Columns], team_key: bytes) -> Columns:
         """The columns of the engine partition of ``team_key`` (a team id, UTF-8), whose

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import faust
@@ -309,6 +311,33 @@ def test_ingest_of_a_team_keyed_source_routes_by_key_unparsed_and_parses_unkeyed
         if offset != 4
     ]
     assert ingest.invalid_reasons == {"not_an_object": 1}
+
+
+def test_ingest_suggests_the_keyed_option_once_many_keys_in_a_row_are_team_ids(
+    caplog: pytest.LogCaptureFixture,
+):
+    def batch(key_of: Callable[[dict[str, Any]], bytes]) -> dict[Any, list[Any]]:
+        return {
+            SourcePartition("events", 0): [
+                SourceMessage(i, key_of(event), orjson.dumps(event))
+                for i, event in enumerate(EVENTS[:3000])
+            ]
+        }
+
+    caplog.set_level(logging.INFO, logger="churn_detector")
+    by_team, by_user = batch(lambda e: e["team_id"].encode()), batch(lambda e: b"u")
+    suggested = "DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM=true"
+    for key_batches, expected in (
+        ([by_team] * 4, 1),  # 12,000 team keys: one suggestion after the 10,000th
+        ([by_team, by_user, *[by_team] * 4], 0),  # a key that is not a team id ends it
+    ):
+        caplog.clear()
+        ingest = Ingest(build_settings(environ={}), partitions=3)
+        for key_batch in key_batches:
+            asyncio.run(ingest._forward(key_batch, RecordingProducer()))  # type: ignore[arg-type]
+        assert sum(suggested in r.getMessage() for r in caplog.records) == expected
+    keyed = Ingest(build_settings(environ={"DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM": "1"}), 3)
+    assert keyed.keys_to_check == 0  # already on: nothing to suggest
 
 
 def raw_bundle(source: int, items: list[tuple[int, bytes]]) -> bytes:
