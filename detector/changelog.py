@@ -30,8 +30,8 @@ from .kafka_clients import aiokafka_config
 from .settings import KafkaSettings
 from .state_snapshot import ChangelogRead
 
-#: (topic, key, value, partition or None)
-Record = tuple[str, bytes | None, bytes, int | None]
+#: (topic, key, value (None: a tombstone), partition or None)
+Record = tuple[str, bytes | None, bytes | None, int | None]
 
 
 async def send_in_transaction(producer: Any, transactional_id: str, records: list[Record]) -> Any:

@@ -78,6 +78,7 @@ _SESSION_ENDED = "session.ended"
 _EVENT_ORDER = itemgetter(0, 1)  # a pending team-level event: (event time, event id)
 _NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
+_WEEK_MS = 7 * DAY_MS
 _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
 #: "Key action stopped while logins go on" is weak evidence: on its own it was wrong more often
 #: than right (healthy teams have quiet publishing weeks), so alone it raises no alert; with
@@ -101,6 +102,8 @@ class EngineStats:
     sweep_seconds_total: float = 0.0
     last_sweep_seconds: float = 0.0
     tracking_gap_days: int = 0
+    #: entities dropped from the state after evict_after_days without activity, by type
+    evicted: dict[str, int] = field(default_factory=dict)
     #: distribution of team risk scores, one observation per scored team-day
     risk: BucketCounts = field(default_factory=lambda: BucketCounts(RISK_BOUNDS))
     sweep_duration: BucketCounts = field(default_factory=lambda: BucketCounts(SWEEP_BOUNDS))
@@ -565,6 +568,57 @@ class PartitionEngine:
         while self.user_day_closed < user_day:
             self.user_day_closed += 1
             self._check_users(self.user_day_closed)
+        # weekly, at the sweep that starts a week: a pure function of the state and t_ms, so
+        # a restored engine evicts what one that never stopped does
+        if self.settings.evict_after_days and t_ms % _WEEK_MS == 0:
+            self._evict_silent(utc_day)
+
+    def _evict_silent(self, utc_day: int) -> None:
+        """Drop the users without activity and the teams without any event (and without
+        users left) for ``evict_after_days``: churned customers would otherwise be held,
+        and written to every new owner's restore, forever. A team's counts of regular and
+        at-risk users lose the users dropped; an entity that comes back starts over as new.
+        Dropped ids are marked changed, so the durable store deletes their records."""
+        limit = utc_day - self.settings.evict_after_days
+        teams_with_users: set[str] = set()
+        gone: list[str] = []
+        for uid, user in self.users.items():
+            if user.last_day < limit and not user.open_days:
+                gone.append(uid)
+            else:
+                teams_with_users.add(user.team_id)
+        for uid in gone:
+            user = self.users.pop(uid)
+            self.user_scores.pop(uid, None)
+            team = self.teams.get(user.team_id)
+            if team is not None:
+                if user.active_days >= _REGULAR_USER_DAYS:
+                    team.users_regular -= 1
+                if user.health in (hs.AT_RISK, hs.CHURNED):
+                    team.users_at_risk -= 1
+                if team.champion == uid:
+                    team.champion, team.champion_rate = None, 0.0
+                    team.champion_left_first = False
+        span_ms = self.dedup_span_ms
+        dropped = [
+            team
+            for team_id, team in self.teams.items()
+            if team_id not in teams_with_users
+            and not team.open_days
+            and not team.pending
+            # the end of the generation of its newest event id: no event of any kind since
+            and (team.recent_ids.gen + 1) * span_ms // DAY_MS < limit
+        ]
+        for team in dropped:
+            del self.teams[team.team_id]
+            self.groups[team.offset_ms].pop(team.team_id, None)
+            self.scores.pop(team.team_id, None)
+        if self.dirty_users is not None and self.dirty_teams is not None:
+            self.dirty_users.update(gone)
+            self.dirty_teams.update(team.team_id for team in dropped)
+        evicted = self.stats.evicted
+        evicted["user"] = evicted.get("user", 0) + len(gone)
+        evicted["team"] = evicted.get("team", 0) + len(dropped)
 
     def _settle_users(self, offset: int, closed: int) -> None:
         """Before the group's teams score day ``closed``: their users' open days up to it."""

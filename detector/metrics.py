@@ -116,6 +116,7 @@ class EngineCollector(Collector):
         by_alert: dict[tuple[str, str, str], int] = {}
         by_state: dict[tuple[str, str], int] = {}
         by_plan: dict[str, float] = {}
+        by_evicted: dict[str, int] = {}
         n_sweeps, sweep_s, gap_days = 0, 0.0, 0
         risk, sweep_duration = BucketCounts(RISK_BOUNDS), BucketCounts(SWEEP_BOUNDS)
         risky = (hs.COOLING, hs.AT_RISK)
@@ -134,6 +135,8 @@ class EngineCollector(Collector):
                 by_reason[reason] = by_reason.get(reason, 0) + n
             for key, n in st.alerts.items():
                 by_alert[key] = by_alert.get(key, 0) + n
+            for kind, n in st.evicted.items():
+                by_evicted[kind] = by_evicted.get(kind, 0) + n
             for state_key, n in engine.health_counts().items():
                 by_state[state_key] = by_state.get(state_key, 0) + n
             for team in engine.teams.values():
@@ -181,6 +184,14 @@ class EngineCollector(Collector):
             for state in hs.STATE_NAMES:
                 entities.add_metric([kind, state], by_state.get((kind, state), 0))
         yield entities
+        evicted = CounterMetricFamily(
+            f"{PREFIX}_entities_evicted",
+            "Entities dropped from the state after engine.evict_after_days without activity",
+            labels=["entity_type"],
+        )
+        for kind in ("team", "user"):
+            evicted.add_metric([kind], by_evicted.get(kind, 0))
+        yield evicted
         mrr_at_risk = GaugeMetricFamily(
             f"{PREFIX}_mrr_at_risk", "MRR of teams cooling or at risk, by plan", labels=["plan"]
         )

@@ -664,17 +664,26 @@ class EngineRuntime:
 
     def _encoded(
         self, partition: int, teams: Iterable[str], users: Iterable[str]
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """The records of these entities of ``partition``, as they are now."""
+    ) -> Iterator[tuple[bytes, bytes | None]]:
+        """The records of these entities of ``partition``, as they are now; None (a
+        tombstone: compaction deletes the key) for one the engine has dropped."""
         engine = self.engines[partition]
         team_sizes, user_sizes = self.record_sizes[_TEAM], self.record_sizes[_USER]
         for team_id in teams:
-            record = encode_team(engine.teams[team_id])
+            team = engine.teams.get(team_id)
+            if team is None:
+                yield _TEAM + team_id.encode(), None
+                continue
+            record = encode_team(team)
             team_sizes[0] += 1
             team_sizes[1] += len(record)
             yield _TEAM + team_id.encode(), record
         for uid in users:
-            record = encode_user(engine.users[uid])
+            user = engine.users.get(uid)
+            if user is None:
+                yield _USER + uid.encode(), None
+                continue
+            record = encode_user(user)
             user_sizes[0] += 1
             user_sizes[1] += len(record)
             yield _USER + uid.encode(), record

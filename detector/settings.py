@@ -83,6 +83,10 @@ class EngineSettings:
     risk_min_labels: int = 20
     #: users: a user silent for max(this, 4x their usual gap) days is decaying
     user_min_silence_days: int = 10
+    #: a user with no activity and a team with no event of any kind for this many days are
+    #: dropped from the state (and their changelog records deleted) at the next weekly
+    #: clean-up; one that comes back starts over as new. 0: keep every entity forever
+    evict_after_days: int = 365
     #: partitions used by replay and the demo (mirror the Kafka topic)
     partitions: int = 4
 
@@ -235,6 +239,10 @@ def build_settings(
     return settings
 
 
+#: longer than every window an entity is judged on (baselines, churn silence, risk labels)
+MIN_EVICT_AFTER_DAYS = 90
+
+
 def validate(settings: Settings) -> None:
     e, k, s = settings.engine, settings.kafka, settings.service
     checks = [
@@ -247,6 +255,10 @@ def validate(settings: Settings) -> None:
             "risk thresholds must satisfy 0 < recovered < cooling < at_risk < 1",
         ),
         (e.recent_window_days >= 1, "engine.recent_window_days must be >= 1"),
+        (
+            e.evict_after_days == 0 or e.evict_after_days >= MIN_EVICT_AFTER_DAYS,
+            f"engine.evict_after_days must be 0 (never) or >= {MIN_EVICT_AFTER_DAYS}",
+        ),
         (0 < e.baseline_alpha < 1, "engine.baseline_alpha must be in (0, 1)"),
         (
             k.security_protocol in _PROTOCOLS,

@@ -368,6 +368,39 @@ def test_kill_9_in_the_middle_then_restart_equals_an_uninterrupted_run(
     assert set(streamed) == alert_ids
 
 
+def test_dropped_entities_are_deleted_from_the_changelog_and_stay_gone_after_a_restore(
+    kafka_settings_factory, workers, tmp_path
+):
+    settings = kafka_settings_factory(engine={"evict_after_days": 90}, service=QUIET)
+    events = tmp_path / "events.jsonl"
+    expected = make_events(events, teams=16, days=150, seed=61)
+    alert_ids, _ = replay_expectation(events, settings, tmp_path)
+    produce_file(events, settings, progress=False)
+    first = workers(settings, "first").start()
+    total = sum(expected.values())
+    wait_until(
+        lambda: (first.health() or {}).get("applied_since_start", 0) >= total, 180, "all applied"
+    )
+    assert set(committed_alert_ids(settings, alert_ids)) == alert_ids
+    users = {e["user_id"] for e in map(orjson.loads, events.read_bytes().splitlines())}
+    users.discard(None)
+
+    def held_by(worker: Worker) -> tuple[set[str], set[str]]:
+        teams = {t for t in expected if worker.get(f"/teams/{t}") is not None}
+        return teams, {u for u in users if worker.get(f"/users/{u}") is not None}
+
+    held = held_by(first)
+    assert held[0] == set(expected)  # none silent that long
+    assert 0 < len(held[1]) < len(users), "some users, silent for 90 days, were dropped"
+    first.kill(signal.SIGKILL)
+
+    # a new machine: no local snapshot, the state comes from the changelog alone
+    fresh = dataclasses.replace(settings.service, state_dir=str(tmp_path / "fresh-state"))
+    second = workers(dataclasses.replace(settings, service=fresh), "second").start()
+    wait_until(lambda: (second.health() or {}).get("ready"), 120, "the state restored")
+    assert held_by(second) == held
+
+
 def test_two_workers_split_partitions_and_one_takes_over(kafka_settings_factory, workers, tmp_path):
     base = kafka_settings_factory(service=QUIET)
     events = tmp_path / "events.jsonl"

@@ -393,3 +393,39 @@ def test_team_that_stops_during_a_holiday_is_flagged_after_it():
     _, alerts = run(stream(teams, days=100))
     flagged = team_alerts(alerts, "gone", "at_risk")
     assert flagged and day_of(flagged[0]) <= 84
+
+
+def test_entities_silent_for_evict_after_days_are_dropped_and_a_returning_one_starts_over():
+    settings = EngineSettings(evict_after_days=90)
+    gone = TeamSpec("gone", 4, level=lambda d: 1.0 if d < 30 else 0.0)
+    leaver = TeamSpec("mixed", 5, level=lambda d: 1.0)
+    engine = PartitionEngine(settings, clock=lambda: 0.0)
+    engine.track_changes()
+    events = [
+        e
+        for e in stream([*healthy_teams(6), gone, leaver], days=160)
+        if not (e.user_id == "mixed-u0" and e.ts_ms >= (START_DAY + 20) * DAY_MS)
+    ]
+    for ev in events:
+        engine.process(ev)
+    changed_teams, changed_users = engine.take_changes()
+
+    # silent since day 30 (teams) / 20 (a user): gone by day 160 - 90, at a weekly clean-up
+    assert "gone" not in engine.teams
+    assert not [uid for uid in engine.users if uid.startswith("gone-")]
+    assert "mixed-u0" not in engine.users and "mixed" in engine.teams
+    assert {"gone", *(f"gone-u{u}" for u in range(4)), "mixed-u0"} <= changed_teams | changed_users
+    assert all(u.team_id in engine.teams for u in engine.users.values())
+    assert engine.teams["mixed"].users_regular == 4  # the dropped user no longer counts
+    assert engine.stats.evicted == {"team": 1, "user": 5}
+
+    back = events[-1]._replace(event_id="back", user_id="gone-u0", team_id="gone")
+    assert engine.process(back) is None
+    assert engine.teams["gone"].events_total == 1  # a new team, judged from scratch
+    assert engine.teams["gone"].health == hs.NOT_ENOUGH_DATA
+
+
+def test_eviction_off_keeps_every_entity():
+    gone = TeamSpec("gone", 4, level=lambda d: 1.0 if d < 30 else 0.0)
+    engine, _ = run(stream([*healthy_teams(3), gone], days=160), EngineSettings(evict_after_days=0))
+    assert "gone" in engine.teams and engine.stats.evicted == {}

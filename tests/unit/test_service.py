@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 from collections.abc import Callable
@@ -159,6 +160,36 @@ def test_a_transaction_carries_each_changed_entity_once_as_it_is_at_the_commit()
         t: team.events_total for t, team in engine.teams.items()
     }
     assert runtime.seal(partition, [], "cl") == []  # nothing moved since
+
+
+def test_dropped_entities_leave_the_changelog_as_tombstones_and_stay_gone_after_a_restore():
+    settings = build_settings(environ={})
+    # below the allowed minimum, so that 30 simulated days drop some entities
+    settings = dataclasses.replace(
+        settings, engine=dataclasses.replace(settings.engine, evict_after_days=7)
+    )
+    partition = partition_for(EVENTS[0]["team_id"], 4)
+    changelog: dict[bytes, bytes | None] = {}
+    runtime = EngineRuntime(settings, lambda p, start: _read(changelog))
+    asyncio.run(runtime.ensure(partition))
+    for offset, bundle in enumerate(bundles_for(partition, 4, size=200)):
+        runtime.apply(partition, offset, bundle)
+        commit(runtime, partition, changelog)  # type: ignore[arg-type]
+
+    engine = runtime.engines[partition]
+    deleted = {key for key, value in changelog.items() if value is None}
+    assert deleted and engine.stats.evicted["user"] > 0
+    assert not {
+        k for k in deleted if k[2:].decode() in engine.users or k[2:].decode() in engine.teams
+    }
+    again = EngineRuntime(settings, lambda p, start: _read(changelog))
+    asyncio.run(again.ensure(partition))
+    restored = again.engines[partition]
+    assert (set(restored.teams), set(restored.users)) == (set(engine.teams), set(engine.users))
+
+
+async def _read(records: dict[bytes, bytes | None]) -> ChangelogRead:
+    return ChangelogRead(dict(records), end=len(records))
 
 
 def test_entities_of_a_transaction_that_failed_to_commit_go_into_the_next_one():

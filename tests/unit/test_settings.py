@@ -35,6 +35,7 @@ def test_layers_file_then_env_then_overrides(tmp_path):
         ({"DETECTOR_KAFKA_SSL_CAFILE": "/nope/ca.pem"}, "does not exist"),
         ({"DETECTOR_ENGINE_COOLING_RISK": "0.9"}, "risk thresholds"),
         ({"DETECTOR_SERVICE_WEB_ADVERTISED_URL": "w1:6066"}, "web_advertised_url"),
+        ({"DETECTOR_ENGINE_EVICT_AFTER_DAYS": "30"}, "evict_after_days must be 0"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_message(env, message):
