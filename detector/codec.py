@@ -152,6 +152,7 @@ def restore_partition(
     """Rebuild an engine from stored records; returns the source offset they reflect (-1: none)."""
     engine.teams = teams
     engine.users = users
+    engine.reconcile_users()
     engine.groups = {}
     for team in teams.values():
         engine.groups.setdefault(team.offset_ms, {})[team.team_id] = team

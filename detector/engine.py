@@ -493,6 +493,27 @@ class PartitionEngine:
         self.groups.setdefault(0, {})[team_id] = team
         return team
 
+    def reconcile_users(self) -> None:
+        """After a restore: drop users whose team is not held, and count each team's regular
+        and at-risk users again from its users. The counts are kept incrementally; a
+        snapshot older than the changelog's tombstones (a partition back on a worker after
+        their retention) can bring dropped users back, counted again or without their team.
+        Consistent state comes out unchanged."""
+        orphans = [uid for uid, user in self.users.items() if user.team_id not in self.teams]
+        for uid in orphans:
+            del self.users[uid]
+        if self.dirty_users is not None:
+            self.dirty_users.update(orphans)  # their records are deleted at the next commit
+        for team in self.teams.values():
+            team.users_regular = team.users_at_risk = 0
+        bad = (hs.AT_RISK, hs.CHURNED)
+        for user in self.users.values():
+            team = self.teams[user.team_id]
+            if user.active_days >= _REGULAR_USER_DAYS:
+                team.users_regular += 1
+            if user.health in bad:
+                team.users_at_risk += 1
+
     def _regroup(self, team: TeamState, offset_ms: int) -> None:
         if offset_ms == team.offset_ms:
             return
@@ -587,11 +608,14 @@ class PartitionEngine:
                 gone.append(uid)
             else:
                 teams_with_users.add(user.team_id)
+        dirty_teams = self.dirty_teams
         for uid in gone:
             user = self.users.pop(uid)
             self.user_scores.pop(uid, None)
             team = self.teams.get(user.team_id)
             if team is not None:
+                if dirty_teams is not None:  # its counts change: its record is due
+                    dirty_teams.add(user.team_id)
                 if user.active_days >= _REGULAR_USER_DAYS:
                     team.users_regular -= 1
                 if user.health in (hs.AT_RISK, hs.CHURNED):
@@ -607,15 +631,20 @@ class PartitionEngine:
             and not team.open_days
             and not team.pending
             # the end of the generation of its newest event id: no event of any kind since
+            # (-1: a record from before event ids were kept, whose last event is unknown)
+            and team.recent_ids.gen >= 0
             and (team.recent_ids.gen + 1) * span_ms // DAY_MS < limit
         ]
         for team in dropped:
             del self.teams[team.team_id]
-            self.groups[team.offset_ms].pop(team.team_id, None)
+            group = self.groups[team.offset_ms]
+            group.pop(team.team_id, None)
+            if not group:  # as a restore builds them: only groups with teams
+                del self.groups[team.offset_ms]
             self.scores.pop(team.team_id, None)
-        if self.dirty_users is not None and self.dirty_teams is not None:
+        if self.dirty_users is not None and dirty_teams is not None:
             self.dirty_users.update(gone)
-            self.dirty_teams.update(team.team_id for team in dropped)
+            dirty_teams.update(team.team_id for team in dropped)
         evicted = self.stats.evicted
         evicted["user"] = evicted.get("user", 0) + len(gone)
         evicted["team"] = evicted.get("team", 0) + len(dropped)

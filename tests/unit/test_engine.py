@@ -7,6 +7,7 @@ from detector.engine import PartitionEngine
 from detector.events import Event
 from detector.scoring import Signal
 from detector.settings import EngineSettings
+from detector.state import UserState
 from detector.timemodel import DAY_MS, HOUR_MS
 
 from .streams import START_DAY, TeamSpec, healthy_teams, stream
@@ -429,3 +430,33 @@ def test_eviction_off_keeps_every_entity():
     gone = TeamSpec("gone", 4, level=lambda d: 1.0 if d < 30 else 0.0)
     engine, _ = run(stream([*healthy_teams(3), gone], days=160), EngineSettings(evict_after_days=0))
     assert "gone" in engine.teams and engine.stats.evicted == {}
+
+
+def test_a_clean_up_marks_the_teams_that_lost_users_as_changed():
+    engine = PartitionEngine(EngineSettings(evict_after_days=90), clock=lambda: 0.0)
+    engine.track_changes()
+    for ev in stream([TeamSpec("mixed", 5)], days=95):
+        if not (ev.user_id == "mixed-u0" and ev.ts_ms >= (START_DAY + 5) * DAY_MS):
+            engine.process(ev)
+    assert "mixed-u0" in engine.users  # silent since day 4: not 90 days yet
+    engine.take_changes()
+
+    engine._evict_silent(START_DAY + 100)
+
+    # the team's counts changed: a restore must not read the ones of its previous record
+    assert engine.take_changes() == ({"mixed"}, {"mixed-u0"})
+
+
+def test_a_restore_recounts_team_users_and_drops_users_whose_team_is_gone():
+    engine, _ = run(stream([TeamSpec("a", 6), TeamSpec("b", 3)], days=40))
+    counts = {t: (team.users_regular, team.users_at_risk) for t, team in engine.teams.items()}
+    engine.track_changes()
+    engine.teams["a"].users_regular, engine.teams["a"].users_at_risk = 9, 4  # counted twice
+    engine.users["ghost"] = UserState("gone-team", START_DAY)
+
+    engine.reconcile_users()
+
+    assert {t: (team.users_regular, team.users_at_risk) for t, team in engine.teams.items()} == (
+        counts
+    )
+    assert "ghost" not in engine.users and engine.take_changes()[1] == {"ghost"}

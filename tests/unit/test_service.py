@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from detector.bundles import Columns, Item, decode_bundle, encode_bundle
+from detector.engine import PartitionEngine
 from detector.events import decode_fields
 from detector.partitioning import partition_for
 from detector.service import (
@@ -186,6 +187,14 @@ def test_dropped_entities_leave_the_changelog_as_tombstones_and_stay_gone_after_
     asyncio.run(again.ensure(partition))
     restored = again.engines[partition]
     assert (set(restored.teams), set(restored.users)) == (set(engine.teams), set(engine.users))
+
+    def team_counts(e: PartitionEngine) -> dict[str, tuple[Any, ...]]:
+        return {
+            t: (team.users_regular, team.users_at_risk, team.champion)
+            for t, team in e.teams.items()
+        }
+
+    assert team_counts(restored) == team_counts(engine)
 
 
 async def _read(records: dict[bytes, bytes | None]) -> ChangelogRead:
