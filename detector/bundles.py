@@ -22,7 +22,7 @@ the header and are cut out only for an event the engine rejects.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -79,14 +79,11 @@ def _encode(
     lengths: list[int],
     events: list[EventFields],
 ) -> bytes:
-    if events:
-        header = orjson.dumps(
-            {"p": sources, "o": offsets, "n": lengths, "e": events},
-            default=tuple,  # fields as an Event (a NamedTuple, which orjson does not take)
-        )
-    else:
-        header = orjson.dumps({"p": sources, "o": offsets, "n": lengths})
-    return header + _SEP + b"".join(raws)
+    columns: dict[str, list[Any]] = {"p": sources, "o": offsets, "n": lengths}
+    if events:  # none: original bytes only
+        columns["e"] = events
+    # default: fields as an Event (a NamedTuple, which orjson does not take)
+    return orjson.dumps(columns, default=tuple) + _SEP + b"".join(raws)
 
 
 def _item_bytes(items: int, raw_bytes: int) -> int:

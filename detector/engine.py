@@ -78,6 +78,8 @@ _SESSION_ENDED = "session.ended"
 _EVENT_ORDER = itemgetter(0, 1)  # a pending team-level event: (event time, event id)
 _NEW_TEAM_GRACE_DAYS = 7  # a team first seen a week after the partition started is new
 _REGULAR_USER_DAYS = 4
+#: user states counted in their team's users_at_risk
+_BAD_USER_STATES = (hs.AT_RISK, hs.CHURNED)
 _WEEK_MS = 7 * DAY_MS
 _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
 #: "Key action stopped while logins go on" is weak evidence: on its own it was wrong more often
@@ -506,13 +508,11 @@ class PartitionEngine:
             self.dirty_users.update(orphans)  # their records are deleted at the next commit
         for team in self.teams.values():
             team.users_regular = team.users_at_risk = 0
-        bad = (hs.AT_RISK, hs.CHURNED)
         for user in self.users.values():
             team = self.teams[user.team_id]
-            if user.active_days >= _REGULAR_USER_DAYS:
-                team.users_regular += 1
-            if user.health in bad:
-                team.users_at_risk += 1
+            regular, at_risk = _team_counts(user)
+            team.users_regular += regular
+            team.users_at_risk += at_risk
 
     def _regroup(self, team: TeamState, offset_ms: int) -> None:
         if offset_ms == team.offset_ms:
@@ -616,10 +616,9 @@ class PartitionEngine:
             if team is not None:
                 if dirty_teams is not None:  # its counts change: its record is due
                     dirty_teams.add(user.team_id)
-                if user.active_days >= _REGULAR_USER_DAYS:
-                    team.users_regular -= 1
-                if user.health in (hs.AT_RISK, hs.CHURNED):
-                    team.users_at_risk -= 1
+                regular, at_risk = _team_counts(user)
+                team.users_regular -= regular
+                team.users_at_risk -= at_risk
                 if team.champion == uid:
                     team.champion, team.champion_rate = None, 0.0
                     team.champion_left_first = False
@@ -1283,8 +1282,8 @@ class PartitionEngine:
         )
         user.health, user.hot_days, user.calm_days = step.state, step.hot_days, step.calm_days
         user.cooldown_until = step.cooldown_until
-        was_bad = before in (hs.AT_RISK, hs.CHURNED)
-        is_bad = step.state in (hs.AT_RISK, hs.CHURNED)
+        was_bad = before in _BAD_USER_STATES
+        is_bad = step.state in _BAD_USER_STATES
         if is_bad != was_bad:
             team.users_at_risk += 1 if is_bad else -1
         if step.alert is not None:
@@ -1393,3 +1392,8 @@ def risk_features(signals: list[Signal], norm: float, mature: bool) -> dict[str,
 
 
 __all__ = ["EngineStats", "LatestScore", "PartitionEngine", "risk_features"]
+
+
+def _team_counts(user: UserState) -> tuple[int, int]:
+    """What ``user`` adds to its team's (users_regular, users_at_risk)."""
+    return int(user.active_days >= _REGULAR_USER_DAYS), int(user.health in _BAD_USER_STATES)

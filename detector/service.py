@@ -616,16 +616,16 @@ class EngineRuntime:
             for start, length in zip(starts, bundle.lengths, strict=False)
         ]
         for decoded in everything:
-            if (
-                not isinstance(decoded, Invalid)
-                and decoded[4] not in teams
-                and partition_for(decoded[4], partitions) != partition
-            ):
+            if isinstance(decoded, Invalid) or decoded[4] in teams:
+                yield decoded
+                continue
+            home = partition_for(decoded[4], partitions)
+            if home != partition:
                 decoded = Invalid(
                     "misrouted",
-                    f"team {decoded[4]!r:.80} belongs to partition "
-                    f"{partition_for(decoded[4], partitions)}, its message key sent it to "
-                    f"{partition} (with kafka.events_keyed_by_team the key must be the team id)",
+                    f"team {decoded[4]!r:.80} belongs to partition {home}, its message key "
+                    f"sent it to {partition} (with kafka.events_keyed_by_team the key must be "
+                    "the team id)",
                 )
                 if not self.misrouted_warned:
                     self.misrouted_warned = True
