@@ -39,6 +39,7 @@ from .events import (
 from .population import MAX_TASK_S, Population
 from .risk_model import RiskModel, features_of, snapshot
 from .scoring import (
+    AT_RISK_STRENGTH,
     Reason,
     Signal,
     combine,
@@ -760,6 +761,8 @@ class PartitionEngine:
             churned=churned,
             active=active,
             th=self.th,
+            # repeated failed payments are a fact, not a noisy measurement
+            confirmed=payment_strength(team.payment_failures) >= AT_RISK_STRENGTH,
         )
         team.health, team.hot_days, team.calm_days = step.state, step.hot_days, step.calm_days
         team.cooldown_until = step.cooldown_until

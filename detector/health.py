@@ -32,13 +32,18 @@ class Thresholds(NamedTuple):
     strong: float = 0.0
     moderate_days: int = 0
 
-    def escalates(self, hot_days: int, risk: float) -> bool:
-        """Enough consecutive days at risk: fewer when the evidence is strong.
+    def escalates(self, hot_days: int, risk: float, confirmed: bool = False) -> bool:
+        """Enough consecutive days at risk: fewer when the evidence is strong, one when it is
+        a recorded fact rather than a measurement (``confirmed``).
 
         >>> th = Thresholds(0.4, 0.6, 0.25, 2, 5, 7, strong=0.7, moderate_days=3)
         >>> th.escalates(2, 0.8), th.escalates(2, 0.65), th.escalates(3, 0.65)
         (True, False, True)
+        >>> th.escalates(1, 0.65), th.escalates(1, 0.65, confirmed=True)
+        (False, True)
         """
+        if confirmed and hot_days >= 1:
+            return True
         if hot_days < self.at_risk_days:
             return False
         return risk >= self.strong or hot_days >= self.moderate_days
@@ -65,8 +70,13 @@ def step(
     churned: bool,
     active: bool,
     th: Thresholds,
+    confirmed: bool = False,
 ) -> Step:
     """Advance one scored day.
+
+    Hysteresis is there because activity measurements are noisy: a quiet week can be chance.
+    ``confirmed`` says the at-risk evidence is a recorded fact instead (repeated failed
+    payments): waiting for more days of it only costs the time to act.
 
     >>> th = Thresholds(0.4, 0.6, 0.25, 2, 3, 7)
     >>> s = step(HEALTHY, 0, 0, 0, day=1, risk=0.7, mature=True, churned=False, active=True, th=th)
@@ -97,13 +107,13 @@ def step(
 
     if state in (NOT_ENOUGH_DATA, HEALTHY):
         base = HEALTHY if mature else NOT_ENOUGH_DATA
-        if th.escalates(hot_days, risk):
+        if th.escalates(hot_days, risk, confirmed):
             return Step(AT_RISK, hot_days, 0, cooldown_until, STATE_NAMES[AT_RISK])
         if risk >= th.cooling and day >= cooldown_until:
             return Step(COOLING, hot_days, 0, cooldown_until, STATE_NAMES[COOLING])
         return Step(base, hot_days, calm_days, cooldown_until, None)
 
-    if state == COOLING and th.escalates(hot_days, risk):
+    if state == COOLING and th.escalates(hot_days, risk, confirmed):
         return Step(AT_RISK, hot_days, 0, cooldown_until, STATE_NAMES[AT_RISK])
     if calm_days >= th.recovery_days:
         next_state = HEALTHY if mature else NOT_ENOUGH_DATA

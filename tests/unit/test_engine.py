@@ -102,6 +102,8 @@ def test_payment_failures_raise_involuntary_churn_risk():
     _, alerts = run(stream([*healthy_teams(20), payer], days=90))
     at_risk = team_alerts(alerts, "card", "at_risk")
     assert at_risk and at_risk[0]["data"]["signal"] == "payment_failure"
+    # a second failed payment is a fact, not a noisy measurement: at risk the same day
+    assert day_of(at_risk[0]) == 73
 
 
 def test_recovery_after_a_dip_emits_one_recovered_alert_and_cooldown():

@@ -89,3 +89,41 @@ def test_risk_just_over_the_line_must_last_longer_than_strong_risk():
     assert first_at_risk([0.65, 0.65, 0.1], th) is None, "a two-day spike just over the line"
     assert first_at_risk([0.65, 0.65, 0.65], th) == 2
     assert first_at_risk([0.65, 0.9], th) == 1, "the strong day's evidence is enough"
+
+
+def test_confirmed_evidence_escalates_on_its_first_day_from_healthy_or_cooling():
+    """Hysteresis guards against noise; a recorded fact (repeated failed payments) needs none."""
+    th = TH._replace(strong=0.7, moderate_days=3)
+    for before in (hs.HEALTHY, hs.COOLING):
+        s = hs.step(
+            before,
+            0,
+            0,
+            0,
+            day=5,
+            risk=0.6,
+            mature=True,
+            churned=False,
+            active=True,
+            th=th,
+            confirmed=True,
+        )
+        assert (s.state, s.alert) == (hs.AT_RISK, "at_risk")
+    s = hs.step(
+        hs.HEALTHY, 0, 0, 0, day=5, risk=0.6, mature=True, churned=False, active=True, th=th
+    )
+    assert (s.state, s.alert) == (hs.COOLING, "cooling")
+    s = hs.step(
+        hs.HEALTHY,
+        0,
+        0,
+        0,
+        day=5,
+        risk=0.5,
+        mature=True,
+        churned=False,
+        active=True,
+        th=th,
+        confirmed=True,
+    )
+    assert s.state == hs.COOLING, "confirmed skips the wait, not the at-risk threshold"
