@@ -137,6 +137,7 @@ def encode_partition(engine: PartitionEngine, source_offset: int) -> bytes:
         "first_day": engine.first_day,
         "next_sweep_ms": engine.next_sweep_ms,
         "feature_bits": engine.feature_bits,
+        "key_action_since": engine.key_action_since,
         "risk": engine.risk.state(),
     }
     # sorted keys: the same state gives the same bytes, however its dicts were filled
@@ -184,6 +185,8 @@ def restore_partition(
     engine.first_day = m["first_day"]
     engine.next_sweep_ms = m["next_sweep_ms"]
     engine.feature_bits = m["feature_bits"]
+    # state written before this was kept: take the key action as instrumented, as it was
+    engine.key_action_since = m.get("key_action_since", 0)
     if "risk" in m:  # state written before the risk model existed has none
         engine.risk = RiskModel.from_state(m["risk"])
     return int(m["offset"])

@@ -92,6 +92,8 @@ KEY_ACTION_STRENGTH = 0.3
 CARRIES_ON = 0.8
 #: the most a team's shortfall counts in a window that is mostly a population-wide low
 LOW_POPULATION_STRENGTH = 0.3
+#: a day later than any event's
+NEVER = 2**62
 
 
 @dataclass
@@ -160,6 +162,10 @@ class PartitionEngine:
         #: event ids are kept for two spans: longer than any accepted event can be late
         self.dedup_span_ms = max(settings.allowed_lateness_s * 1000, 3_600_000)
         self.key_types = frozenset(settings.key_action_types)
+        #: the earliest UTC day a key action was seen in this partition (NEVER: none yet). A
+        #: product whose events never carry the configured key action type does not
+        #: instrument it (or names it otherwise): its absence says nothing about a new team
+        self.key_action_since = NEVER
         self.feature_bits: dict[str, int] = {}
         self.outbox: list[dict[str, Any]] = []
         self.stats = EngineStats()
@@ -263,6 +269,8 @@ class PartitionEngine:
                 if etype in self.key_types:
                     ring[slot + KEY_ACTIONS] += 1.0
                     team.key_total += 1
+                    if utc_day < self.key_action_since:
+                        self.key_action_since = utc_day
                 elif etype == "feature.used":
                     feature = props.get("feature")
                     if isinstance(feature, str):
@@ -725,7 +733,7 @@ class PartitionEngine:
             and age <= s.onboarding_days + 7
             and self._usual_days(team.first_day, day) >= s.onboarding_days - 3
         ):
-            self._onboarding(team, signals)
+            self._onboarding(team, day, signals)
         self._struggle(team, wins, signals)
         if team.payment_failures:
             signals.append(
@@ -1123,7 +1131,7 @@ class PartitionEngine:
             for d in range(first_day, last_day + 1)
         )
 
-    def _onboarding(self, team: TeamState, out: list[Signal]) -> None:
+    def _onboarding(self, team: TeamState, day: int, out: list[Signal]) -> None:
         s = self.settings
         reasons: list[Reason] = []
         keep = 1.0
@@ -1137,7 +1145,9 @@ class PartitionEngine:
                     2.0,
                 )
             )
-        if team.key_total == 0:
+        # the earliest key action by event time, so arrival order cannot matter: every event
+        # of a day before the one scored is in
+        if team.key_total == 0 and self.key_action_since < day:
             keep *= 0.6
             reasons.append(Reason("no_key_action", "the key action was never reached", 0.0, 1.0))
         if 0.0 <= team.first_session_s < s.short_first_session_s:

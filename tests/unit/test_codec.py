@@ -12,7 +12,7 @@ from detector.codec import (
     encode_user,
     restore_partition,
 )
-from detector.engine import PartitionEngine
+from detector.engine import NEVER, PartitionEngine
 from detector.events import Event
 from detector.settings import EngineSettings
 from detector.state import TeamState, UserState
@@ -129,3 +129,19 @@ def test_records_are_json_arrays_of_the_slot_values_in_slot_order():
     assert head == orjson.dumps(
         [getattr(team, s) for s in TeamState.__slots__ if s not in ("ring", "recent_ids")]
     )
+
+
+def test_the_first_key_action_day_survives_a_restore_and_older_state_keeps_judging_by_it():
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    for ev in stream(healthy_teams(3), days=10):
+        engine.process(ev)
+    assert engine.key_action_since < NEVER
+    meta = encode_partition(engine, source_offset=0)
+    restored = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    restore_partition(restored, meta, {}, {})
+    assert restored.key_action_since == engine.key_action_since
+    older = orjson.loads(meta)
+    del older["key_action_since"]  # written before it was kept
+    restore_partition(restored, orjson.dumps(older), {}, {})
+    assert restored.key_action_since == 0
+    assert PartitionEngine(EngineSettings(), clock=lambda: 0.0).key_action_since == NEVER

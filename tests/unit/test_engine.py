@@ -169,8 +169,9 @@ def test_vacation_of_a_one_person_team_is_not_at_risk():
     assert team_alerts(alerts, "tiny", "at_risk") == []
 
 
-def test_trial_that_never_activates_is_flagged_early():
-    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+def _trial_alerts(settings: EngineSettings) -> list[dict]:
+    """The at-risk alerts of a trial that starts on day 40 with one short session."""
+    engine = PartitionEngine(settings, clock=lambda: 0.0)
     events = list(stream(healthy_teams(20), days=60))
     t_start = (START_DAY + 40) * DAY_MS + 10 * HOUR_MS
     events.append(Event("trial", "trial.started", t_start, None, "trial-team", {"plan": "trial"}))
@@ -183,11 +184,25 @@ def test_trial_that_never_activates_is_flagged_early():
     for ev in events:
         engine.process(ev)
         alerts.extend(engine.drain_alerts())
-    flagged = team_alerts(alerts, "trial-team", "at_risk")
+    return team_alerts(alerts, "trial-team", "at_risk")
+
+
+def test_trial_that_never_activates_is_flagged_early():
+    flagged = _trial_alerts(EngineSettings())
     assert flagged and flagged[0]["data"]["signal"] == "onboarding"
     codes = {r["code"] for r in flagged[0]["data"]["reasons"]}
     assert {"few_active_days", "no_key_action", "short_first_session"} <= codes
     assert day_of(flagged[0]) <= 40 + 10
+
+
+def test_a_key_action_nobody_performs_is_not_held_against_a_trial():
+    """The configured key action type never occurs in the stream (not instrumented, or named
+    otherwise): a new team without it is judged on its other red flags only."""
+    flagged = _trial_alerts(EngineSettings(key_action_types=("report.exported",)))
+    assert flagged and flagged[0]["data"]["signal"] == "onboarding"
+    codes = {r["code"] for r in flagged[0]["data"]["reasons"]}
+    assert {"few_active_days", "short_first_session"} <= codes
+    assert "no_key_action" not in codes
 
 
 def test_sharp_drop_is_flagged_within_days_with_its_reason():
