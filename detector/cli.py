@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +15,9 @@ import orjson
 
 from .redaction import redact_in_logs
 from .settings import Settings, SettingsError, build_settings
+
+#: replay: more late events than this share of the lines says the file is not in time order
+LATE_SHARE_UNSORTED = 0.01
 
 if TYPE_CHECKING:
     from .evaluation import EvaluationReport
@@ -49,27 +54,44 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import default_jobs, replay_file
+    from .replay import default_jobs, replay_file, sort_by_event_time
 
     settings = _settings(args, {"partitions": args.partitions})
     if not args.events.is_file():
         raise SettingsError(f"events file {args.events} does not exist")
     if args.jobs is not None and args.jobs < 1:
         raise SettingsError(f"--jobs must be at least 1, got {args.jobs}")
-    result = replay_file(
-        args.events,
-        args.alerts,
-        args.dlq,
-        settings.engine,
-        show_progress=not args.quiet,
-        jobs=args.jobs or default_jobs(settings.engine.partitions),
-    )
+    with contextlib.ExitStack() as stack:
+        events = args.events
+        if args.sort:
+            args.alerts.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stack.enter_context(
+                tempfile.TemporaryDirectory(dir=args.alerts.parent, prefix=".replay-")
+            )
+            events = Path(tmp) / "sorted.jsonl"
+            sort_by_event_time(args.events, events, show_progress=not args.quiet)
+        result = replay_file(
+            events,
+            args.alerts,
+            args.dlq,
+            settings.engine,
+            show_progress=not args.quiet,
+            jobs=args.jobs or default_jobs(settings.engine.partitions),
+        )
     print(
         f"{result.lines:,} lines: {result.valid:,} applied, {sum(result.invalid.values()):,} to {args.dlq} "
         f"{dict(sorted(result.invalid.items()))}; {result.alerts:,} alerts to {args.alerts} "
         f"{dict(sorted(result.alerts_by_state.items()))}",
         file=sys.stderr,
     )
+    late = result.invalid.get("late", 0)
+    if not args.sort and late > LATE_SHARE_UNSORTED * result.lines:
+        print(
+            f"{late:,} events ({late / result.lines:.0%}) came more than the allowed lateness "
+            f"({settings.engine.allowed_lateness_s:,} s) after newer ones: the file is not in "
+            "event-time order. Run again with --sort.",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -188,10 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         "replay",
         help="run the engine over an events file",
         description="Replay a JSONL (or .parquet) events file through the engine, one engine per "
-        "partition as in Kafka, in file order (no sorting: the order of the file is the order a "
-        "topic would deliver). Partitions are independent, so --jobs processes share them; "
-        "their outputs are merged in input-line order. Same input gives byte-identical alerts "
-        "and dead letters for any --jobs.",
+        "partition as in Kafka, in file order (the order of the file is the order a topic "
+        "would deliver; events more than the allowed lateness older than the newest go to the "
+        "dead letters as late, so an export that is not in time order needs --sort). "
+        "Partitions are independent, so --jobs processes share them; their outputs are merged "
+        "in input-line order. Same input gives byte-identical alerts and dead letters for any "
+        "--jobs.",
     )
     p.add_argument("events", type=Path, help="events file (.jsonl or .parquet)")
     p.add_argument("--alerts", type=Path, required=True, help="alerts JSONL output")
@@ -206,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="processes, each replaying a share of the partitions (default: usable CPUs, at "
         "most the partitions; 1: in this process); the output is the same for any value",
+    )
+    p.add_argument(
+        "--sort",
+        action="store_true",
+        help="put the file in event-time order first (stable; an external sort in a "
+        "temporary directory next to --alerts, which needs about twice the file's size on "
+        "disk); dead letters then give line numbers of the sorted order",
     )
     p.add_argument("--config", type=Path, help="JSON config file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

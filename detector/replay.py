@@ -11,6 +11,7 @@ one process writes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import heapq
 import itertools
 import multiprocessing
@@ -26,7 +27,7 @@ from typing import IO, Any
 import orjson
 
 from .codec import dumps_held
-from .events import Invalid
+from .events import Invalid, parse_timestamp
 from .router import PartitionedEngines
 from .settings import EngineSettings
 
@@ -223,11 +224,74 @@ def replay_file(
     return result
 
 
-def _progress_bar(events: Path, show: bool) -> Any:
+def _progress_bar(events: Path, show: bool, desc: str = "replay") -> Any:
     from tqdm import tqdm
 
     size = events.stat().st_size
-    return tqdm(total=size, unit="B", unit_scale=True, desc="replay", disable=not show)
+    return tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=not show)
+
+
+# ---------------------------------------------------------------------------- event-time sort
+# Exports are not always in time order (per user, per table, per day and shard). The engine
+# takes events up to the allowed lateness behind the newest; older ones are dead letters. An
+# external merge sort puts a file in event-time order first, in bounded memory.
+
+SORT_CHUNK_LINES = 500_000
+UNREADABLE = -1  # the sort key of a line without a readable timestamp: first (a dead letter)
+
+
+def event_time_key(line: bytes) -> int:
+    """Epoch milliseconds of a line's ``timestamp`` (canonical and Segment alike).
+
+    >>> event_time_key(b'{"timestamp": "2026-03-01T09:15:02.123Z"}')
+    1772356502123
+    >>> event_time_key(b'{"timestamp": 1772356502123}'), event_time_key(b"not json")
+    (1772356502123, -1)
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return UNREADABLE
+    ts = parse_timestamp(obj.get("timestamp")) if isinstance(obj, dict) else None
+    return ts if isinstance(ts, int) else UNREADABLE
+
+
+def sort_by_event_time(
+    src: Path,
+    dst: Path,
+    show_progress: bool = False,
+    chunk_lines: int = SORT_CHUNK_LINES,
+) -> int:
+    """Write ``src``'s lines to ``dst`` (JSONL) in event-time order; returns the line count.
+
+    Stable: lines with the same time keep their file order, so a file already in order comes
+    out byte for byte the same (blank lines and CR dropped). Lines without a readable
+    timestamp come first; replay dead-letters them as before. Sorted runs of ``chunk_lines``
+    lines go to temporary files next to ``dst`` and are merged.
+    """
+    count = 0
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".sort-") as tmp:
+        runs: list[Path] = []
+        with _progress_bar(src, show_progress, desc="sort") as bar:
+            lines = read_lines(src, bar.update)
+            while chunk := list(itertools.islice(lines, chunk_lines)):
+                keyed = sorted(((event_time_key(line), line) for line in chunk), key=itemgetter(0))
+                run = Path(tmp) / f"{len(runs)}.run"
+                with run.open("wb") as fh:
+                    fh.writelines(b"%d\t%s\n" % pair for pair in keyed)
+                runs.append(run)
+                count += len(chunk)
+            bar.update(bar.total - bar.n)
+        with contextlib.ExitStack() as stack, dst.open("wb") as out:
+            readers = [map(_read_keyed, stack.enter_context(run.open("rb"))) for run in runs]
+            # heapq.merge takes equal keys from earlier runs first: the sort stays stable
+            out.writelines(line for _, line in heapq.merge(*readers, key=itemgetter(0)))
+    return count
+
+
+def _read_keyed(row: bytes) -> tuple[int, bytes]:
+    key, _, line = row.partition(b"\t")
+    return int(key), line
 
 
 # ---------------------------------------------------------------------------- in parallel

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from detector.engine import PartitionEngine
-from detector.replay import ReplayResult, read_lines, replay, replay_file
+from detector.replay import ReplayResult, read_lines, replay, replay_file, sort_by_event_time
 from detector.router import PartitionedEngines
 from detector.settings import EngineSettings
 from detector.simulator import SimulationConfig, simulate, to_segment
@@ -120,3 +120,78 @@ def test_parallel_replay_of_parquet_writes_what_one_process_writes(tmp_path: Pat
     serial_alerts, serial_dlq, serial = _outputs(path, tmp_path, jobs=1)
     assert serial.lines == len(events) and serial.valid > 0
     assert _outputs(path, tmp_path, jobs=2) == (serial_alerts, serial_dlq, serial)
+
+
+def test_sorting_by_event_time_is_stable_and_puts_unreadable_lines_first(tmp_path: Path) -> None:
+    lines = [
+        b'{"timestamp": "2026-03-01T10:00:00Z", "n": 1}',
+        b'{"timestamp": 1772355600000, "n": 2}',  # 09:00, epoch ms
+        b"{not json",
+        b'{"timestamp": "2026-03-01T10:00:00+00:00", "n": 3}',  # same time as n=1
+        b'{"timestamp": "yesterday", "n": 4}',
+        b'{"timestamp": "2026-03-01T08:00:00Z", "n": 5}',
+    ]
+    src, dst = _write(tmp_path, lines), tmp_path / "sorted.jsonl"
+    for chunk_lines in (2, 100):  # merged from several runs, or one
+        assert sort_by_event_time(src, dst, chunk_lines=chunk_lines) == 6
+        assert dst.read_bytes().splitlines() == [lines[i] for i in (2, 4, 5, 1, 0, 3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "sorted.jsonl"]
+
+
+def test_a_shuffled_export_replays_with_sort_as_the_ordered_file_does(tmp_path: Path) -> None:
+    from detector.cli import main
+
+    events = [
+        orjson.dumps(ev) for ev in simulate(SimulationConfig(teams=20, days=70, seed=3)).events()
+    ]
+    ordered = _write(tmp_path, events)
+    shuffled = tmp_path / "shuffled.jsonl"  # e.g. exported user by user
+    shuffled.write_bytes(
+        b"\n".join(sorted(events, key=lambda line: orjson.loads(line)["user_id"] or "")) + b"\n"
+    )
+    out = {}
+    for name, path, extra in (
+        ("ordered", ordered, []),
+        ("sorted", shuffled, ["--sort"]),
+        ("as is", shuffled, []),
+    ):
+        alerts, dlq = tmp_path / f"{name}-alerts.jsonl", tmp_path / f"{name}-dlq.jsonl"
+        argv = ["replay", str(path), "--alerts", str(alerts), "--dlq", str(dlq), "--quiet"]
+        assert main([*argv, *extra]) == 0
+        out[name] = (alerts.read_bytes(), dlq.read_bytes())
+    assert out["sorted"] == out["ordered"] and out["ordered"][0].count(b"\n") > 20
+    assert out["as is"][1].count(b'"late"') > len(events) // 2
+    assert not list(tmp_path.glob(".replay-*")), "the sorted copy is removed"
+
+
+def test_replay_says_when_a_file_is_not_in_time_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from detector.cli import main
+
+    lines = [
+        orjson.dumps(
+            {
+                "event_id": f"e{i}",
+                "type": "session.started",
+                "timestamp": (20_400 - i) * 86_400_000,
+                "user_id": "u",
+                "team_id": "t",
+            }
+        )
+        for i in range(200)
+    ]
+    path = _write(tmp_path, lines)
+    args = [
+        "replay",
+        str(path),
+        "--alerts",
+        str(tmp_path / "a.jsonl"),
+        "--dlq",
+        str(tmp_path / "d.jsonl"),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert "not in event-time order. Run again with --sort." in capsys.readouterr().err
+    assert main([*args, "--sort"]) == 0
+    assert "--sort" not in capsys.readouterr().err
