@@ -21,6 +21,7 @@ LATE_SHARE_UNSORTED = 0.01
 
 if TYPE_CHECKING:
     from .evaluation import EvaluationReport
+    from .replay import ReplayResult
 
 
 def _settings(args: argparse.Namespace, engine: dict[str, Any] | None = None) -> Settings:
@@ -61,38 +62,66 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise SettingsError(f"events file {args.events} does not exist")
     if args.jobs is not None and args.jobs < 1:
         raise SettingsError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.sort and args.file_order:
+        raise SettingsError("--sort and --file-order exclude each other")
     with contextlib.ExitStack() as stack:
-        events = args.events
-        if args.sort:
+
+        def sorted_copy() -> Path:
             args.alerts.parent.mkdir(parents=True, exist_ok=True)
             tmp = stack.enter_context(
                 tempfile.TemporaryDirectory(dir=args.alerts.parent, prefix=".replay-")
             )
-            events = Path(tmp) / "sorted.jsonl"
-            sort_by_event_time(args.events, events, show_progress=not args.quiet)
-        result = replay_file(
-            events,
-            args.alerts,
-            args.dlq,
-            settings.engine,
-            show_progress=not args.quiet,
-            jobs=args.jobs or default_jobs(settings.engine.partitions),
-        )
+            out = Path(tmp) / "sorted.jsonl"
+            done = sort_by_event_time(args.events, out, show_progress=not args.quiet)
+            span = " .. ".join(_iso(ms) for ms in (done.first_ms, done.last_ms) if ms is not None)
+            print(
+                f"sorted {done.lines:,} lines by event time ({span or 'no times'})", file=sys.stderr
+            )
+            return out
+
+        def run(events: Path) -> ReplayResult:
+            return replay_file(
+                events,
+                args.alerts,
+                args.dlq,
+                settings.engine,
+                show_progress=not args.quiet,
+                jobs=args.jobs or default_jobs(settings.engine.partitions),
+            )
+
+        result = run(sorted_copy() if args.sort else args.events)
+        late = result.invalid.get("late", 0)
+        if not args.sort and late > LATE_SHARE_UNSORTED * result.lines:
+            print(
+                f"{late:,} events ({late / result.lines:.0%}) came more than the allowed lateness "
+                f"({settings.engine.allowed_lateness_s:,} s) after newer ones: the file is not in "
+                "event-time order; "
+                + (
+                    "--file-order keeps them as dead letters."
+                    if args.file_order
+                    else "sorting it and replaying again (--file-order keeps the file's order)."
+                ),
+                file=sys.stderr,
+            )
+            if not args.file_order:
+                result = run(sorted_copy())
     print(
         f"{result.lines:,} lines: {result.valid:,} applied, {sum(result.invalid.values()):,} to {args.dlq} "
         f"{dict(sorted(result.invalid.items()))}; {result.alerts:,} alerts to {args.alerts} "
         f"{dict(sorted(result.alerts_by_state.items()))}",
         file=sys.stderr,
     )
-    late = result.invalid.get("late", 0)
-    if not args.sort and late > LATE_SHARE_UNSORTED * result.lines:
-        print(
-            f"{late:,} events ({late / result.lines:.0%}) came more than the allowed lateness "
-            f"({settings.engine.allowed_lateness_s:,} s) after newer ones: the file is not in "
-            "event-time order. Run again with --sort.",
-            file=sys.stderr,
-        )
     return 0
+
+
+def _iso(ms: int) -> str:
+    """
+    >>> _iso(1772356502123)
+    '2026-03-01T09:15:02Z'
+    """
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -210,12 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         "replay",
         help="run the engine over an events file",
         description="Replay a JSONL (or .parquet) events file through the engine, one engine per "
-        "partition as in Kafka, in file order (the order of the file is the order a topic "
-        "would deliver; events more than the allowed lateness older than the newest go to the "
-        "dead letters as late, so an export that is not in time order needs --sort). "
-        "Partitions are independent, so --jobs processes share them; their outputs are merged "
-        "in input-line order. Same input gives byte-identical alerts and dead letters for any "
-        "--jobs.",
+        "partition as in Kafka, in file order (the order a topic would deliver). Events more "
+        "than the allowed lateness older than the newest are dead letters (late); when over 1% "
+        "of the lines are, the file is not in event-time order, and replay sorts it (a stable "
+        "external sort) and replays again, unless --file-order. Partitions are independent, so "
+        "--jobs processes share them; their outputs are merged in input-line order. Same input "
+        "gives byte-identical alerts and dead letters for any --jobs.",
     )
     p.add_argument("events", type=Path, help="events file (.jsonl or .parquet)")
     p.add_argument("--alerts", type=Path, required=True, help="alerts JSONL output")
@@ -234,9 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sort",
         action="store_true",
-        help="put the file in event-time order first (stable; an external sort in a "
-        "temporary directory next to --alerts, which needs about twice the file's size on "
-        "disk); dead letters then give line numbers of the sorted order",
+        help="put the file in event-time order first, without a file-order pass (stable; an "
+        "external sort in a temporary directory next to --alerts that needs about twice the "
+        "size of the file as JSONL on disk, removed at the end unless the process is killed). "
+        "Sorted, an event with a wrong clock is accepted at its time instead of being late: "
+        "the printed time range shows such strays. Dead letters then give line numbers of "
+        "the sorted order",
+    )
+    p.add_argument(
+        "--file-order",
+        action="store_true",
+        help="keep the file's order even when it is not in event-time order (as a topic "
+        "would deliver it: late events are dead letters)",
     )
     p.add_argument("--config", type=Path, help="JSON config file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

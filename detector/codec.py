@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from .dedup import RecentIds
-from .engine import PartitionEngine
+from .engine import NEVER, PartitionEngine
 from .risk_model import RiskModel
 from .state import FIELDS, NOTHING, RING_DAYS, TeamState, UserState
 
@@ -137,7 +137,8 @@ def encode_partition(engine: PartitionEngine, source_offset: int) -> bytes:
         "first_day": engine.first_day,
         "next_sweep_ms": engine.next_sweep_ms,
         "feature_bits": engine.feature_bits,
-        "key_action_since": engine.key_action_since,
+        # with the types it is about: a restart with other key action types starts over
+        "key_action_since": [engine.key_action_since, sorted(engine.key_types)],
         "risk": engine.risk.state(),
     }
     # sorted keys: the same state gives the same bytes, however its dicts were filled
@@ -185,8 +186,11 @@ def restore_partition(
     engine.first_day = m["first_day"]
     engine.next_sweep_ms = m["next_sweep_ms"]
     engine.feature_bits = m["feature_bits"]
-    # state written before this was kept: take the key action as instrumented, as it was
-    engine.key_action_since = m.get("key_action_since", 0)
+    if "key_action_since" in m:
+        since, types = m["key_action_since"]
+        engine.key_action_since = since if set(types) == engine.key_types else NEVER
+    else:  # written before it was kept: seen if some team has performed one
+        engine.key_action_since = 0 if any(t.key_total for t in teams.values()) else NEVER
     if "risk" in m:  # state written before the risk model existed has none
         engine.risk = RiskModel.from_state(m["risk"])
     return int(m["offset"])

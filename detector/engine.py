@@ -39,7 +39,6 @@ from .events import (
 from .population import MAX_TASK_S, Population
 from .risk_model import RiskModel, features_of, snapshot
 from .scoring import (
-    AT_RISK_STRENGTH,
     Reason,
     Signal,
     combine,
@@ -770,7 +769,7 @@ class PartitionEngine:
             active=active,
             th=self.th,
             # repeated failed payments are a fact, not a noisy measurement
-            confirmed=payment_strength(team.payment_failures) >= AT_RISK_STRENGTH,
+            confirmed=payment_strength(team.payment_failures) >= self.th.at_risk,
         )
         team.health, team.hot_days, team.calm_days = step.state, step.hot_days, step.calm_days
         team.cooldown_until = step.cooldown_until

@@ -11,7 +11,6 @@ one process writes.
 from __future__ import annotations
 
 import base64
-import contextlib
 import heapq
 import itertools
 import multiprocessing
@@ -22,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 
@@ -236,8 +235,16 @@ def _progress_bar(events: Path, show: bool, desc: str = "replay") -> Any:
 # takes events up to the allowed lateness behind the newest; older ones are dead letters. An
 # external merge sort puts a file in event-time order first, in bounded memory.
 
-SORT_CHUNK_LINES = 500_000
+SORT_RUN_BYTES = 64 << 20  # lines sorted in memory at a time (~3x this in Python objects)
+SORT_FAN_IN = 256  # runs merged at once (open files)
 UNREADABLE = -1  # the sort key of a line without a readable timestamp: first (a dead letter)
+
+
+class SortResult(NamedTuple):
+    lines: int
+    #: the earliest and latest readable event times (epoch ms; None: none readable)
+    first_ms: int | None
+    last_ms: int | None
 
 
 def event_time_key(line: bytes) -> int:
@@ -257,41 +264,54 @@ def event_time_key(line: bytes) -> int:
 
 
 def sort_by_event_time(
-    src: Path,
-    dst: Path,
-    show_progress: bool = False,
-    chunk_lines: int = SORT_CHUNK_LINES,
-) -> int:
-    """Write ``src``'s lines to ``dst`` (JSONL) in event-time order; returns the line count.
+    src: Path, dst: Path, show_progress: bool = False, run_bytes: int = SORT_RUN_BYTES
+) -> SortResult:
+    """Write ``src``'s lines to ``dst`` (JSONL) in event-time order.
 
     Stable: lines with the same time keep their file order, so a file already in order comes
     out byte for byte the same (blank lines and CR dropped). Lines without a readable
-    timestamp come first; replay dead-letters them as before. Sorted runs of ``chunk_lines``
-    lines go to temporary files next to ``dst`` and are merged.
+    timestamp come first; replay dead-letters them as before. Sorted runs of about
+    ``run_bytes`` go to temporary files next to ``dst`` and are merged.
     """
-    count = 0
+    count, first, last = 0, None, None
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".sort-") as tmp:
         runs: list[Path] = []
+
+        def write_run(chunk: list[bytes]) -> None:
+            nonlocal first, last
+            keyed = sorted(((event_time_key(line), line) for line in chunk), key=itemgetter(0))
+            known = [key for key, _ in keyed if key != UNREADABLE]
+            if known:
+                first = known[0] if first is None else min(first, known[0])
+                last = known[-1] if last is None else max(last, known[-1])
+            runs.append(Path(tmp) / f"{len(runs)}.run")
+            with runs[-1].open("wb") as fh:
+                fh.writelines(b"%d%s%s\n" % (key, _TAG_END, line) for key, line in keyed)
+
         with _progress_bar(src, show_progress, desc="sort") as bar:
-            lines = read_lines(src, bar.update)
-            while chunk := list(itertools.islice(lines, chunk_lines)):
-                keyed = sorted(((event_time_key(line), line) for line in chunk), key=itemgetter(0))
-                run = Path(tmp) / f"{len(runs)}.run"
-                with run.open("wb") as fh:
-                    fh.writelines(b"%d\t%s\n" % pair for pair in keyed)
-                runs.append(run)
+            chunk: list[bytes] = []
+            size = 0
+            for line in read_lines(src, bar.update):
+                chunk.append(line)
+                size += len(line)
+                if size >= run_bytes:
+                    write_run(chunk)
+                    count += len(chunk)
+                    chunk, size = [], 0
+            if chunk:
+                write_run(chunk)
                 count += len(chunk)
             bar.update(bar.total - bar.n)
-        with contextlib.ExitStack() as stack, dst.open("wb") as out:
-            readers = [map(_read_keyed, stack.enter_context(run.open("rb"))) for run in runs]
-            # heapq.merge takes equal keys from earlier runs first: the sort stays stable
-            out.writelines(line for _, line in heapq.merge(*readers, key=itemgetter(0)))
-    return count
-
-
-def _read_keyed(row: bytes) -> tuple[int, bytes]:
-    key, _, line = row.partition(b"\t")
-    return int(key), line
+        while len(runs) > SORT_FAN_IN:  # merge in stages: a file per run stays open
+            groups = [runs[i : i + SORT_FAN_IN] for i in range(0, len(runs), SORT_FAN_IN)]
+            runs = []
+            for group in groups:
+                runs.append(Path(tmp) / f"merged-{len(runs)}-{group[0].name}")
+                with runs[-1].open("wb") as out:
+                    _merge_tagged(group, out, keep_tags=True)
+        with dst.open("wb") as out:
+            _merge_tagged(runs, out)
+    return SortResult(count, first, last)
 
 
 # ---------------------------------------------------------------------------- in parallel
@@ -381,18 +401,20 @@ def _replay_job(
     (work / f"result-{job}.json").write_bytes(orjson.dumps(result))
 
 
-def _merge_tagged(parts: list[Path], out: IO[bytes]) -> None:
-    """Merge the jobs' tagged lines by tag (each part is in tag order), tags removed."""
+def _merge_tagged(parts: list[Path], out: IO[bytes], keep_tags: bool = False) -> None:
+    """Merge tagged lines by tag (each part is in tag order; equal tags: earlier parts
+    first), tags removed unless ``keep_tags``. Jobs' outputs are tagged by input line, sort
+    runs by event time."""
 
-    def untagged(fh: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    def untagged(fh: IO[bytes]) -> Iterator[tuple[int, bytes, bytes]]:
         for line in fh:
             tag, _, payload = line.partition(_TAG_END)
-            yield int(tag), payload
+            yield int(tag), payload, line
 
     files = [part.open("rb") for part in parts]
     try:
-        for _, payload in heapq.merge(*map(untagged, files), key=itemgetter(0)):
-            out.write(payload)
+        for _, payload, line in heapq.merge(*map(untagged, files), key=itemgetter(0)):
+            out.write(line if keep_tags else payload)
     finally:
         for fh in files:
             fh.close()
@@ -400,10 +422,13 @@ def _merge_tagged(parts: list[Path], out: IO[bytes]) -> None:
 
 __all__ = [
     "ReplayResult",
+    "SortResult",
     "batches",
     "dead_letter",
     "default_jobs",
+    "event_time_key",
     "read_lines",
     "replay",
     "replay_file",
+    "sort_by_event_time",
 ]

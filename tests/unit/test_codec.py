@@ -131,17 +131,26 @@ def test_records_are_json_arrays_of_the_slot_values_in_slot_order():
     )
 
 
-def test_the_first_key_action_day_survives_a_restore_and_older_state_keeps_judging_by_it():
+def test_the_first_key_action_day_survives_a_restore_with_the_same_key_action_types():
     engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
     for ev in stream(healthy_teams(3), days=10):
         engine.process(ev)
     assert engine.key_action_since < NEVER
+    teams = {k: decode_team(encode_team(t)) for k, t in engine.teams.items()}
     meta = encode_partition(engine, source_offset=0)
-    restored = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
-    restore_partition(restored, meta, {}, {})
-    assert restored.key_action_since == engine.key_action_since
+
+    def restored(settings: EngineSettings, meta: bytes, teams: dict[str, TeamState]) -> int:
+        fresh = PartitionEngine(settings, clock=lambda: 0.0)
+        restore_partition(fresh, meta, teams, {})
+        return fresh.key_action_since
+
+    assert restored(EngineSettings(), meta, teams) == engine.key_action_since
+    # other key action types: what was seen says nothing about them
+    assert restored(EngineSettings(key_action_types=("report.exported",)), meta, teams) == NEVER
+    # written before it was kept: seen if some team has performed one
     older = orjson.loads(meta)
-    del older["key_action_since"]  # written before it was kept
-    restore_partition(restored, orjson.dumps(older), {}, {})
-    assert restored.key_action_since == 0
-    assert PartitionEngine(EngineSettings(), clock=lambda: 0.0).key_action_since == NEVER
+    del older["key_action_since"]
+    assert restored(EngineSettings(), orjson.dumps(older), teams) == 0
+    for team in teams.values():
+        team.key_total = 0
+    assert restored(EngineSettings(), orjson.dumps(older), teams) == NEVER

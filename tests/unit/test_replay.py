@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from detector import replay as replay_module
 from detector.engine import PartitionEngine
 from detector.replay import ReplayResult, read_lines, replay, replay_file, sort_by_event_time
 from detector.router import PartitionedEngines
@@ -122,7 +123,9 @@ def test_parallel_replay_of_parquet_writes_what_one_process_writes(tmp_path: Pat
     assert _outputs(path, tmp_path, jobs=2) == (serial_alerts, serial_dlq, serial)
 
 
-def test_sorting_by_event_time_is_stable_and_puts_unreadable_lines_first(tmp_path: Path) -> None:
+def test_sorting_by_event_time_is_stable_and_puts_unreadable_lines_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lines = [
         b'{"timestamp": "2026-03-01T10:00:00Z", "n": 1}',
         b'{"timestamp": 1772355600000, "n": 2}',  # 09:00, epoch ms
@@ -132,8 +135,11 @@ def test_sorting_by_event_time_is_stable_and_puts_unreadable_lines_first(tmp_pat
         b'{"timestamp": "2026-03-01T08:00:00Z", "n": 5}',
     ]
     src, dst = _write(tmp_path, lines), tmp_path / "sorted.jsonl"
-    for chunk_lines in (2, 100):  # merged from several runs, or one
-        assert sort_by_event_time(src, dst, chunk_lines=chunk_lines) == 6
+    # one run; runs of a line or two, merged; more runs than merge at once (stages)
+    for run_bytes, fan_in in ((1 << 20, 256), (50, 256), (50, 2)):
+        monkeypatch.setattr(replay_module, "SORT_FAN_IN", fan_in)
+        done = sort_by_event_time(src, dst, run_bytes=run_bytes)
+        assert done == (6, 1772352000000, 1772359200000)  # 08:00 .. 10:00
         assert dst.read_bytes().splitlines() == [lines[i] for i in (2, 4, 5, 1, 0, 3)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "sorted.jsonl"]
 
@@ -153,13 +159,15 @@ def test_a_shuffled_export_replays_with_sort_as_the_ordered_file_does(tmp_path: 
     for name, path, extra in (
         ("ordered", ordered, []),
         ("sorted", shuffled, ["--sort"]),
-        ("as is", shuffled, []),
+        ("sorted when found out of order", shuffled, []),
+        ("as is", shuffled, ["--file-order"]),
     ):
         alerts, dlq = tmp_path / f"{name}-alerts.jsonl", tmp_path / f"{name}-dlq.jsonl"
         argv = ["replay", str(path), "--alerts", str(alerts), "--dlq", str(dlq), "--quiet"]
         assert main([*argv, *extra]) == 0
         out[name] = (alerts.read_bytes(), dlq.read_bytes())
     assert out["sorted"] == out["ordered"] and out["ordered"][0].count(b"\n") > 20
+    assert out["sorted when found out of order"] == out["ordered"]
     assert out["as is"][1].count(b'"late"') > len(events) // 2
     assert not list(tmp_path.glob(".replay-*")), "the sorted copy is removed"
 
@@ -191,7 +199,12 @@ def test_replay_says_when_a_file_is_not_in_time_order(
         str(tmp_path / "d.jsonl"),
         "--quiet",
     ]
+    assert main([*args, "--file-order"]) == 0
+    err = capsys.readouterr().err
+    assert "not in event-time order; --file-order keeps them as dead letters" in err
+    assert (tmp_path / "d.jsonl").read_bytes().count(b'"late"') == 199
     assert main(args) == 0
-    assert "not in event-time order. Run again with --sort." in capsys.readouterr().err
-    assert main([*args, "--sort"]) == 0
-    assert "--sort" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not in event-time order; sorting it and replaying again" in err
+    assert "sorted 200 lines by event time (2025-04-23T00:00:00Z .. 2025-11-08T00:00:00Z)" in err
+    assert b'"late"' not in (tmp_path / "d.jsonl").read_bytes()
