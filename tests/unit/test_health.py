@@ -94,36 +94,16 @@ def test_risk_just_over_the_line_must_last_longer_than_strong_risk():
 def test_confirmed_evidence_escalates_on_its_first_day_from_healthy_or_cooling():
     """Hysteresis guards against noise; a recorded fact (repeated failed payments) needs none."""
     th = TH._replace(strong=0.7, moderate_days=3)
-    for before in (hs.HEALTHY, hs.COOLING):
+
+    def one_day(state: int, risk: float, confirmed: bool) -> tuple[int, str | None]:
         s = hs.step(
-            before,
-            0,
-            0,
-            0,
-            day=5,
-            risk=0.6,
-            mature=True,
-            churned=False,
-            active=True,
-            th=th,
-            confirmed=True,
-        )
-        assert (s.state, s.alert) == (hs.AT_RISK, "at_risk")
-    s = hs.step(
-        hs.HEALTHY, 0, 0, 0, day=5, risk=0.6, mature=True, churned=False, active=True, th=th
-    )
-    assert (s.state, s.alert) == (hs.COOLING, "cooling")
-    s = hs.step(
-        hs.HEALTHY,
-        0,
-        0,
-        0,
-        day=5,
-        risk=0.5,
-        mature=True,
-        churned=False,
-        active=True,
-        th=th,
-        confirmed=True,
-    )
-    assert s.state == hs.COOLING, "confirmed skips the wait, not the at-risk threshold"
+            state, 0, 0, 0, day=5, risk=risk, mature=True, churned=False, active=True, th=th,
+            confirmed=confirmed,
+        )  # fmt: skip
+        return s.state, s.alert
+
+    for before in (hs.HEALTHY, hs.COOLING):
+        assert one_day(before, 0.6, confirmed=True) == (hs.AT_RISK, "at_risk")
+    assert one_day(hs.HEALTHY, 0.6, confirmed=False) == (hs.COOLING, "cooling")
+    # confirmed skips the wait, not the at-risk threshold
+    assert one_day(hs.HEALTHY, 0.5, confirmed=True) == (hs.COOLING, "cooling")
