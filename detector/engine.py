@@ -734,11 +734,12 @@ class PartitionEngine:
         ):
             self._onboarding(team, day, signals)
         self._struggle(team, wins, signals)
-        if team.payment_failures:
+        payment = payment_strength(team.payment_failures)
+        if payment:
             signals.append(
                 Signal(
                     "payment_failure",
-                    payment_strength(team.payment_failures),
+                    payment,
                     (
                         Reason(
                             "payment_failed",
@@ -769,7 +770,7 @@ class PartitionEngine:
             active=active,
             th=self.th,
             # repeated failed payments are a fact, not a noisy measurement
-            confirmed=payment_strength(team.payment_failures) >= self.th.at_risk,
+            confirmed=payment >= self.th.at_risk,
         )
         team.health, team.hot_days, team.calm_days = step.state, step.hot_days, step.calm_days
         team.cooldown_until = step.cooldown_until
@@ -1403,9 +1404,9 @@ def risk_features(signals: list[Signal], norm: float, mature: bool) -> dict[str,
     return features
 
 
-__all__ = ["EngineStats", "LatestScore", "PartitionEngine", "risk_features"]
-
-
 def _team_counts(user: UserState) -> tuple[int, int]:
     """What ``user`` adds to its team's (users_regular, users_at_risk)."""
     return int(user.active_days >= _REGULAR_USER_DAYS), int(user.health in _BAD_USER_STATES)
+
+
+__all__ = ["EngineStats", "LatestScore", "PartitionEngine", "risk_features"]

@@ -45,7 +45,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import faust
 import orjson
@@ -94,6 +94,8 @@ KEYS_TO_CHECK = 10_000
 #: how often each partition's transaction commits (see build_app)
 COMMIT_INTERVAL_S = 0.5
 _META = b"m:"
+#: an entity held by an engine: a team or a user
+E = TypeVar("E")
 _TEAM = b"t:"
 _USER = b"u:"
 _SEP = b"\n"  # between the offsets and the engine's partition record in the meta record
@@ -668,25 +670,24 @@ class EngineRuntime:
         """The records of these entities of ``partition``, as they are now; None (a
         tombstone: compaction deletes the key) for one the engine has dropped."""
         engine = self.engines[partition]
-        team_sizes, user_sizes = self.record_sizes[_TEAM], self.record_sizes[_USER]
-        for team_id in teams:
-            team = engine.teams.get(team_id)
-            if team is None:
-                yield _TEAM + team_id.encode(), None
+        yield from self._records(_TEAM, teams, engine.teams, encode_team)
+        yield from self._records(_USER, users, engine.users, encode_user)
+
+    def _records(
+        self, prefix: bytes, ids: Iterable[str], held: dict[str, E], encode: Callable[[E], bytes]
+    ) -> Iterator[tuple[bytes, bytes | None]]:
+        """:meth:`_encoded` for one kind of entity (``prefix`` names it in keys and sizes)."""
+        sizes = self.record_sizes[prefix]
+        for entity_id in ids:
+            key = prefix + entity_id.encode()
+            entity = held.get(entity_id)
+            if entity is None:
+                yield key, None
                 continue
-            record = encode_team(team)
-            team_sizes[0] += 1
-            team_sizes[1] += len(record)
-            yield _TEAM + team_id.encode(), record
-        for uid in users:
-            user = engine.users.get(uid)
-            if user is None:
-                yield _USER + uid.encode(), None
-                continue
-            record = encode_user(user)
-            user_sizes[0] += 1
-            user_sizes[1] += len(record)
-            yield _USER + uid.encode(), record
+            record = encode(entity)
+            sizes[0] += 1
+            sizes[1] += len(record)
+            yield key, record
 
     def take_meta(self, partition: int) -> tuple[bytes, bytes] | None:
         """The partition's meta record (the offsets its state reflects, and the partition-wide
