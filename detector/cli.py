@@ -55,7 +55,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import default_jobs, replay_file, sort_by_event_time
+    from .replay import (
+        default_jobs,
+        remove_abandoned_work,
+        replay_file,
+        sort_by_event_time,
+        terminate_as_exit,
+        work_dir_prefix,
+    )
 
     settings = _settings(args, {"partitions": args.partitions})
     if not args.events.is_file():
@@ -64,22 +71,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise SettingsError(f"--jobs must be at least 1, got {args.jobs}")
     if args.sort and args.file_order:
         raise SettingsError("--sort and --file-order exclude each other")
+    args.alerts.parent.mkdir(parents=True, exist_ok=True)
+    for path in remove_abandoned_work(args.alerts.parent):
+        print(f"removed {path}, left by a replay that was killed", file=sys.stderr)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(terminate_as_exit())
 
-        def sorted_copy() -> Path:
-            args.alerts.parent.mkdir(parents=True, exist_ok=True)
+        def sorted_copy() -> tuple[Path, Path]:
             tmp = stack.enter_context(
-                tempfile.TemporaryDirectory(dir=args.alerts.parent, prefix=".replay-")
+                tempfile.TemporaryDirectory(
+                    dir=args.alerts.parent, prefix=work_dir_prefix("replay")
+                )
             )
-            out = Path(tmp) / "sorted.jsonl"
-            done = sort_by_event_time(args.events, out, show_progress=not args.quiet)
+            out, numbers = Path(tmp) / "sorted.jsonl", Path(tmp) / "line-numbers"
+            done = sort_by_event_time(
+                args.events, out, show_progress=not args.quiet, line_numbers=numbers
+            )
             span = " .. ".join(_iso(ms) for ms in (done.first_ms, done.last_ms) if ms is not None)
             print(
                 f"sorted {done.lines:,} lines by event time ({span or 'no times'})", file=sys.stderr
             )
-            return out
+            return out, numbers
 
-        def run(events: Path) -> ReplayResult:
+        def run(events: Path, line_numbers: Path | None = None) -> ReplayResult:
             return replay_file(
                 events,
                 args.alerts,
@@ -87,9 +101,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 settings.engine,
                 show_progress=not args.quiet,
                 jobs=args.jobs or default_jobs(settings.engine.partitions),
+                line_numbers=line_numbers,
             )
 
-        result = run(sorted_copy() if args.sort else args.events)
+        result = run(*sorted_copy()) if args.sort else run(args.events)
         late = result.invalid.get("late", 0)
         if not args.sort and late > LATE_SHARE_UNSORTED * result.lines:
             print(
@@ -104,7 +119,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             if not args.file_order:
-                result = run(sorted_copy())
+                result = run(*sorted_copy())
     print(
         f"{result.lines:,} lines: {result.valid:,} applied, {sum(result.invalid.values()):,} to {args.dlq} "
         f"{dict(sorted(result.invalid.items()))}; {result.alerts:,} alerts to {args.alerts} "
@@ -265,10 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="put the file in event-time order first, without a file-order pass (stable; an "
         "external sort in a temporary directory next to --alerts that needs about twice the "
-        "size of the file as JSONL on disk, removed at the end unless the process is killed). "
-        "Sorted, an event with a wrong clock is accepted at its time instead of being late: "
-        "the printed time range shows such strays. Dead letters then give line numbers of "
-        "the sorted order",
+        "size of the file as JSONL on disk, removed at the end; a later replay removes what a "
+        "killed one left). Sorted, an event with a wrong clock is accepted at its time "
+        "instead of being late: the printed time range shows such strays. Dead letters give "
+        "the line numbers of the file as given, in the sorted order",
     )
     p.add_argument(
         "--file-order",

@@ -11,12 +11,16 @@ one process writes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import heapq
 import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -159,15 +163,52 @@ def batches(lines: Iterable[bytes], size: int = BATCH_LINES) -> Iterator[list[by
         yield batch
 
 
+_NUMBER_BYTES = 8  # a line number in the numbers a sort writes
+
+
+class LineNumbers:
+    """The number of the ``index``-th line replayed (from 0) in the file the user has: index + 1,
+    or, for a sorted copy, the number its :func:`sort_by_event_time` wrote for it (8 bytes a
+    line in ``path``), so a dead letter points at the line in the original file. The numbers
+    are read only for dead letters: no memory per line.
+
+    >>> LineNumbers(None)(0)
+    1
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._fh: IO[bytes] | None = None
+
+    def __call__(self, index: int) -> int:
+        if self.path is None:
+            return index + 1
+        if self._fh is None:
+            self._fh = self.path.open("rb")
+        self._fh.seek(_NUMBER_BYTES * index)
+        return int.from_bytes(self._fh.read(_NUMBER_BYTES), "little")
+
+    def __enter__(self) -> LineNumbers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
 def replay(
     lines: Iterable[bytes],
     settings: EngineSettings,
     alerts_out: IO[bytes],
     dlq_out: IO[bytes],
     engines: PartitionedEngines | None = None,
+    line_number: Callable[[int], int] | None = None,
 ) -> ReplayResult:
-    """Process ``lines`` and write alerts and dead letters as JSONL."""
+    """Process ``lines`` and write alerts and dead letters (numbered by ``line_number``,
+    by default from 1 in the order read)."""
     engines = engines or PartitionedEngines(settings)
+    line_number = line_number or LineNumbers(None)
     result = ReplayResult()
     dumps = orjson.dumps
     for batch in batches(lines):
@@ -175,7 +216,7 @@ def replay(
         alerts: list[dict[str, Any]] = []
         engines.process_lines(batch, rejected, alerts)
         for index, why in rejected:
-            dlq_out.write(_dead_letter_line(batch[index], why, result.lines + index))
+            dlq_out.write(_dead_letter_line(batch[index], why, line_number(result.lines + index)))
         for alert in alerts:
             alerts_out.write(dumps(alert) + b"\n")
             result.count_alert(alert)
@@ -185,9 +226,9 @@ def replay(
     return result
 
 
-def _dead_letter_line(raw: bytes, why: Invalid, index: int) -> bytes:
-    """The dead-letter JSONL line of the ``index``-th (from 0) non-blank input line."""
-    return orjson.dumps(dead_letter(raw, why, {"line": index + 1})) + b"\n"
+def _dead_letter_line(raw: bytes, why: Invalid, line: int) -> bytes:
+    """The dead-letter JSONL line of non-blank input line number ``line`` (from 1)."""
+    return orjson.dumps(dead_letter(raw, why, {"line": line})) + b"\n"
 
 
 def default_jobs(partitions: int) -> int:
@@ -206,19 +247,25 @@ def replay_file(
     settings: EngineSettings,
     show_progress: bool = True,
     jobs: int = 1,
+    line_numbers: Path | None = None,
 ) -> ReplayResult:
-    """Replay a file in ``jobs`` processes (1: in this process); the same output for any."""
+    """Replay a file in ``jobs`` processes (1: in this process); the same output for any.
+
+    ``line_numbers``: ``events`` is a sorted copy, and these are its lines' numbers in the
+    original (see :func:`sort_by_event_time`), for the dead letters.
+    """
     alerts.parent.mkdir(parents=True, exist_ok=True)
     dlq.parent.mkdir(parents=True, exist_ok=True)
     jobs = max(1, min(jobs, settings.partitions))
     if jobs > 1:
-        return _replay_in_jobs(events, alerts, dlq, settings, jobs, show_progress)
+        return _replay_in_jobs(events, alerts, dlq, settings, jobs, show_progress, line_numbers)
     with (
         _progress_bar(events, show_progress) as bar,
         alerts.open("wb") as alerts_fh,
         dlq.open("wb") as dlq_fh,
+        LineNumbers(line_numbers) as number,
     ):
-        result = replay(read_lines(events, bar.update), settings, alerts_fh, dlq_fh)
+        result = replay(read_lines(events, bar.update), settings, alerts_fh, dlq_fh, None, number)
         bar.update(bar.total - bar.n)
     return result
 
@@ -264,29 +311,40 @@ def event_time_key(line: bytes) -> int:
 
 
 def sort_by_event_time(
-    src: Path, dst: Path, show_progress: bool = False, run_bytes: int = SORT_RUN_BYTES
+    src: Path,
+    dst: Path,
+    show_progress: bool = False,
+    run_bytes: int = SORT_RUN_BYTES,
+    line_numbers: Path | None = None,
 ) -> SortResult:
     """Write ``src``'s lines to ``dst`` (JSONL) in event-time order.
 
     Stable: lines with the same time keep their file order, so a file already in order comes
     out byte for byte the same (blank lines and CR dropped). Lines without a readable
     timestamp come first; replay dead-letters them as before. Sorted runs of about
-    ``run_bytes`` go to temporary files next to ``dst`` and are merged.
+    ``run_bytes`` go to temporary files next to ``dst`` and are merged. ``line_numbers``
+    receives each sorted line's number in ``src`` (non-blank lines from 1, as dead letters
+    count them; 8 bytes a line, read by :class:`LineNumbers`).
     """
     count, first, last = 0, None, None
-    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".sort-") as tmp:
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=work_dir_prefix("sort")) as tmp:
         runs: list[Path] = []
 
         def write_run(chunk: list[bytes]) -> None:
             nonlocal first, last
-            keyed = sorted(((event_time_key(line), line) for line in chunk), key=itemgetter(0))
-            known = [key for key, _ in keyed if key != UNREADABLE]
+            keyed = sorted(
+                ((event_time_key(line), n, line) for n, line in enumerate(chunk, count + 1)),
+                key=itemgetter(0),
+            )
+            known = [key for key, _, _ in keyed if key != UNREADABLE]
             if known:
                 first = known[0] if first is None else min(first, known[0])
                 last = known[-1] if last is None else max(last, known[-1])
             runs.append(Path(tmp) / f"{len(runs)}.run")
             with runs[-1].open("wb") as fh:
-                fh.writelines(b"%d%s%s\n" % (key, _TAG_END, line) for key, line in keyed)
+                fh.writelines(
+                    b"%d%s%d%s%s\n" % (key, _TAG_END, n, _TAG_END, line) for key, n, line in keyed
+                )
 
         with _progress_bar(src, show_progress, desc="sort") as bar:
             chunk: list[bytes] = []
@@ -308,10 +366,49 @@ def sort_by_event_time(
             for group in groups:
                 runs.append(Path(tmp) / f"merged-{len(runs)}-{group[0].name}")
                 with runs[-1].open("wb") as out:
-                    _merge_tagged(group, out, keep_tags=True)
-        with dst.open("wb") as out:
-            _merge_tagged(runs, out)
+                    out.writelines(line for _, line in _merged(group))
+        with dst.open("wb") as out, contextlib.ExitStack() as stack:
+            numbers = stack.enter_context(line_numbers.open("wb")) if line_numbers else None
+            for payload, _ in _merged(runs):
+                number, _, line = payload.partition(_TAG_END)
+                out.write(line)
+                if numbers is not None:
+                    numbers.write(int(number).to_bytes(_NUMBER_BYTES, "little"))
     return SortResult(count, first, last)
+
+
+def work_dir_prefix(kind: str) -> str:
+    """The name a temporary work directory starts with: the process id in it lets a later
+    replay remove what a killed one left (:func:`remove_abandoned_work`).
+
+    >>> work_dir_prefix("sort") == f".sort-{os.getpid()}-"
+    True
+    """
+    return f".{kind}-{os.getpid()}-"
+
+
+def remove_abandoned_work(directory: Path) -> list[Path]:
+    """Remove the work directories of replays and sorts killed before they could (their
+    process is gone); returns them. A directory without a process id in its name is left.
+    """
+    removed = []
+    for path in sorted(directory.glob(".*-*-*")):
+        kind, _, rest = path.name[1:].partition("-")
+        pid = rest.partition("-")[0]
+        if kind in ("replay", "sort") and pid.isdigit() and path.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------------- in parallel
@@ -324,26 +421,76 @@ def sort_by_event_time(
 _TAG_END = b"\t"
 
 
+class _StopState:
+    deferring = False
+    pending = 0  # a stop signal that came while deferring
+
+
+_STOP = _StopState()
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    if _STOP.deferring:
+        _STOP.pending = signum
+        return
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (``kill``, a stopped container) exits through Python, as Ctrl-C does, so the
+    work files are removed; the default handler ends the process on the spot. Only the main
+    thread may set handlers: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _on_stop_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@contextlib.contextmanager
+def _stop_deferred() -> Iterator[None]:
+    """Hold a SIGTERM back until the block is done: raised inside a fork, the exit could be
+    lost or leave a job the parent does not know of running."""
+    _STOP.deferring, _STOP.pending = True, 0
+    try:
+        yield
+    finally:
+        _STOP.deferring = False
+        if _STOP.pending:
+            raise SystemExit(128 + _STOP.pending)
+
+
 def _replay_in_jobs(
-    events: Path, alerts: Path, dlq: Path, settings: EngineSettings, jobs: int, show: bool
+    events: Path,
+    alerts: Path,
+    dlq: Path,
+    settings: EngineSettings,
+    jobs: int,
+    show: bool,
+    line_numbers: Path | None,
 ) -> ReplayResult:
     # fork (POSIX): no re-import of the caller's __main__ (spawn's pitfall, and ~1 s); the
     # jobs start before the progress bar's thread exists and use no lock another thread holds
     ctx = multiprocessing.get_context("fork")
-    with tempfile.TemporaryDirectory(prefix=".replay-", dir=alerts.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=work_dir_prefix("replay"), dir=alerts.parent) as tmp:
         work = Path(tmp)
         read = [ctx.Value("q", 0, lock=False) for _ in range(jobs)]
         procs = [
             ctx.Process(
                 target=_replay_job,
-                args=(events, settings, job, jobs, work, read[job]),
+                args=(events, settings, job, jobs, work, read[job], line_numbers),
                 name=f"replay-job-{job}",
             )
             for job in range(jobs)
         ]
         try:
-            for proc in procs:
-                proc.start()
+            with _stop_deferred():  # a job half started could not be stopped
+                for proc in procs:
+                    proc.start()
             with _progress_bar(events, show) as bar:
                 running = procs
                 while running and not any(p.exitcode for p in procs):  # a failed job: stop
@@ -358,10 +505,10 @@ def _replay_in_jobs(
         failed = [f"job {j}: exit code {p.exitcode}" for j, p in enumerate(procs) if p.exitcode]
         if failed:
             raise RuntimeError(f"parallel replay failed ({'; '.join(failed)}); see stderr")
-        with alerts.open("wb") as out:
-            _merge_tagged([work / f"alerts-{job}" for job in range(jobs)], out)
-        with dlq.open("wb") as out:
-            _merge_tagged([work / f"dlq-{job}" for job in range(jobs)], out)
+        for name, path in (("alerts", alerts), ("dlq", dlq)):
+            with path.open("wb") as out:
+                tagged = [work / f"{name}-{job}" for job in range(jobs)]
+                out.writelines(payload for payload, _ in _merged(tagged))
         parts = [
             ReplayResult(**orjson.loads((work / f"result-{job}.json").read_bytes()))
             for job in range(jobs)
@@ -370,9 +517,18 @@ def _replay_in_jobs(
 
 
 def _replay_job(
-    events: Path, settings: EngineSettings, job: int, jobs: int, work: Path, read: Any
+    events: Path,
+    settings: EngineSettings,
+    job: int,
+    jobs: int,
+    work: Path,
+    read: Any,
+    line_numbers: Path | None,
 ) -> None:
     """One job's share of the replay: tagged alerts and dead letters, and its counts."""
+    _STOP.deferring = False  # forked while the parent deferred stops
+    if _STOP.pending:
+        raise SystemExit(128 + _STOP.pending)
 
     def tick(n: int) -> None:
         read.value += n
@@ -383,6 +539,7 @@ def _replay_job(
     with (
         (work / f"alerts-{job}").open("wb") as alerts_out,
         (work / f"dlq-{job}").open("wb") as dlq_out,
+        LineNumbers(line_numbers) as number,
     ):
         for batch in batches(read_lines(events, tick)):
             rejected: list[tuple[int, Invalid]] = []
@@ -390,7 +547,7 @@ def _replay_job(
             first = result.lines
             engines.process_owned_lines(batch, first, job, jobs, rejected, alerts)
             for index, why in rejected:
-                dead = _dead_letter_line(batch[index - first], why, index)
+                dead = _dead_letter_line(batch[index - first], why, number(index))
                 dlq_out.write(b"%d%s%s" % (index, _TAG_END, dead))
             for index, alert in alerts:
                 alerts_out.write(b"%d%s%s\n" % (index, _TAG_END, dumps(alert)))
@@ -401,10 +558,10 @@ def _replay_job(
     (work / f"result-{job}.json").write_bytes(orjson.dumps(result))
 
 
-def _merge_tagged(parts: list[Path], out: IO[bytes], keep_tags: bool = False) -> None:
-    """Merge tagged lines by tag (each part is in tag order; equal tags: earlier parts
-    first), tags removed unless ``keep_tags``. Jobs' outputs are tagged by input line, sort
-    runs by event time."""
+def _merged(parts: list[Path]) -> Iterator[tuple[bytes, bytes]]:
+    """Tagged lines merged by tag (each part is in tag order; equal tags: earlier parts
+    first), as (the line without its tag, the line). Jobs' outputs are tagged by input line,
+    sort runs by event time."""
 
     def untagged(fh: IO[bytes]) -> Iterator[tuple[int, bytes, bytes]]:
         for line in fh:
@@ -414,13 +571,14 @@ def _merge_tagged(parts: list[Path], out: IO[bytes], keep_tags: bool = False) ->
     files = [part.open("rb") for part in parts]
     try:
         for _, payload, line in heapq.merge(*map(untagged, files), key=itemgetter(0)):
-            out.write(line if keep_tags else payload)
+            yield payload, line
     finally:
         for fh in files:
             fh.close()
 
 
 __all__ = [
+    "LineNumbers",
     "ReplayResult",
     "SortResult",
     "batches",
@@ -428,7 +586,10 @@ __all__ = [
     "default_jobs",
     "event_time_key",
     "read_lines",
+    "remove_abandoned_work",
     "replay",
     "replay_file",
     "sort_by_event_time",
+    "terminate_as_exit",
+    "work_dir_prefix",
 ]

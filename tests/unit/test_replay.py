@@ -11,7 +11,16 @@ import pytest
 
 from detector import replay as replay_module
 from detector.engine import PartitionEngine
-from detector.replay import ReplayResult, read_lines, replay, replay_file, sort_by_event_time
+from detector.replay import (
+    LineNumbers,
+    ReplayResult,
+    read_lines,
+    remove_abandoned_work,
+    replay,
+    replay_file,
+    sort_by_event_time,
+    work_dir_prefix,
+)
 from detector.router import PartitionedEngines
 from detector.settings import EngineSettings
 from detector.simulator import SimulationConfig, simulate, to_segment
@@ -134,14 +143,16 @@ def test_sorting_by_event_time_is_stable_and_puts_unreadable_lines_first(
         b'{"timestamp": "yesterday", "n": 4}',
         b'{"timestamp": "2026-03-01T08:00:00Z", "n": 5}',
     ]
-    src, dst = _write(tmp_path, lines), tmp_path / "sorted.jsonl"
+    src, dst, numbers = _write(tmp_path, lines), tmp_path / "sorted.jsonl", tmp_path / "numbers"
     # one run; runs of a line or two, merged; more runs than merge at once (stages)
     for run_bytes, fan_in in ((1 << 20, 256), (50, 256), (50, 2)):
         monkeypatch.setattr(replay_module, "SORT_FAN_IN", fan_in)
-        done = sort_by_event_time(src, dst, run_bytes=run_bytes)
+        done = sort_by_event_time(src, dst, run_bytes=run_bytes, line_numbers=numbers)
         assert done == (6, 1772352000000, 1772359200000)  # 08:00 .. 10:00
         assert dst.read_bytes().splitlines() == [lines[i] for i in (2, 4, 5, 1, 0, 3)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "sorted.jsonl"]
+        with LineNumbers(numbers) as number:  # where each sorted line was, from 1
+            assert [number(i) for i in range(6)] == [3, 5, 6, 2, 1, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "numbers", "sorted.jsonl"]
 
 
 def test_a_shuffled_export_replays_with_sort_as_the_ordered_file_does(tmp_path: Path) -> None:
@@ -169,6 +180,92 @@ def test_a_shuffled_export_replays_with_sort_as_the_ordered_file_does(tmp_path: 
     assert out["sorted"] == out["ordered"] and out["ordered"][0].count(b"\n") > 20
     assert out["sorted when found out of order"] == out["ordered"]
     assert out["as is"][1].count(b'"late"') > len(events) // 2
+    assert not list(tmp_path.glob(".replay-*")), "the sorted copy is removed"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_dead_letters_of_a_sorted_replay_give_the_lines_of_the_file_as_given(
+    tmp_path: Path, jobs: int
+) -> None:
+    from detector.cli import main
+
+    events = [
+        orjson.dumps(ev) for ev in simulate(SimulationConfig(teams=8, days=40, seed=3)).events()
+    ]
+    shuffled = sorted(events, key=lambda line: orjson.loads(line)["user_id"] or "")
+    for at, bad in ((0, b"{not json"), (1_000, b"[1]"), (len(shuffled) // 2, b'{"timestamp": 1}')):
+        shuffled.insert(at, bad)
+    path = tmp_path / "shuffled.jsonl"
+    path.write_bytes(b"\n".join(shuffled) + b"\n")
+    dlq = tmp_path / "dlq.jsonl"
+    argv = ["replay", str(path), "--alerts", str(tmp_path / "a.jsonl"), "--dlq", str(dlq)]
+    assert main([*argv, "--sort", "--quiet", "--jobs", str(jobs)]) == 0
+    dead = [orjson.loads(line) for line in dlq.read_bytes().splitlines()]
+    assert len(dead) >= 3
+    for record in dead:
+        assert shuffled[record["line"] - 1] == record["raw"].encode(), record
+
+
+def test_a_later_replay_removes_the_work_a_killed_one_left(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    dead_pid = int(gone.stdout)
+    left = [tmp_path / f".replay-{dead_pid}-abc", tmp_path / f".sort-{dead_pid}-def"]
+    kept = [
+        tmp_path / f"{work_dir_prefix('replay')}ghi",  # this process: still at work
+        tmp_path / ".replay-notapid",
+        tmp_path / f".other-{dead_pid}-x",
+    ]
+    for path in left + kept:
+        (path / "sub").mkdir(parents=True)
+        (path / "sub" / "sorted.jsonl").write_bytes(b"{}\n")
+    assert remove_abandoned_work(tmp_path) == sorted(left)
+    assert sorted(p for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def test_a_terminated_replay_removes_its_sorted_copy(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    events = tmp_path / "events.jsonl"
+    sim = simulate(SimulationConfig(teams=60, days=120, seed=4))
+    events.write_bytes(b"".join(orjson.dumps(ev) + b"\n" for ev in sim.events()))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "detector.cli",
+            "replay",
+            str(events),
+            "--sort",
+            "--jobs",
+            "2",
+            "--alerts",
+            str(tmp_path / "a.jsonl"),
+            "--dlq",
+            str(tmp_path / "d.jsonl"),
+            "--quiet",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob(".replay-*"))) < 2:  # the sorted copy, and the jobs' work
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "replay did not start"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
     assert not list(tmp_path.glob(".replay-*")), "the sorted copy is removed"
 
 
