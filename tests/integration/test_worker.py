@@ -21,11 +21,13 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from detector.evaluation import parse_time_ms
 from detector.kafka_tools import produce_file
 from detector.partitioning import partition_for
 from detector.replay import replay_file
 from detector.settings import Settings
 from detector.simulator import SimulationConfig, simulate
+from detector.timemodel import iso_ms
 
 pytestmark = pytest.mark.integration
 
@@ -374,6 +376,22 @@ def test_dropped_entities_are_deleted_from_the_changelog_and_stay_gone_after_a_r
     settings = kafka_settings_factory(engine={"evict_after_days": 90}, service=QUIET)
     events = tmp_path / "events.jsonl"
     expected = make_events(events, teams=16, days=150, seed=61)
+    # a team that used the product in its first days only: silent for 140 days at the end
+    lines = events.read_bytes().splitlines()
+    start = orjson.loads(lines[0])["timestamp"]
+    early = [
+        {
+            "event_id": f"early-{day}-{n}",
+            "type": "session.started",
+            "timestamp": iso_ms(parse_time_ms(start) + day * 86_400_000 + n * 60_000),
+            "user_id": f"early-user-{n}",
+            "team_id": "t-early-leaver",
+        }
+        for day in range(5)
+        for n in range(3)
+    ]
+    events.write_bytes(b"\n".join([*map(orjson.dumps, early), *lines]) + b"\n")
+    expected = Counter({**expected, "t-early-leaver": len(early)})
     alert_ids, _ = replay_expectation(events, settings, tmp_path)
     produce_file(events, settings, progress=False)
     first = workers(settings, "first").start()
@@ -390,7 +408,8 @@ def test_dropped_entities_are_deleted_from_the_changelog_and_stay_gone_after_a_r
         return teams, {u for u in users if worker.get(f"/users/{u}") is not None}
 
     held = held_by(first)
-    assert held[0] == set(expected)  # none silent that long
+    assert held[0] == set(expected) - {"t-early-leaver"}, "the team silent for 90 days is dropped"
+    assert not {u for u in held[1] if u.startswith("early-user-")}
     assert 0 < len(held[1]) < len(users), "some users, silent for 90 days, were dropped"
     first.kill(signal.SIGKILL)
 
