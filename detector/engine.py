@@ -1323,9 +1323,14 @@ class PartitionEngine:
                 (day + 1) * DAY_MS,
             )
         # a champion who is away keeps the title (and the usual rate others must beat), or
-        # their absence would hand it to someone else within days
+        # their absence would hand it to someone else within days; a user away cannot take
+        # it (one gone for longer than a vacation, dismissed, would be chosen again)
         if mature and (
-            (team.champion != uid and slow > team.champion_rate)
+            (
+                team.champion != uid
+                and slow > team.champion_rate
+                and silent < max(7.0, 3.0 * user.gap)
+            )
             or (team.champion == uid and (user.last_day == day or slow > team.champion_rate))
         ):
             if team.champion != uid:

@@ -315,7 +315,7 @@ def test_trial_that_starts_just_before_a_holiday_is_judged_after_it():
     assert team_alerts(alerts, "new") == []
 
 
-def _champion_story(rest_keeps_half: bool) -> tuple[str, list[dict]]:
+def _champion_story(rest_keeps_half: bool) -> tuple[str, list[dict], PartitionEngine]:
     """Team "c" loses its most active user on day 60; the others carry on, or slow down."""
     events = list(stream([*healthy_teams(20), TeamSpec("c", 8)], days=100))
     cut = (START_DAY + 60) * DAY_MS
@@ -330,17 +330,30 @@ def _champion_story(rest_keeps_half: bool) -> tuple[str, list[dict]]:
             return False
         return not rest_keeps_half or (int(str(ev.user_id)[-1]) + ev.ts_ms // DAY_MS) % 2 == 0
 
-    _, alerts = run(ev for ev in events if kept(ev))
-    return champion, team_alerts(alerts, "c", "at_risk")
+    engine, alerts = run(ev for ev in events if kept(ev))
+    return champion, team_alerts(alerts, "c", "at_risk"), engine
 
 
 def test_champion_away_while_the_rest_carry_on_is_not_at_risk():
-    _, at_risk = _champion_story(rest_keeps_half=False)
+    _, at_risk, _ = _champion_story(rest_keeps_half=False)
     assert at_risk == []
 
 
+def test_a_champion_gone_for_good_is_followed_by_an_active_user_not_chosen_again():
+    """Gone longer than a vacation while the team carries on: the team moved on. Chosen
+    again as the most active user, the absent one would raise champion_loss anew."""
+    gone, _, engine = _champion_story(rest_keeps_half=False)
+    team = engine.teams["c"]
+    assert team.champion is not None and team.champion != gone
+    assert engine.users[team.champion].last_day >= START_DAY + 95
+    # whoever is checked first after the dismissal: the absent user does not take it back
+    team.champion, team.champion_rate = None, 0.0
+    engine._check_user(gone, engine.users[gone], START_DAY + 99)
+    assert team.champion is None
+
+
 def test_champion_gone_and_the_rest_slowing_is_champion_loss():
-    _, at_risk = _champion_story(rest_keeps_half=True)
+    _, at_risk, _ = _champion_story(rest_keeps_half=True)
     assert at_risk and at_risk[0]["data"]["signal"] == "champion_loss"
     codes = [r["code"] for r in at_risk[0]["data"]["reasons"]]
     assert codes[:2] == ["champion_inactive", "rest_of_team_drop"]
