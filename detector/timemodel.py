@@ -6,6 +6,7 @@ calendar: ``(ts_ms + utc_offset_ms) // DAY_MS``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -68,34 +69,63 @@ def day_end_ms(day: int, offset_ms: int) -> int:
 class Watermark:
     """Per-partition event-time watermark: newest event time seen minus allowed lateness.
 
-    A timestamp more than ``max_future_ms`` ahead of the newest time (a device with a broken
-    clock) is rejected and does not move the watermark; only when ``confirmations``
-    distinct teams send times beyond that horizon is the jump accepted (a real gap in the
-    stream). In live mode the service also sets ``limit_ms`` (wall clock plus a small skew):
-    nothing from the future passes.
+    A timestamp more than ``max_future_ms`` ahead of the newest time is a jump: a device
+    with a broken clock, or a real gap in the stream. It is rejected and does not move the
+    watermark until it is confirmed: ``confirmations`` distinct teams (at most as many as
+    ``active_teams`` says were active over the last ``max_future_ms``; one, when one team is
+    all there is) send times beyond the horizon, spread over at least ``confirm_span_ms`` of
+    event time, with no event in between inside the horizon. Broken clocks do not pass:
+    the stream's own events keep coming, which clears the candidates, and a batch of lines
+    with one wrong stamp (a clock reset to a fixed date) spans no time. In live mode the
+    service also sets ``limit_ms`` (wall clock plus a small skew): nothing from the future
+    passes.
 
     >>> wm = Watermark(lateness_ms=HOUR_MS, max_future_ms=7 * DAY_MS, confirmations=3)
     >>> wm.observe(10 * DAY_MS, "a"), wm.value == 10 * DAY_MS - HOUR_MS
     (None, True)
     >>> wm.observe(10 * DAY_MS - 2 * HOUR_MS, "b")
     'late'
-    >>> wm.observe(900 * DAY_MS, "broken")
-    'future_timestamp'
-    >>> wm.observe(30 * DAY_MS, "b"), wm.observe(30 * DAY_MS, "c")
+    >>> wm.observe(900 * DAY_MS, "broken"), wm.observe(10 * DAY_MS + 1, "a")
     ('future_timestamp', None)
+    >>> [wm.observe(30 * DAY_MS + h * HOUR_MS, t) for h, t in ((0, "b"), (1, "c"), (2, "b"))]
+    ['future_timestamp', 'future_timestamp', 'future_timestamp']
+    >>> wm.observe(30 * DAY_MS + 3 * HOUR_MS, "d"), wm.max_seen == 30 * DAY_MS
+    (None, True)
     >>> wm.limit_ms = 31 * DAY_MS
     >>> wm.observe(32 * DAY_MS, "d")
     'future_timestamp'
     """
 
-    __slots__ = ("confirmations", "lateness_ms", "limit_ms", "max_future_ms", "max_seen", "pending")
+    __slots__ = (
+        "active_teams",
+        "confirm_span_ms",
+        "confirmations",
+        "lateness_ms",
+        "limit_ms",
+        "max_future_ms",
+        "max_seen",
+        "newest_candidate",
+        "pending",
+    )
 
-    def __init__(self, lateness_ms: int, max_future_ms: int, confirmations: int) -> None:
+    def __init__(
+        self,
+        lateness_ms: int,
+        max_future_ms: int,
+        confirmations: int,
+        confirm_span_ms: int = HOUR_MS,
+        active_teams: Callable[[int], int] | None = None,
+    ) -> None:
         self.lateness_ms = lateness_ms
         self.max_future_ms = max_future_ms
         self.confirmations = confirmations
+        self.confirm_span_ms = confirm_span_ms
+        #: teams with an event since the given time (ms); None: assume enough to confirm
+        self.active_teams = active_teams
         self.max_seen: int | None = None
+        #: jump candidates: team -> its earliest time beyond the horizon
         self.pending: dict[str, int] = {}
+        self.newest_candidate = 0
         self.limit_ms: int | None = None
 
     @property
@@ -113,14 +143,28 @@ class Watermark:
         if ts_ms <= max_seen:
             return "late" if ts_ms < max_seen - self.lateness_ms else None
         if ts_ms > max_seen + self.max_future_ms:
-            pending = self.pending
-            if team_id not in pending or ts_ms < pending[team_id]:
-                pending[team_id] = ts_ms
-            if len(pending) < self.confirmations:
-                return "future_timestamp"
-            ts_ms = min(pending.values())
-            pending.clear()
+            return self._jump(ts_ms, team_id, max_seen)
+        if self.pending:  # the stream goes on inside the horizon: the candidates were strays
+            self.pending.clear()
         self.max_seen = ts_ms
+        return None
+
+    def _jump(self, ts_ms: int, team_id: str, max_seen: int) -> str | None:
+        pending = self.pending
+        if not pending:
+            self.newest_candidate = ts_ms
+        if team_id not in pending or ts_ms < pending[team_id]:
+            pending[team_id] = ts_ms
+        self.newest_candidate = max(self.newest_candidate, ts_ms)
+        earliest = min(pending.values())
+        needed = self.confirmations
+        if len(pending) < needed and self.active_teams is not None:
+            needed = max(1, min(needed, self.active_teams(max_seen - self.max_future_ms)))
+        if len(pending) < needed or self.newest_candidate - earliest < self.confirm_span_ms:
+            return "future_timestamp"
+        pending.clear()
+        # from the earliest: the candidates' own later events are not late
+        self.max_seen = earliest
         return None
 
     def advance_by(self, elapsed_ms: int) -> None:

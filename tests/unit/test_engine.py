@@ -490,3 +490,30 @@ def test_a_restore_recounts_team_users_and_drops_users_whose_team_is_gone():
         counts
     )
     assert "ghost" not in engine.users and engine.take_changes()[1] == {"ghost"}
+
+
+def test_a_team_back_from_weeks_away_while_the_others_are_long_gone_is_taken_in():
+    """Only teams active lately can confirm a jump in time: the long churned ones cannot."""
+    events = [
+        Event(
+            f"{team}{d}",
+            "feature.used",
+            (START_DAY + d) * DAY_MS + 9 * HOUR_MS,
+            f"u-{team}",
+            team,
+            {},
+        )
+        for team, days in (("gone1", range(10)), ("gone2", range(10)), ("back", range(60)))
+        for d in days
+    ]
+    events.sort(key=lambda ev: ev.ts_ms)
+    back = (START_DAY + 90) * DAY_MS
+    events += [
+        Event(f"r{m}", "feature.used", back + m * 20 * 60_000, "u-back", "back", {})
+        for m in range(12)
+    ]
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    out = [engine.process(ev) for ev in events]
+    rejected = [r.reason for r in out if r is not None]
+    assert rejected == ["future_timestamp"] * 3  # the first hour back, then it is followed
+    assert engine.watermark.max_seen is not None and engine.watermark.max_seen >= back

@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
-from detector.timemodel import DAY_MS, HOUR_MS, iso_ms, utc_offset_ms
+from detector.timemodel import DAY_MS, HOUR_MS, Watermark, iso_ms, utc_offset_ms
 
 
 def test_iso_ms_matches_the_strftime_rendering_it_replaced():
@@ -25,3 +25,48 @@ def test_utc_offset_follows_daylight_saving_across_many_zones():
     assert offsets["Australia/Sydney"] == (11 * HOUR_MS, 10 * HOUR_MS)
     assert offsets["Asia/Kolkata"] == (5 * HOUR_MS + HOUR_MS // 2,) * 2
     assert offsets["UTC"] == (0, 0)
+
+
+# ---------------------------------------------------------------------------- watermark
+T0 = 20_000 * DAY_MS
+
+
+def _partition(teams: list[str], days: int) -> tuple[Watermark, list[str | None]]:
+    """A watermark fed hourly events of ``teams`` for ``days`` days."""
+    wm = Watermark(2 * HOUR_MS, 7 * DAY_MS, 3, active_teams=lambda since: len(teams))
+    out = [wm.observe(T0 + h * HOUR_MS, teams[h % len(teams)]) for h in range(days * 24)]
+    return wm, out
+
+
+def test_broken_clocks_scattered_over_months_never_move_the_watermark():
+    wm, _ = _partition(["a", "b", "c"], 10)
+    far = T0 + 25_000 * DAY_MS  # a clock in the next century
+    for day, team in ((10, "x"), (40, "y"), (70, "z")):
+        for h in range(24 * 30):  # the stream goes on between the strays
+            assert wm.observe(T0 + (day * 24 + h) * HOUR_MS, "abc"[h % 3]) is None
+        assert wm.observe(far + day * DAY_MS, team) == "future_timestamp"
+    assert wm.max_seen is not None and wm.max_seen < T0 + 101 * DAY_MS
+
+
+def test_teams_sending_one_wrong_stamp_together_do_not_confirm_a_jump():
+    """Clocks reset to a fixed date (2036-02-07, the NTP era's end) send the same instant."""
+    wm, _ = _partition(["a", "b", "c"], 10)
+    reset = 2_085_978_496_000
+    assert [wm.observe(reset, team) for team in "abcd"] == ["future_timestamp"] * 4
+    assert wm.max_seen == T0 + (10 * 24 - 1) * HOUR_MS
+
+
+def test_a_real_gap_in_the_stream_is_followed_after_an_hour_of_confirmations():
+    wm, _ = _partition(["a", "b", "c"], 10)
+    back = T0 + 30 * DAY_MS  # the whole partition was silent for 20 days
+    out = [wm.observe(back + m * 10 * 60_000, "abc"[m % 3]) for m in range(12)]
+    assert out[:6] == ["future_timestamp"] * 6 and set(out[6:]) == {None}
+    assert wm.max_seen is not None and back <= wm.max_seen <= back + 2 * HOUR_MS
+
+
+def test_the_only_active_team_back_from_a_long_absence_confirms_its_own_return():
+    wm = Watermark(2 * HOUR_MS, 7 * DAY_MS, 3, active_teams=lambda since: 0)
+    assert wm.observe(T0, "a") is None
+    back = T0 + 21 * DAY_MS
+    out = [wm.observe(back + m * 20 * 60_000, "a") for m in range(6)]
+    assert out[:3] == ["future_timestamp"] * 3 and set(out[3:]) == {None}
