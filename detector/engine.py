@@ -681,7 +681,11 @@ class PartitionEngine:
             if team.offset_ms != offset:  # the team moved to another group: settle there
                 self.unsettled.setdefault(team.offset_ms, []).append(uid)
                 continue
+            before = user.last_day
             self._settle_user(team, user, closed)
+            if user.check_day < 0 and user.last_day > before:
+                # churned (or its team did) and active again: judged again, so it can recover
+                self._schedule(uid, user, closed + 1)
             if self.dirty_users is not None:
                 self.dirty_users.add(uid)
             if user.open_days:
@@ -1241,7 +1245,7 @@ class PartitionEngine:
         if self.dirty_users is not None and self.dirty_teams is not None:
             self.dirty_users.add(uid)
             self.dirty_teams.add(user.team_id)
-        if team.health == hs.CHURNED:
+        if team.health == hs.CHURNED and not team.reactivated:
             user.check_day = -1
             return
         fold_user(user, day)
@@ -1348,7 +1352,10 @@ class PartitionEngine:
                 team.champion_left_first = False
             team.champion, team.champion_rate = uid, slow
         if step.state == hs.CHURNED:
-            user.check_day = -1
+            if user.last_day >= day - 1:  # back: judged daily until it has recovered
+                self._schedule(uid, user, day + 1)
+            else:
+                user.check_day = -1
             return
         if step.state in (hs.COOLING, hs.AT_RISK) or signals:
             self._schedule(uid, user, day + 1)

@@ -517,3 +517,34 @@ def test_a_team_back_from_weeks_away_while_the_others_are_long_gone_is_taken_in(
     rejected = [r.reason for r in out if r is not None]
     assert rejected == ["future_timestamp"] * 3  # the first hour back, then it is followed
     assert engine.watermark.max_seen is not None and engine.watermark.max_seen >= back
+
+
+def test_users_and_a_team_back_after_churning_are_judged_again_and_recover():
+    """A churned user was never checked again: back and active every day, it stayed
+    churned, and the team with it (its users counted as decaying kept it at risk)."""
+
+    def away(team: str, day: int) -> bool:  # team "a" is silent from day 30 to day 89
+        return team == "a" and 30 <= day < 90
+
+    events = [
+        Event(
+            f"{team}{u}-{d}",
+            "feature.used",
+            (START_DAY + d) * DAY_MS + 10 * HOUR_MS + u,
+            f"{team}-u{u}",
+            team,
+            {},
+        )
+        for d in range(150)
+        for team in "abcdefgh"
+        for u in range(4)
+        if not away(team, d)
+    ]
+    engine, alerts = run(events)
+    assert team_alerts(alerts, "a", "churned") and team_alerts(alerts, "a", "recovered")
+    assert engine.teams["a"].health == hs.HEALTHY and engine.teams["a"].users_at_risk == 0
+    back = [a for a in alerts if a["data"]["entity_id"].startswith("a-u")]
+    assert {a["data"]["entity_id"] for a in back if a["data"]["state"] == "recovered"} == {
+        f"a-u{u}" for u in range(4)
+    }
+    assert all(engine.users[f"a-u{u}"].health == hs.HEALTHY for u in range(4))
