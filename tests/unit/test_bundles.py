@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from detector.bundles import MAX_BYTES, MAX_ITEMS, Columns, Item, decode_bundle, encode_bundle
-from detector.events import Event, decode_fields
+from detector.events import Event, Invalid, decode_fields
 
 
 def _columns(raws: list[bytes]) -> Columns:
@@ -103,3 +103,24 @@ def test_columns_within_both_limits_are_one_bundle_and_one_event_more_splits_the
     assert [len(b.offsets) for b in whole] == [MAX_ITEMS]
     assert [b.raw(i) for b in whole for i in range(MAX_ITEMS)] == raws
     assert [len(b.offsets) for b in split] == [MAX_ITEMS, 1]
+
+
+def _expanding_event(i: int) -> bytes:
+    """A valid event of almost 64 KB whose 16,000 numbers, written ``1E5``, each decode to
+    ``100000.0``: its decoded copy is more than twice its size."""
+    numbers = b",".join([b"1E5"] * 16_000)
+    return _event(i).replace(b'"feature":"x"', b'"feature":"x","n":[' + numbers + b"]")
+
+
+def test_events_that_grow_when_decoded_still_make_bundles_within_the_byte_limit():
+    raws = [_expanding_event(i) for i in range(20)]
+    assert all(not isinstance(decode_fields(raw), Invalid) for raw in raws)
+    columns = _columns(raws)
+
+    encoded = list(columns.encoded())
+
+    assert max(map(len, encoded)) <= MAX_BYTES  # the estimate alone made 1.4 MB bundles
+    bundles = [decode_bundle(data) for data in encoded]
+    assert [o for b in bundles for o in b.offsets] == list(range(20))
+    assert [b.raw(i) for b in bundles for i in range(len(b.offsets))] == raws
+    assert [tuple(e) for b in bundles for e in b.events] == columns.events

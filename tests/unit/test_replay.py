@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,11 @@ import pytest
 
 from detector import replay as replay_module
 from detector.engine import PartitionEngine
+from detector.events import Invalid
 from detector.replay import (
     LineNumbers,
     ReplayResult,
+    dead_letter,
     read_lines,
     remove_abandoned_work,
     replay,
@@ -305,3 +309,44 @@ def test_replay_says_when_a_file_is_not_in_time_order(
     assert "not in event-time order; sorting it and replaying again" in err
     assert "sorted 200 lines by event time (2025-04-23T00:00:00Z .. 2025-11-08T00:00:00Z)" in err
     assert b'"late"' not in (tmp_path / "d.jsonl").read_bytes()
+
+
+def test_a_huge_dead_letter_keeps_a_prefix_with_the_size_and_hash_of_the_whole():
+    """A 900 KB message of quotes made a 1.8 MB dead letter, binary bytes 1.2 MB in base64:
+    over the producer's 1,000,000-byte requests, a crash on every restart."""
+    for raw, field, kept in (
+        (b'"' * 900_000, "raw", '"' * 65_536),
+        (b"\xff" * 900_000, "raw_base64", base64.b64encode(b"\xff" * 65_536).decode()),
+        ("€".encode() * 300_000, "raw", "€" * 21_845),  # the character cut at 64 KiB: left out
+    ):
+        record = dead_letter(raw, Invalid("oversized", "too big"), {"offset": 7})
+
+        assert len(orjson.dumps(record)) < 400_000
+        assert record == {
+            "reason": "oversized",
+            "detail": "too big",
+            "offset": 7,
+            field: kept,
+            "raw_truncated": True,
+            "raw_bytes": 900_000,
+            "raw_sha256": hashlib.sha256(raw).hexdigest(),
+        }
+
+
+def test_a_dead_letter_of_up_to_64_kib_keeps_its_bytes_whole_as_before():
+    why = Invalid("malformed_json", "not valid JSON")
+    worst = b"\x01" * 65_536  # each byte escaped as \u0001: six times its size
+    for raw, field, kept in (
+        (b"{not json", "raw", "{not json"),
+        (b"\xff\x00", "raw_base64", "/wA="),
+        (worst, "raw", worst.decode()),
+    ):
+        assert dead_letter(raw, why, {"line": 3}) == {
+            "reason": "malformed_json",
+            "detail": "not valid JSON",
+            "line": 3,
+            field: kept,
+        }
+    out = io.BytesIO()
+    replay([b"{not json"], SETTINGS, io.BytesIO(), out)
+    assert out.getvalue().endswith(b',"line":1,"raw":"{not json"}\n')
