@@ -12,6 +12,7 @@ day and taken in, in event-time order, when the day closes.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 import zlib
@@ -82,6 +83,8 @@ _REGULAR_USER_DAYS = 4
 _BAD_USER_STATES = (hs.AT_RISK, hs.CHURNED)
 _WEEK_MS = 7 * DAY_MS
 _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
+#: a team's finished tasks of the days not closed yet, kept by name (more: one neutral entry)
+_MAX_OPEN_TASKS = 256
 #: "Key action stopped while logins go on" is weak evidence: on its own it was wrong more often
 #: than right (healthy teams have quiet publishing weeks), so alone it raises no alert; with
 #: another signal (noisy-or) it adds to the risk.
@@ -419,15 +422,16 @@ class PartitionEngine:
         if not isinstance(tasks, list):
             team.open_tasks = [[day, task, 1, ms]]
             return
-        for at, entry in enumerate(tasks):
-            if entry[0] == day and entry[1] == task:
-                entry[2] += 1
-                entry[3] += ms
-                return
-            if entry[0] > day or (entry[0] == day and entry[1] > task):
-                tasks.insert(at, [day, task, 1, ms])
-                return
-        tasks.append([day, task, 1, ms])
+        at, found = _task_entry(tasks, day, task)
+        if not found and len(tasks) >= _MAX_OPEN_TASKS:
+            # task names can carry ids: past this many, a new name's tasks count together
+            # under a name no task has, as at their norm
+            task = ""
+            at, found = _task_entry(tasks, day, task)
+        if not found:
+            tasks.insert(at, [day, task, 0, 0])
+        tasks[at][2] += 1
+        tasks[at][3] += ms
 
     def _close_tasks(self, team: TeamState, day: int) -> None:
         """The closing ``day``'s tasks against the population's norms (in task order)."""
@@ -1425,6 +1429,16 @@ def risk_features(signals: list[Signal], norm: float, mature: bool) -> dict[str,
         if sig.strength > features.get(sig.name, 0.0):
             features[sig.name] = sig.strength
     return features
+
+
+def _task_entry(tasks: list[list[Any]], day: int, task: str) -> tuple[int, bool]:
+    """Where (day, task) is or goes in entries kept in (day, task) order, and whether it is.
+
+    >>> _task_entry([[1, "a", 1, 5], [2, "a", 1, 5]], 1, "b"), _task_entry([[1, "a", 1, 5]], 1, "a")
+    ((1, False), (0, True))
+    """
+    at = bisect.bisect_left(tasks, (day, task), key=lambda entry: (entry[0], entry[1]))
+    return at, at < len(tasks) and tasks[at][0] == day and tasks[at][1] == task
 
 
 def _team_counts(user: UserState) -> tuple[int, int]:

@@ -548,3 +548,19 @@ def test_users_and_a_team_back_after_churning_are_judged_again_and_recover():
         f"a-u{u}" for u in range(4)
     }
     assert all(engine.users[f"a-u{u}"].health == hs.HEALTHY for u in range(4))
+
+
+def test_task_names_with_ids_in_them_are_kept_by_name_up_to_a_bound():
+    """Free-form task names ("export-81723") made one entry each, inserted by a linear scan:
+    40,000 in a day took 30 s. Past the bound, the day's tasks count as one neutral entry."""
+    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    t0 = START_DAY * DAY_MS + 9 * HOUR_MS
+    for i in range(2_000):
+        props = {"task": f"export-{i % 1_000}", "duration_s": 30.0}
+        assert engine.process(Event(f"t{i}", "task.completed", t0 + i, "u", "t", props)) is None
+    tasks = engine.teams["t"].open_tasks
+    assert isinstance(tasks, list) and len(tasks) == 257
+    assert tasks == sorted(tasks, key=lambda entry: (entry[0], entry[1]))
+    assert sum(entry[2] for entry in tasks) == 2_000
+    neutral = [entry for entry in tasks if entry[1] == ""]
+    assert len(neutral) == 1 and neutral[0][2] == 2_000 - 2 * 256
