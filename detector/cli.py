@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import sys
 import tempfile
@@ -33,11 +34,46 @@ def _settings(args: argparse.Namespace, engine: dict[str, Any] | None = None) ->
     return settings
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names: the same path once resolved (``..``, symbolic links), or,
+    when both exist, the same file (hard links too).
+
+    >>> _same_file(Path("/tmp/x/../a.jsonl"), Path("/tmp/a.jsonl"))
+    True
+    >>> _same_file(Path("/tmp/a.jsonl"), Path("/tmp/b.jsonl"))
+    False
+    """
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def _distinct_files(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Refuse a file that is an output and also an input or another output: opening an
+    output truncates it, so the input is lost before it is read, and two outputs interleave.
+    ``-`` (stdout) and optional files not given are left out."""
+
+    def given(files: dict[str, Path | None]) -> list[tuple[str, Path]]:
+        return [
+            (name, path) for name, path in files.items() if path is not None and str(path) != "-"
+        ]
+
+    outs = given(outputs)
+    pairs = itertools.chain(itertools.combinations(outs, 2), itertools.product(outs, given(inputs)))
+    for (name_a, a), (name_b, b) in pairs:
+        if _same_file(a, b):
+            raise SettingsError(f"{name_a} and {name_b} are the same file ({a})")
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .simulator import SimulationConfig, simulate, to_segment, write_jsonl
 
+    _distinct_files({"--out": args.out, "--truth": args.truth}, {})
     sim = simulate(SimulationConfig(teams=args.teams, days=args.days, seed=args.seed))
     events = sim.events()
     if args.format == "segment":
@@ -67,6 +103,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(args, {"partitions": args.partitions})
     if not args.events.is_file():
         raise SettingsError(f"events file {args.events} does not exist")
+    _distinct_files(
+        {"--alerts": args.alerts, "--dlq": args.dlq},
+        {"the events file": args.events, "--config": args.config},
+    )
     if args.jobs is not None and args.jobs < 1:
         raise SettingsError(f"--jobs must be at least 1, got {args.jobs}")
     if args.sort and args.file_order:
@@ -145,6 +185,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in (args.events, args.alerts, args.truth):
         if not path.is_file():
             raise SettingsError(f"file {path} does not exist")
+    _distinct_files(
+        {"--report": args.report},
+        {"--events": args.events, "--alerts": args.alerts, "--truth": args.truth},
+    )
     events: Iterator[dict[str, Any]] = load_jsonl(args.events)
     if args.report is not None:
         events, write_report = _html_report(args, events)

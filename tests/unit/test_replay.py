@@ -350,3 +350,63 @@ def test_a_dead_letter_of_up_to_64_kib_keeps_its_bytes_whole_as_before():
     out = io.BytesIO()
     replay([b"{not json"], SETTINGS, io.BytesIO(), out)
     assert out.getvalue().endswith(b',"line":1,"raw":"{not json"}\n')
+
+
+# ---------------------------------------------------------------------------- command line errors
+
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the command line; it must fail with exit 2 and one line on stderr."""
+    from detector.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("churn-detector: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("alerts", "dlq", "named"),
+    [
+        ("ev.jsonl", "d.jsonl", "--alerts and the events file"),
+        ("a.jsonl", "ev.jsonl", "--dlq and the events file"),
+        ("a.jsonl", "a.jsonl", "--alerts and --dlq"),
+        ("sub/../ev.jsonl", "d.jsonl", "--alerts and the events file"),
+        ("link.jsonl", "d.jsonl", "--alerts and the events file"),  # a hard link
+    ],
+)
+def test_replay_refuses_one_file_in_two_roles(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    alerts: str,
+    dlq: str,
+    named: str,
+) -> None:
+    """An output opened over the input truncated it: '0 lines', exit 0, the input gone."""
+    before = b'{"event_id": "e"}\n'
+    (tmp_path / "ev.jsonl").write_bytes(before)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.jsonl").hardlink_to(tmp_path / "ev.jsonl")
+    argv = ["replay", "ev.jsonl", "--alerts", alerts, "--dlq", dlq, "--quiet", "--jobs", "1"]
+    monkeypatch.chdir(tmp_path)
+    err = _cli_error(argv, capsys)
+    assert named in err and "are the same file" in err
+    assert (tmp_path / "ev.jsonl").read_bytes() == before
+
+
+def test_simulate_and_evaluate_refuse_an_output_over_another_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "ev.jsonl")
+    err = _cli_error(
+        ["simulate", "--teams", "1", "--days", "2", "--out", out, "--truth", out], capsys
+    )
+    assert "--out and --truth are the same file" in err
+    (tmp_path / "ev.jsonl").write_bytes(b"{}\n")
+    (tmp_path / "a.jsonl").write_bytes(b"")
+    (tmp_path / "tr.jsonl").write_bytes(b"")
+    files = ["--events", out, "--alerts", str(tmp_path / "a.jsonl")]
+    argv = ["evaluate", *files, "--truth", str(tmp_path / "tr.jsonl"), "--report", out]
+    assert "--report and --events are the same file" in _cli_error(argv, capsys)
+    assert (tmp_path / "ev.jsonl").read_bytes() == b"{}\n"
