@@ -51,10 +51,11 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _distinct_files(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
-    """Refuse a file that is an output and also an input or another output: opening an
-    output truncates it, so the input is lost before it is read, and two outputs interleave.
-    ``-`` (stdout) and optional files not given are left out."""
+def _check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Refuse an output that is a folder (found out only once the work is done), or a file
+    that is also an input or another output: opening an output truncates it, so the input is
+    lost before it is read, and two outputs interleave. ``-`` (stdout) and optional files
+    not given are left out."""
 
     def given(files: dict[str, Path | None]) -> list[tuple[str, Path]]:
         return [
@@ -62,6 +63,9 @@ def _distinct_files(outputs: dict[str, Path | None], inputs: dict[str, Path | No
         ]
 
     outs = given(outputs)
+    for name, path in outs:
+        if path.is_dir():
+            raise SettingsError(f"{name} {path} is a folder, not a file")
     pairs = itertools.chain(itertools.combinations(outs, 2), itertools.product(outs, given(inputs)))
     for (name_a, a), (name_b, b) in pairs:
         if _same_file(a, b):
@@ -73,7 +77,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from .simulator import SimulationConfig, simulate, to_segment, write_jsonl
 
-    _distinct_files({"--out": args.out, "--truth": args.truth}, {})
+    _check_outputs({"--out": args.out, "--truth": args.truth}, {})
     sim = simulate(SimulationConfig(teams=args.teams, days=args.days, seed=args.seed))
     events = sim.events()
     if args.format == "segment":
@@ -103,12 +107,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(args, {"partitions": args.partitions})
     if not args.events.is_file():
         raise SettingsError(f"events file {args.events} does not exist")
-    _distinct_files(
+    if args.events.suffix == ".parquet":
+        _check_parquet(args.events)
+    _check_outputs(
         {"--alerts": args.alerts, "--dlq": args.dlq},
         {"the events file": args.events, "--config": args.config},
     )
-    if args.jobs is not None and args.jobs < 1:
-        raise SettingsError(f"--jobs must be at least 1, got {args.jobs}")
     if args.sort and args.file_order:
         raise SettingsError("--sort and --file-order exclude each other")
     args.alerts.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +173,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_parquet(path: Path) -> None:
+    """Read the file's Parquet footer: a file that is not Parquet fails here in one line,
+    instead of in every replay job, each with its traceback."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - replay says how to install it
+        return
+    try:
+        pq.read_metadata(path)
+    except pa.ArrowInvalid as exc:
+        raise SettingsError(f"events file {path} is not a Parquet file: {exc}") from None
+
+
 def _iso(ms: int) -> str:
     """
     >>> _iso(1772356502123)
@@ -185,7 +203,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in (args.events, args.alerts, args.truth):
         if not path.is_file():
             raise SettingsError(f"file {path} does not exist")
-    _distinct_files(
+    _check_outputs(
         {"--report": args.report},
         {"--events": args.events, "--alerts": args.alerts, "--truth": args.truth},
     )
@@ -266,6 +284,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of counts of teams, days and jobs: an integer of at least 1.
+
+    >>> _positive_int("3")
+    3
+    >>> _positive_int("0")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be at least 1, got 0
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="churn-detector",
@@ -280,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate a SaaS product (teams, users, sessions, holidays, churn scenarios). "
         "Deterministic by seed.",
     )
-    p.add_argument("--teams", type=int, default=300, help="number of teams (default 300)")
-    p.add_argument("--days", type=int, default=180, help="days simulated (default 180)")
+    p.add_argument("--teams", type=_positive_int, default=300, help="number of teams (default 300)")
+    p.add_argument("--days", type=_positive_int, default=180, help="days simulated (default 180)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--out", type=Path, required=True, help="events JSONL output")
     p.add_argument("--truth", type=Path, help="truth JSONL output (one line per team and user)")
@@ -315,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=_positive_int,
         help="processes, each replaying a share of the partitions (default: usable CPUs, at "
         "most the partitions; 1: in this process); the output is the same for any value",
     )
@@ -348,11 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alerts", type=Path, required=True, help="alerts JSONL")
     p.add_argument("--truth", type=Path, required=True, help="truth JSONL from the simulator")
     p.add_argument(
-        "--inactivity-days", type=int, default=14, help="days of the baseline rule (default 14)"
+        "--inactivity-days",
+        type=_positive_int,
+        default=14,
+        help="days of the baseline rule (default 14)",
     )
     p.add_argument(
         "--nab-window-days",
-        type=int,
+        type=_positive_int,
         default=30,
         help="days before a cancellation in which an alert earns NAB credit (default 30)",
     )
@@ -370,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the simulator into the engine in-process, serve metrics on 127.0.0.1, "
         "write JSONL files and print alerts and the evaluation against the truth.",
     )
-    p.add_argument("--teams", type=int, default=300)
-    p.add_argument("--days", type=int, default=180)
+    p.add_argument("--teams", type=_positive_int, default=300)
+    p.add_argument("--days", type=_positive_int, default=180)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--partitions", type=int, help="partitions to mirror (default 4)")
     p.add_argument(
@@ -408,6 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except SettingsError as exc:
         print(f"churn-detector: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not a file that cannot be opened: a fault, with its traceback
+            raise
+        print(f"churn-detector: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -410,3 +410,54 @@ def test_simulate_and_evaluate_refuse_an_output_over_another_file(
     argv = ["evaluate", *files, "--truth", str(tmp_path / "tr.jsonl"), "--report", out]
     assert "--report and --events are the same file" in _cli_error(argv, capsys)
     assert (tmp_path / "ev.jsonl").read_bytes() == b"{}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "value"),
+    [
+        (["simulate", "--out", "x.jsonl"], "--teams", "-5"),
+        (["simulate", "--out", "x.jsonl"], "--days", "0"),
+        (["evaluate", "--events", "e", "--alerts", "a", "--truth", "t"], "--nab-window-days", "0"),
+        (["evaluate", "--events", "e", "--alerts", "a", "--truth", "t"], "--inactivity-days", "-1"),
+        (["replay", "e", "--alerts", "a", "--dlq", "d"], "--jobs", "0"),
+    ],
+)
+def test_counts_below_one_are_usage_errors(
+    argv: list[str],
+    flag: str,
+    value: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """They ended in tracebacks (simulate, evaluate) or, for --days 0, an empty file."""
+    from detector.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, flag, value])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith(f"argument {flag}: must be at least 1, got {value}"), last
+
+
+def test_files_that_cannot_be_used_end_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder as an output, a folder that does not exist, a .parquet file that is not
+    Parquet: one line and exit 2, not a traceback (from every replay job, for Parquet)."""
+    events = _write(tmp_path, [orjson.dumps({"event_id": "e"})])
+    not_parquet = tmp_path / "events.parquet"
+    not_parquet.write_bytes(events.read_bytes())
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    dlq = str(tmp_path / "d.jsonl")
+    for jobs in ("1", "2"):
+        argv = ["replay", str(events), "--alerts", str(folder), "--dlq", dlq, "--jobs", jobs]
+        assert f"--alerts {folder} is a folder, not a file" in _cli_error(argv, capsys)
+    argv = ["replay", str(not_parquet), "--alerts", str(tmp_path / "a.jsonl"), "--dlq", dlq]
+    assert "is not a Parquet file" in _cli_error([*argv, "--jobs", "2"], capsys)
+    missing = tmp_path / "nowhere" / "x.jsonl"
+    argv = ["simulate", "--teams", "1", "--days", "2", "--quiet", "--out", str(missing)]
+    assert f"No such file or directory: {missing}" in _cli_error(argv, capsys)
