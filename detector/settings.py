@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from .state import RING_DAYS
 
 
 class SettingsError(ValueError):
@@ -163,11 +166,14 @@ def _coerce(section: str, name: str, target: Any, value: Any) -> Any:
                 return tuple(v.strip() for v in value.split(",") if v.strip())
             return tuple(str(v) for v in value)
         if kind == "int":
-            if isinstance(value, bool):
-                raise ValueError
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError  # 7.5 days is not 7
             return int(value)
         if kind == "float":
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # 'nan' passes no range check and fails none
+                raise ValueError
+            return number
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -177,7 +183,7 @@ def _coerce(section: str, name: str, target: Any, value: Any) -> Any:
         if kind == "str | None":
             return None if value in (None, "") else str(value)
         return str(value)
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, OverflowError):
         raise SettingsError(f"{where}: cannot use {value!r} (expected {kind})") from None
 
 
@@ -243,58 +249,115 @@ def build_settings(
 MIN_EVICT_AFTER_DAYS = 90
 
 
+#: engine settings that count days, events or labels, used as divisors, moduli, windows or
+#: the days a state must last: 0 divides by zero, reads an empty window or skips the wait
+_ENGINE_AT_LEAST_ONE = (
+    "partitions",
+    "future_jump_confirmations",
+    "max_event_bytes",
+    "recent_window_days",
+    "at_risk_days",
+    "at_risk_days_moderate",
+    "recovery_days",
+    "churn_silence_days",
+    "sharp_drop_days",
+    "risk_snapshot_days",
+    "risk_horizon_days",
+    "risk_min_labels",
+    "user_min_silence_days",
+)
+#: engine settings where 0 means none (no lateness, no grace, no wait)
+_ENGINE_AT_LEAST_ZERO = (
+    "allowed_lateness_s",
+    "max_future_skew_s",
+    "live_clock_skew_s",
+    "min_history_days",
+    "cooldown_days",
+    "population_min_days",
+    "onboarding_days",
+    "short_first_session_s",
+    "risk_label_min_days",
+)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise SettingsError(message)
+
+
 def validate(settings: Settings) -> None:
+    """The first invalid setting raises. The checks run one after another, so a check that
+    divides by a setting or reads a window of it runs only once that setting passed."""
     e, k, s = settings.engine, settings.kafka, settings.service
-    checks = [
-        (e.partitions >= 1, "engine.partitions must be >= 1"),
-        (e.allowed_lateness_s >= 0, "engine.allowed_lateness_s must be >= 0"),
-        (e.sweep_interval_s >= 60, "engine.sweep_interval_s must be >= 60"),
-        (86400 % e.sweep_interval_s == 0, "engine.sweep_interval_s must divide a day"),
-        (
-            0 < e.recovered_risk < e.cooling_risk < e.at_risk_risk < 1,
-            "risk thresholds must satisfy 0 < recovered < cooling < at_risk < 1",
-        ),
-        (e.recent_window_days >= 1, "engine.recent_window_days must be >= 1"),
-        (
-            e.evict_after_days == 0 or e.evict_after_days >= MIN_EVICT_AFTER_DAYS,
-            f"engine.evict_after_days must be 0 (never) or >= {MIN_EVICT_AFTER_DAYS}",
-        ),
-        (0 < e.baseline_alpha < 1, "engine.baseline_alpha must be in (0, 1)"),
-        (
-            k.security_protocol in _PROTOCOLS,
-            f"kafka.security_protocol must be one of {sorted(_PROTOCOLS)}",
-        ),
-        (
-            k.sasl_mechanism is None or k.sasl_mechanism in _MECHANISMS,
-            f"kafka.sasl_mechanism must be one of {sorted(_MECHANISMS)}",
-        ),
-        (
-            not k.security_protocol.startswith("SASL")
-            or (k.sasl_mechanism and k.sasl_username and k.sasl_password),
-            "SASL needs kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password",
-        ),
-        (
-            0 < s.web_port < 65536,
-            "service.web_port must be a valid TCP port (1..65535)",
-        ),
-        (s.batch_size >= 1, "service.batch_size must be >= 1"),
-        (s.fault_kill_after_records >= 0, "service.fault_kill_after_records must be >= 0"),
-        (
-            not s.web_advertised_url or s.web_advertised_url.startswith(("http://", "https://")),
-            "service.web_advertised_url must be an http:// or https:// URL",
-        ),
-        (
-            not (s.user_id_key and s.user_id_key_file),
-            "set service.user_id_key or service.user_id_key_file, not both",
-        ),
-        (
-            s.user_id_key is None or len(s.user_id_key) >= 16,
-            "service.user_id_key must have at least 16 characters",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise SettingsError(message)
+    for name in _ENGINE_AT_LEAST_ONE:
+        _require(getattr(e, name) >= 1, f"engine.{name} must be >= 1, got {getattr(e, name)}")
+    for name in _ENGINE_AT_LEAST_ZERO:
+        _require(getattr(e, name) >= 0, f"engine.{name} must be >= 0, got {getattr(e, name)}")
+    _require(e.sweep_interval_s >= 60, "engine.sweep_interval_s must be >= 60")
+    _require(86400 % e.sweep_interval_s == 0, "engine.sweep_interval_s must divide a day")
+    _require(
+        0 < e.recovered_risk < e.cooling_risk < e.at_risk_risk < 1,
+        "risk thresholds must satisfy 0 < recovered < cooling < at_risk < 1",
+    )
+    # a team keeps RING_DAYS days of history; a longer window silently reads only those
+    _require(
+        2 * e.recent_window_days <= RING_DAYS,
+        f"engine.recent_window_days must be <= {RING_DAYS // 2}: windows of it and of twice "
+        f"it are read from the {RING_DAYS} days of history a team keeps",
+    )
+    _require(
+        e.sharp_drop_days <= RING_DAYS,
+        f"engine.sharp_drop_days must be <= {RING_DAYS}, the days of history a team keeps",
+    )
+    for name in ("baseline_alpha", "decay_alpha", "sharp_drop_alpha"):
+        _require(0 < getattr(e, name) < 1, f"engine.{name} must be in (0, 1)")
+    _require(0 <= e.tracking_gap_ratio <= 1, "engine.tracking_gap_ratio must be in [0, 1]")
+    _require(
+        e.risk_label_min_days <= e.risk_horizon_days,
+        "engine.risk_label_min_days must be <= engine.risk_horizon_days (else no snapshot "
+        "is ever a positive label)",
+    )
+    _require(
+        e.evict_after_days == 0 or e.evict_after_days >= MIN_EVICT_AFTER_DAYS,
+        f"engine.evict_after_days must be 0 (never) or >= {MIN_EVICT_AFTER_DAYS}",
+    )
+    _require(
+        e.evict_after_days == 0
+        or e.evict_after_days > max(e.churn_silence_days, e.risk_horizon_days),
+        "engine.evict_after_days must be 0 (never) or longer than engine.churn_silence_days "
+        "and engine.risk_horizon_days (else a silent entity is dropped before it is judged)",
+    )
+    _require(
+        k.security_protocol in _PROTOCOLS,
+        f"kafka.security_protocol must be one of {sorted(_PROTOCOLS)}",
+    )
+    _require(
+        k.sasl_mechanism is None or k.sasl_mechanism in _MECHANISMS,
+        f"kafka.sasl_mechanism must be one of {sorted(_MECHANISMS)}",
+    )
+    _require(
+        not k.security_protocol.startswith("SASL")
+        or bool(k.sasl_mechanism and k.sasl_username and k.sasl_password),
+        "SASL needs kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password",
+    )
+    _require(0 < s.web_port < 65536, "service.web_port must be a valid TCP port (1..65535)")
+    _require(s.batch_size >= 1, "service.batch_size must be >= 1")
+    # the idle timer's interval, and the factor of idle time on the event-time clock
+    _require(s.idle_sweep_s > 0, "service.idle_sweep_s must be > 0")
+    _require(s.idle_clock_scale > 0, "service.idle_clock_scale must be > 0")
+    _require(s.fault_kill_after_records >= 0, "service.fault_kill_after_records must be >= 0")
+    _require(
+        not s.web_advertised_url or s.web_advertised_url.startswith(("http://", "https://")),
+        "service.web_advertised_url must be an http:// or https:// URL",
+    )
+    _require(
+        not (s.user_id_key and s.user_id_key_file),
+        "set service.user_id_key or service.user_id_key_file, not both",
+    )
+    _require(
+        s.user_id_key is None or len(s.user_id_key) >= 16,
+        "service.user_id_key must have at least 16 characters",
+    )
     for path_name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         value = getattr(k, path_name)
         if value and not Path(value).is_file():

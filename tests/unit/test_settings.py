@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import io
 import json
 
+import orjson
 import pytest
 
-from detector.settings import SettingsError, build_settings
+from detector.settings import MIN_EVICT_AFTER_DAYS, SettingsError, build_settings
 
 
 def test_defaults_bind_to_loopback():
@@ -62,3 +64,78 @@ def test_a_switch_from_a_config_file_stays_a_bool_and_a_bad_word_fails(tmp_path)
     assert build_settings(environ={}, config_file=config).service.state_snapshot is False
     with pytest.raises(SettingsError, match="state_snapshot"):
         build_settings(environ={"DETECTOR_SERVICE_STATE_SNAPSHOT": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # checked before the sweep interval divides the day (was a ZeroDivisionError)
+        ({"DETECTOR_ENGINE_SWEEP_INTERVAL_S": "0"}, "sweep_interval_s must be >= 60"),
+        ({"DETECTOR_ENGINE_SWEEP_INTERVAL_S": "3601"}, "sweep_interval_s must divide a day"),
+        # every sweep raised, and the events of the batch were dead-lettered
+        ({"DETECTOR_ENGINE_RISK_SNAPSHOT_DAYS": "0"}, "risk_snapshot_days must be >= 1, got 0"),
+        ({"DETECTOR_ENGINE_SHARP_DROP_DAYS": "0"}, "sharp_drop_days must be >= 1"),
+        ({"DETECTOR_ENGINE_RISK_MIN_LABELS": "0"}, "risk_min_labels must be >= 1"),
+        ({"DETECTOR_ENGINE_RECOVERY_DAYS": "0"}, "recovery_days must be >= 1"),
+        ({"DETECTOR_ENGINE_USER_MIN_SILENCE_DAYS": "-1"}, "user_min_silence_days must be >= 1"),
+        ({"DETECTOR_ENGINE_MAX_FUTURE_SKEW_S": "-1"}, "max_future_skew_s must be >= 0"),
+        # windows longer than the history a team keeps read only part of it, silently
+        ({"DETECTOR_ENGINE_RECENT_WINDOW_DAYS": "10"}, "recent_window_days must be <= 8"),
+        ({"DETECTOR_ENGINE_SHARP_DROP_DAYS": "17"}, "sharp_drop_days must be <= 16"),
+        ({"DETECTOR_ENGINE_DECAY_ALPHA": "1"}, "decay_alpha must be in"),
+        ({"DETECTOR_ENGINE_TRACKING_GAP_RATIO": "2"}, "tracking_gap_ratio must be in"),
+        ({"DETECTOR_ENGINE_RISK_LABEL_MIN_DAYS": "40"}, "must be <= engine.risk_horizon_days"),
+        (
+            {
+                "DETECTOR_ENGINE_CHURN_SILENCE_DAYS": "120",
+                "DETECTOR_ENGINE_EVICT_AFTER_DAYS": "100",
+            },
+            "longer than engine.churn_silence_days",
+        ),
+        ({"DETECTOR_SERVICE_IDLE_SWEEP_S": "0"}, "idle_sweep_s must be > 0"),
+        ({"DETECTOR_SERVICE_IDLE_CLOCK_SCALE": "-1"}, "idle_clock_scale must be > 0"),
+        # 'nan' failed no comparison it was not put through
+        ({"DETECTOR_SERVICE_IDLE_CLOCK_SCALE": "nan"}, "idle_clock_scale: cannot use 'nan'"),
+        ({"DETECTOR_ENGINE_SHORT_FIRST_SESSION_S": "inf"}, "short_first_session_s: cannot use"),
+    ],
+)
+def test_numbers_the_engine_cannot_work_with_fail_with_a_clear_message(env, message):
+    with pytest.raises(SettingsError, match=message):
+        build_settings(environ=env)
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        ({"recent_window_days": 7.5}, "recent_window_days: cannot use 7.5"),  # was read as 7
+        ({"partitions": float("inf")}, "partitions: cannot use inf"),  # was an OverflowError
+    ],
+)
+def test_a_config_file_number_that_is_no_integer_fails(tmp_path, engine, message):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"engine": engine}))  # Infinity: Python's json reads it
+    with pytest.raises(SettingsError, match=message):
+        build_settings(environ={}, config_file=config)
+
+
+def test_the_engine_runs_at_the_limits_the_settings_allow():
+    """The bounds are the engine's: at each of them, days close and teams are scored."""
+    from detector.replay import replay
+    from detector.simulator import SimulationConfig, simulate
+
+    limits = {
+        "recent_window_days": 8,
+        "sharp_drop_days": 16,
+        "risk_snapshot_days": 1,
+        "risk_min_labels": 1,
+        "sweep_interval_s": 60,
+        "min_history_days": 0,
+        "recovery_days": 1,
+        "user_min_silence_days": 1,
+        "evict_after_days": MIN_EVICT_AFTER_DAYS,
+    }
+    settings = build_settings(environ={}, overrides={"engine": limits}).engine
+    sim = simulate(SimulationConfig(teams=6, days=40, seed=2))
+    alerts, dead = io.BytesIO(), io.BytesIO()
+    result = replay((orjson.dumps(e) for e in sim.events()), settings, alerts, dead)
+    assert result.valid == result.lines and result.alerts > 0, result
