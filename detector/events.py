@@ -47,8 +47,7 @@ TEAM_LEVEL_TYPES = frozenset(
 NON_ACTIVITY_TYPES = TEAM_LEVEL_TYPES | {USER_IDENTIFIED}
 
 TYPE_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*")
-#: types that passed TYPE_RE (bounded cache); never a Segment message kind, so a type found
-#: here also means "a canonical event", which the fast path relies on
+#: types that passed TYPE_RE (bounded cache)
 _KNOWN_GOOD_TYPES: set[str] = set()
 _SPACES = re.compile(r"\s+")
 
@@ -73,6 +72,21 @@ _SEGMENT_NAMES: dict[str, str] = {}  # Segment event name -> type (bounded cache
 
 
 SEGMENT_TYPES = frozenset({"track", "group", "page", "screen", "identify", "alias"})
+
+
+def _is_segment(obj: dict[str, Any]) -> bool:
+    """A Segment message: it has a ``messageId``, or no ``event_id`` and a Segment type. A
+    canonical event (with its event_id) may have a type such as ``page`` too.
+
+    >>> _is_segment({"messageId": "m", "type": "page"}), _is_segment({"type": "page"})
+    (True, True)
+    >>> _is_segment({"event_id": "e", "type": "page"}), _is_segment({"type": "feature.used"})
+    (False, False)
+    """
+    if "messageId" in obj:
+        return True
+    kind = obj.get("type")
+    return "event_id" not in obj and isinstance(kind, str) and kind in SEGMENT_TYPES
 
 
 class Event(NamedTuple):
@@ -269,8 +283,7 @@ def routing_key(obj: Any) -> Any:
     """
     if type(obj) is not dict:
         return None
-    kind = obj.get("type")
-    if "messageId" in obj or (isinstance(kind, str) and kind in SEGMENT_TYPES):
+    if _is_segment(obj):
         mapped = _from_segment(obj)
         return None if isinstance(mapped, Invalid) else mapped["team_id"]
     return obj.get("team_id")
@@ -294,7 +307,7 @@ def validate_fields(obj: Any) -> EventFields | Invalid:
     ('e1', 'session.started', 1772356502123, 'u1', 't1', {})
     """
     if type(obj) is dict:
-        if "messageId" not in obj:
+        if "messageId" not in obj:  # a Segment message without one has no event_id either
             fields = _well_formed(obj)
         else:
             mapped = _from_segment(obj)
@@ -366,8 +379,8 @@ def _validate_in_full(obj: Any) -> Event | Invalid:
     """Every check in order, so that a bad event gets the reason of its first problem."""
     if not isinstance(obj, dict):
         return Invalid("not_an_object", f"event must be a JSON object, got {type(obj).__name__}")
-    kind = obj.get("type")
-    if "messageId" in obj or (isinstance(kind, str) and kind in SEGMENT_TYPES):
+    if _is_segment(obj):
+        kind = obj.get("type")
         if not isinstance(kind, str) or kind not in SEGMENT_TYPES or kind == "alias":
             return Invalid("unknown_message_type", f"unsupported message type {kind!r:.80}")
         mapped = _from_segment(obj)
@@ -388,7 +401,7 @@ def _validate_in_full(obj: Any) -> Event | Invalid:
     if etype not in _KNOWN_GOOD_TYPES:
         if not TYPE_RE.fullmatch(etype):
             return _bad("type", "must be lowercase words joined by '.' or '_'")
-        if len(_KNOWN_GOOD_TYPES) < 4096 and etype not in SEGMENT_TYPES:
+        if len(_KNOWN_GOOD_TYPES) < 4096:
             _KNOWN_GOOD_TYPES.add(etype)
     raw_ts = obj.get("timestamp")
     if raw_ts is None:

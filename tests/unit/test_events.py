@@ -102,6 +102,21 @@ def test_bad_input_gets_a_specific_reason(raw, reason):
     assert result.detail
 
 
+@pytest.mark.parametrize("etype", ["page", "screen", "track", "group", "identify", "alias"])
+def test_a_canonical_event_may_have_a_type_named_like_a_segment_call(etype):
+    """With its event_id (and no messageId) it is a canonical event, not a Segment message
+    rejected as missing its event_id; without one it is still read as Segment."""
+    obj = {**BASE, "type": etype, "properties": {}}
+    for _ in range(2):  # the second time, the type is a known good type (the fast path)
+        ev = decode_event(enc(obj))
+        assert isinstance(ev, Event) and (ev.type, ev.event_id) == (etype, "e1"), ev
+        assert tuple(events.validate_fields(obj)) == tuple(events._validate_in_full(obj))
+    assert events.routing_key(obj) == "t1"
+    segment = {k: v for k, v in obj.items() if k != "event_id"}
+    assert isinstance(decode_event(enc(segment)), Invalid)
+    assert isinstance(decode_event(enc({**obj, "messageId": "m"})), Invalid)  # no context
+
+
 def test_lifecycle_events_need_no_user():
     ev = validate_event(
         {**BASE, "type": "subscription.cancelled", "user_id": None, "properties": {}}
@@ -127,6 +142,8 @@ def _variants() -> list[object]:
             "payment.failed",
             "track",
             "group",
+            "page",
+            "identify",
             "alias",
             "Feature.Used",
             "x" * 129,
