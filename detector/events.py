@@ -127,13 +127,26 @@ def _nonempty_str(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS
 
 
+#: zone files some hosts have that are no place's zone: 'localtime' is the host's own zone,
+#: 'posixrules' a default rule, 'Factory' a placeholder; posix/ and right/ copy the zones (right/
+#: counts leap seconds). Case-folded: on a case-insensitive file system 'LOCALTIME' opens too
+_HOST_ONLY_ZONES = frozenset({"localtime", "posixrules", "factory"})
+_HOST_ONLY_FOLDERS = ("posix/", "right/")
+
+
 @lru_cache(maxsize=1024)
 def known_timezone(name: str) -> bool:
-    """True for an IANA zone name this machine knows.
+    """True for an IANA zone name this machine knows, and not one of the host-only names,
+    which mean another zone on another host or none at all.
 
     >>> known_timezone("Europe/Berlin"), known_timezone("Mars/Olympus")
     (True, False)
+    >>> known_timezone("localtime"), known_timezone("right/UTC")
+    (False, False)
     """
+    folded = name.lower()
+    if folded in _HOST_ONLY_ZONES or folded.startswith(_HOST_ONLY_FOLDERS):
+        return False
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # 'Europe' is a directory

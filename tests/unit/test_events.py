@@ -117,6 +117,18 @@ def test_a_canonical_event_may_have_a_type_named_like_a_segment_call(etype):
     assert isinstance(decode_event(enc({**obj, "messageId": "m"})), Invalid)  # no context
 
 
+@pytest.mark.parametrize(
+    "zone", ["localtime", "posixrules", "Factory", "posix/Europe/Berlin", "right/UTC", "LocalTime"]
+)
+def test_a_time_zone_only_some_hosts_have_is_refused(zone):
+    """'localtime' was the machine's own zone: each worker read the team's days differently."""
+    obj = {**BASE, "type": "team.updated", "user_id": None, "properties": {"timezone": zone}}
+    for _ in range(2):  # the second time, known_timezone answers from its cache
+        result = decode_event(enc(obj))
+        assert isinstance(result, Invalid) and result.reason == "invalid_property:timezone"
+    assert events.known_timezone("Europe/Berlin") and events.known_timezone("UTC")
+
+
 def test_lifecycle_events_need_no_user():
     ev = validate_event(
         {**BASE, "type": "subscription.cancelled", "user_id": None, "properties": {}}
