@@ -46,12 +46,13 @@ def build_alert(
     window_days: int,
     plan: str | None,
     mrr: float | None,
+    key: str | None = None,
 ) -> dict[str, Any]:
-    """One alert as a JSON-ready dict."""
+    """One alert as a JSON-ready dict; its id from ``key`` when given, else the entity id."""
     risk = round(min(1.0, max(0.0, risk)), 4)
     return {
         "specversion": "1.0",
-        "id": alert_id(entity_type, entity_id, state, day),
+        "id": alert_id(entity_type, key or entity_id, state, day),
         "source": SOURCE,
         "type": TYPE_PREFIX + state,
         "subject": f"{entity_type}/{entity_id}",

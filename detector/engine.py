@@ -85,6 +85,9 @@ _WEEK_MS = 7 * DAY_MS
 _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
 #: a team's finished tasks of the days not closed yet, kept by name (more: one neutral entry)
 _MAX_OPEN_TASKS = 256
+#: joins a user id and a team id into the key of the user's state in a second team (the
+#: first team's state is keyed by the user id alone); no id contains it (ids are text)
+OTHER_TEAM = "\x1f"
 #: "Key action stopped while logins go on" is weak evidence: on its own it was wrong more often
 #: than right (healthy teams have quiet publishing weeks), so alone it raises no alert; with
 #: another signal (noisy-or) it adds to the risk.
@@ -249,6 +252,11 @@ class PartitionEngine:
                     self._count_team_day(team, ts, day, bit, False)
                 assert uid is not None  # validation: only team-level types may lack a user
                 user = self.users.get(uid)
+                if user is not None and user.team_id != team_id:
+                    # the same person in another team too (ids are global, workspaces many):
+                    # each team's activity is its own, so each has a state of its own
+                    uid = uid + OTHER_TEAM + team_id
+                    user = self.users.get(uid)
                 if user is None:
                     user = self._new_user(uid, team, day)
                 user.events_total += 1
@@ -1331,7 +1339,7 @@ class PartitionEngine:
                 signal, reasons = explain(signals)
             self._emit(
                 "user",
-                uid,
+                uid.partition(OTHER_TEAM)[0],
                 team,
                 step.alert,
                 before,
@@ -1340,6 +1348,7 @@ class PartitionEngine:
                 reasons,
                 day,
                 (day + 1) * DAY_MS,
+                key=uid,
             )
         # a champion who is away keeps the title (and the usual rate others must beat), or
         # their absence would hand it to someone else within days; a user away cannot take
@@ -1380,10 +1389,14 @@ class PartitionEngine:
         reasons: list[Reason],
         day: int,
         event_time_ms: int,
+        key: str | None = None,
     ) -> None:
+        """Queue an alert; ``key``: the entity's key in the state when it is not its id (a
+        user in a second team), which keeps the alert ids of the two apart."""
         alert = build_alert(
             entity_type=entity_type,
             entity_id=entity_id,
+            key=key,
             team_id=team.team_id,
             state=state,
             previous_state=hs.STATE_NAMES[before],
@@ -1396,8 +1409,8 @@ class PartitionEngine:
             plan=team.plan,
             mrr=team.mrr,
         )
-        key = (signal, alert["data"]["severity"], entity_type)
-        self.stats.alerts[key] = self.stats.alerts.get(key, 0) + 1
+        counted = (signal, alert["data"]["severity"], entity_type)
+        self.stats.alerts[counted] = self.stats.alerts.get(counted, 0) + 1
         self.outbox.append(alert)
 
     def drain_alerts(self) -> list[dict[str, Any]]:

@@ -564,3 +564,36 @@ def test_task_names_with_ids_in_them_are_kept_by_name_up_to_a_bound():
     assert sum(entry[2] for entry in tasks) == 2_000
     neutral = [entry for entry in tasks if entry[1] == ""]
     assert len(neutral) == 1 and neutral[0][2] == 2_000 - 2 * 256
+
+
+def test_a_person_in_two_teams_counts_in_each_and_alerts_in_each_apart():
+    """User ids are global in B2B products, workspaces many: the state of "u0" belonged to
+    the first team that sent it, and the second team's activity went missing."""
+
+    def user_id(team: str, user: int) -> str:  # u0..u2 are in teams "a" and "b" both
+        return f"u{user}" if team in "ab" else f"{team}-u{user}"
+
+    events = [
+        Event(
+            f"{team}{u}-{d}",
+            "feature.used",
+            (START_DAY + d) * DAY_MS + (9 if team == "a" else 10) * HOUR_MS + u,
+            user_id(team, u),
+            team,
+            {},
+        )
+        for d in range(90)
+        for team in ("a", "b", *(f"h{i}" for i in range(10)))
+        for u in range(3)
+        if team != "b" or d < 50  # in team "b" the three stop on day 50
+    ]
+    early, _ = run(events[: len(events) // 3])
+    assert early.teams["a"].base_active == early.teams["b"].base_active > 2.5
+    engine, alerts = run(events)
+    users_b = [a for a in alerts if a["data"]["entity_type"] == "user"]
+    assert {a["data"]["entity_id"] for a in users_b} == {"u0", "u1", "u2"}
+    assert {a["data"]["team_id"] for a in users_b} == {"b"}
+    assert team_alerts(alerts, "b", "at_risk") and not team_alerts(alerts, "a", "at_risk")
+    assert engine.users["u0"].team_id == "a" and engine.users["u0\x1fb"].team_id == "b"
+    ids = [a["id"] for a in alerts]
+    assert len(ids) == len(set(ids))
