@@ -50,7 +50,11 @@ from typing import Any, NoReturn, TypeVar
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
 from rocksdict import WriteBatch
 
 from . import changelog as state_changelog
@@ -242,6 +246,12 @@ class Ingest:
                     )
         finally:
             self.producer = self.consumer = None
+            # Commits still waiting end before the consumer stops under them (a failure left
+            # unread is logged as never retrieved); their batches are read again from the
+            # last commit.
+            for commit in settling:
+                commit.cancel()
+            await asyncio.gather(*settling, return_exceptions=True)
             await consumer.stop()
             await producer.stop()
 
@@ -276,10 +286,14 @@ class Ingest:
         await asyncio.gather(*sent)
         try:
             await consumer.commit(offsets)
-        except CommitFailedError:
-            # The source partitions moved to another worker meanwhile: it reads them again
-            # from the last commit, and the engine skips what it has already applied.
-            log.info("ingest commit skipped: the group rebalanced")
+        except (GroupAuthorizationFailedError, TopicAuthorizationFailedError):
+            raise  # no later commit can succeed either
+        except KafkaError as exc:
+            # The source partitions moved to another worker meanwhile (CommitFailedError, or
+            # IllegalStateError once they are revoked here), or the broker refused this one
+            # commit: their owner reads them again from the last commit, and the engine
+            # skips what it has already applied.
+            log.info("ingest commit skipped (%r): a later one, or the next owner, covers it", exc)
 
     async def stop(self, task: asyncio.Task[None]) -> None:
         """Stop the ingest ``task`` and leave its consumer group at once (not after the

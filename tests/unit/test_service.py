@@ -12,7 +12,15 @@ from typing import Any, NamedTuple
 import faust
 import orjson
 import pytest
+from aiokafka.errors import (
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    IllegalStateError,
+    KafkaTimeoutError,
+    UnknownError,
+)
 
+from detector import service
 from detector.bundles import Columns, Item, decode_bundle, encode_bundle
 from detector.engine import PartitionEngine
 from detector.events import decode_fields
@@ -378,6 +386,153 @@ def test_ingest_suggests_the_keyed_option_once_many_keys_in_a_row_are_team_ids(
         assert sum(suggested in r.getMessage() for r in caplog.records) == expected
     keyed = Ingest(build_settings(environ={"DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM": "1"}), 3)
     assert keyed.keys_to_check == 0  # already on: nothing to suggest
+
+
+class RevokedSource:
+    """An ingest consumer whose first commit fails with ``error``, as aiokafka's does once
+    the group has rebalanced; the later ones go through."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error: Exception | None = error
+        self.committed: list[dict[str, int]] = []
+
+    async def commit(self, offsets: dict[str, int]) -> None:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        self.committed.append(offsets)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        CommitFailedError(),
+        IllegalStateError(
+            "Partition TopicPartition(topic='usage-events', partition=3) is not assigned"
+        ),
+        IllegalStateError("No partitions assigned"),
+        UnknownError(),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_an_ingest_commit_refused_after_a_rebalance_is_skipped_and_the_next_ones_go_on(error):
+    source = RevokedSource(error)
+    ingest = Ingest(build_settings(environ={}), partitions=4)
+
+    async def two_batches() -> None:
+        first = asyncio.ensure_future(ingest._commit_when_sent(source, [], {"tp3": 10}, None))
+        second = ingest._commit_when_sent(source, [], {"tp0": 20}, first)
+        await asyncio.gather(first, second)
+
+    asyncio.run(two_batches())  # type: ignore[arg-type]
+    assert source.committed == [{"tp0": 20}]
+
+
+def test_an_ingest_commit_without_the_rights_to_commit_stops_ingest():
+    source = RevokedSource(GroupAuthorizationFailedError())
+    ingest = Ingest(build_settings(environ={}), partitions=4)
+    with pytest.raises(GroupAuthorizationFailedError):
+        asyncio.run(ingest._commit_when_sent(source, [], {"tp0": 1}, None))  # type: ignore[arg-type]
+
+
+class FakeIngestConsumer:
+    """Ingest's source consumer: one valid event per read until ``batches`` reads, then
+    nothing; no commit ever answers. Counts the commits still running when it is stopped."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.commits_started = 0
+        self.commits_running_at_stop: int | None = None
+
+    async def start(self) -> None:
+        pass
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        if not self.batches:
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        self.batches -= 1
+        offset = 10 - self.batches
+        raw = orjson.dumps(EVENTS[offset])
+        return {SourcePartition("usage-events", 0): [SourceMessage(offset, None, raw)]}
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.commits_started += 1
+        await asyncio.get_running_loop().create_future()
+
+    async def stop(self) -> None:
+        self.commits_running_at_stop = sum(
+            "_commit_when_sent" in t.get_coro().__qualname__  # type: ignore[union-attr]
+            for t in asyncio.all_tasks()
+        )
+
+
+class FakeIngestProducer(RecordingProducer):
+    """Ingest's producer: every send is acknowledged at once, or fails with ``error``."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__()
+        self.error = error
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> asyncio.Future[None]:
+        if self.error is None:
+            return await super().send(topic, value, key, partition)
+        self.sent.append((topic, value, key, partition))
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(self.error)
+        return failed
+
+
+def run_ingest_until(
+    monkeypatch: pytest.MonkeyPatch,
+    producer: FakeIngestProducer,
+    started: Callable[[FakeIngestConsumer, FakeIngestProducer], bool],
+) -> tuple[FakeIngestConsumer, list[dict[str, Any]]]:
+    """Run ingest over fakes until ``started`` holds, then stop it; returns its consumer and
+    what reached the event loop's exception handler (e.g. exceptions never retrieved)."""
+    unhandled: list[dict[str, Any]] = []
+
+    async def main() -> FakeIngestConsumer:
+        asyncio.get_running_loop().set_exception_handler(lambda _, c: unhandled.append(c))
+        consumer = FakeIngestConsumer(batches=3)
+        monkeypatch.setattr(service, "AIOKafkaConsumer", lambda *a, **kw: consumer)
+        monkeypatch.setattr(service, "AIOKafkaProducer", lambda *a, **kw: producer)
+        settings = build_settings(environ={"DETECTOR_SERVICE_BATCH_SIZE": "1"})
+        ingest = Ingest(settings, partitions=4)  # a batch per read: a commit per event
+        task = asyncio.ensure_future(ingest.run())
+        while not started(consumer, producer):
+            await asyncio.sleep(0.01)
+        await ingest.stop(task)
+        del task
+        gc.collect()
+        await asyncio.sleep(0)
+        return consumer
+
+    consumer = asyncio.run(main())
+    return consumer, unhandled
+
+
+def test_stopping_ingest_ends_its_pending_commits_before_its_consumer_stops(monkeypatch):
+    consumer, unhandled = run_ingest_until(
+        monkeypatch, FakeIngestProducer(), lambda c, p: c.commits_started > 0 and not c.batches
+    )
+    assert consumer.commits_running_at_stop == 0
+    assert unhandled == []
+
+
+def test_stopping_ingest_retrieves_the_failures_of_its_pending_commits(monkeypatch):
+    producer = FakeIngestProducer(KafkaTimeoutError())  # no bundle acknowledged: no commit
+    consumer, unhandled = run_ingest_until(monkeypatch, producer, lambda c, p: len(p.sent) >= 3)
+    assert consumer.commits_started == 0
+    assert [c["message"] for c in unhandled] == []
 
 
 def raw_bundle(source: int, items: list[tuple[int, bytes]]) -> bytes:
