@@ -43,6 +43,7 @@ import gc
 import itertools
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -71,7 +72,7 @@ from .codec import (
 )
 from .engine import PartitionEngine
 from .events import EventFields, Invalid, decode_fields
-from .kafka_clients import aiokafka_config, ensure_topics
+from .kafka_clients import KafkaUnavailableError, aiokafka_config, ensure_topics
 from .metrics import ServiceMetrics
 from .partitioning import partition_for, partition_for_key
 from .pseudonyms import Pseudonyms
@@ -1050,7 +1051,11 @@ def run_worker(settings: Settings) -> int:
     _fetch_bundles_without_long_polls()
     # Faust creates its data directory but not the ones above it
     os.makedirs(settings.service.state_dir, exist_ok=True)
-    app = build_app(settings)
+    try:
+        app = build_app(settings)
+    except KafkaUnavailableError as exc:  # one line, as `produce` and `alerts` say it
+        print(f"churn-detector: error: {exc}", file=sys.stderr)
+        return 1
     worker = faust.Worker(app, loglevel=settings.service.log_level.lower(), quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -24,6 +24,7 @@ from detector import service
 from detector.bundles import Columns, Item, decode_bundle, encode_bundle
 from detector.engine import PartitionEngine
 from detector.events import decode_fields
+from detector.kafka_clients import KafkaUnavailableError
 from detector.partitioning import partition_for
 from detector.service import (
     BUNDLE_FETCH_MAX_WAIT_MS,
@@ -33,6 +34,7 @@ from detector.service import (
     _collect_cycles_less_often,
     _fetch_bundles_without_long_polls,
     bundle_topic_name,
+    run_worker,
 )
 from detector.settings import build_settings
 from detector.simulator import SimulationConfig, simulate
@@ -611,3 +613,22 @@ def test_the_engines_consumer_is_not_held_by_the_broker_for_faust_s_long_poll(tm
         assert asyncio.run(created_wait_ms()) == BUNDLE_FETCH_MAX_WAIT_MS
     finally:
         AIOKafkaConsumerThread._create_worker_consumer = original  # type: ignore[method-assign]
+
+
+def test_a_worker_without_a_broker_says_so_in_one_line_and_exits_1(tmp_path, monkeypatch, capsys):
+    def unreachable(*args: Any, **kwargs: Any) -> dict[str, int]:
+        raise KafkaUnavailableError("cannot reach Kafka at 127.0.0.1:1 (PLAINTEXT) within 30s")
+
+    monkeypatch.setattr(service, "ensure_topics", unreachable)
+    monkeypatch.setattr(service, "_collect_cycles_less_often", lambda: None)
+    monkeypatch.setattr(service, "_fetch_bundles_without_long_polls", lambda: None)
+    settings = build_settings(
+        environ={
+            "DETECTOR_KAFKA_BROKERS": "127.0.0.1:1",
+            "DETECTOR_SERVICE_STATE_DIR": str(tmp_path / "state"),
+        }
+    )
+    assert run_worker(settings) == 1
+    assert capsys.readouterr().err == (
+        "churn-detector: error: cannot reach Kafka at 127.0.0.1:1 (PLAINTEXT) within 30s\n"
+    )
