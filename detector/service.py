@@ -98,6 +98,10 @@ INGEST_LINGER_S = 0.03
 KEYS_TO_CHECK = 10_000
 #: how often each partition's transaction commits (see build_app)
 COMMIT_INTERVAL_S = 0.5
+#: restores of a bundle's partition tried before the worker exits (a restart restores it),
+#: the first retry after RESTORE_RETRY_S, each later one after twice the wait before it
+RESTORE_ATTEMPTS = 4
+RESTORE_RETRY_S = 2.0
 _META = b"m:"
 #: an entity held by an engine: a team or a user
 E = TypeVar("E")
@@ -163,9 +167,9 @@ def _collect_cycles_less_often() -> None:
 
 
 def _exit_state_unsafe(message: str, *args: Any) -> NoReturn:
-    """Exit at once: the engine holds changes that no record describes any more, and Faust
-    would go on to commit the offsets of the bundles that made them. The open transactions
-    are aborted; a restart restores the committed state."""
+    """Exit at once: the engine holds changes that no record describes any more, or cannot
+    apply the bundle in hand, and Faust would go on to commit the offsets of those bundles.
+    The open transactions are aborted; a restart restores the committed state."""
     log.critical(message, *args, exc_info=True)
     logging.shutdown()
     os._exit(EXIT_STATE_UNSAFE)
@@ -454,6 +458,28 @@ class EngineRuntime:
                 self.last_seen_wall[partition] = time.monotonic()
             return engine
 
+    async def ensure_for_bundle(self, partition: int) -> PartitionEngine:
+        """:meth:`ensure` before a bundle of the partition is applied, retried with backoff;
+        if it still fails (the broker or the disk is gone), the worker exits. Raising is not
+        an option: Faust acks the bundle of an agent that raised and restarts the agent, and
+        the bundle's offset would commit with the next transaction, the bundle never
+        applied."""
+        for attempt in range(RESTORE_ATTEMPTS - 1):
+            try:
+                return await self.ensure(partition)
+            except Exception as exc:
+                wait_s = RESTORE_RETRY_S * 2**attempt
+                log.warning(
+                    "partition %s: restore failed (%r), retrying in %.0f s", partition, exc, wait_s
+                )
+                await asyncio.sleep(wait_s)
+        try:
+            return await self.ensure(partition)
+        except Exception:
+            _exit_state_unsafe(
+                "partition %s: restore failed %d times; exiting", partition, RESTORE_ATTEMPTS
+            )
+
     async def _restore(self, partition: int) -> PartitionEngine:
         """The local snapshot (checked against the changelog), then the changelog after it;
         without a usable snapshot the whole changelog partition."""
@@ -469,8 +495,14 @@ class EngineRuntime:
         self, partition: int, snapshot: PartitionSnapshot | None
     ) -> PartitionEngine:
         started = time.monotonic()
-        with _without_gc():
-            loaded = snapshot.load() if snapshot is not None else None
+        loaded = None
+        if snapshot is not None:
+            try:
+                with _without_gc():
+                    loaded = snapshot.load()
+            except Exception as exc:  # what it holds is unusable and could not be wiped
+                self._without_snapshot(partition, snapshot, exc)
+                snapshot = None
         position, base = loaded if loaded is not None else (None, {})
         read = await self.read_changelog(partition, state_snapshot.read_from(position))
         engine: PartitionEngine | None = None
@@ -484,7 +516,11 @@ class EngineRuntime:
                 log.warning("partition %s: snapshot does not match the changelog", partition)
             if engine is None:
                 assert snapshot is not None
-                snapshot.wipe()
+                try:
+                    snapshot.wipe()
+                except Exception as exc:
+                    self._without_snapshot(partition, snapshot, exc)
+                    snapshot = None
                 position, base = None, {}
                 read = await self.read_changelog(partition, 0)
         if engine is None:
@@ -492,10 +528,14 @@ class EngineRuntime:
         self.heap.add(len(base) + len(read.latest), time.monotonic())
         if snapshot is not None:
             after = state_snapshot.after_read(position, read)
-            if after is not None:
-                snapshot.write(read.latest.items(), after)
-            self.snapshot_of[partition] = snapshot
-            self.pending[partition] = Pending[WriteBatch](snapshot.topic, partition)
+            try:
+                if after is not None:
+                    snapshot.write(read.latest.items(), after)
+            except Exception as exc:
+                self._without_snapshot(partition, snapshot, exc)
+            else:
+                self.snapshot_of[partition] = snapshot
+                self.pending[partition] = Pending[WriteBatch](snapshot.topic, partition)
         log.info(
             "partition %s: restored %d teams, %d users, bundle offset %s, in %.1f s "
             "(snapshot: %s; changelog read from offset %s to %s)",
@@ -509,6 +549,15 @@ class EngineRuntime:
             read.end,
         )
         return engine
+
+    @staticmethod
+    def _without_snapshot(partition: int, snapshot: PartitionSnapshot, exc: Exception) -> None:
+        """A snapshot that cannot be written or wiped (e.g. disk full) fails no restore: the
+        changelog has it all. It is closed, unused until the next restore checks it again."""
+        log.warning(
+            "partition %s: snapshot write failed (%r), restoring without it", partition, exc
+        )
+        snapshot.close()
 
     def _build(self, partition: int, records: dict[bytes, bytes]) -> PartitionEngine:
         with _without_gc():
@@ -915,7 +964,7 @@ def build_app(settings: Settings) -> faust.App:
             if app.should_stop:
                 break  # leave the bundle to the next owner rather than half-apply it
             partition, offset = event.message.partition, event.message.offset
-            await runtime.ensure(partition)
+            await runtime.ensure_for_bundle(partition)
             # From here to the end of the body nothing awaits (see write_on_commit).
             try:
                 alerts, dead = runtime.apply(partition, offset, event.value)

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import faust
@@ -16,6 +16,7 @@ from aiokafka.errors import (
     CommitFailedError,
     GroupAuthorizationFailedError,
     IllegalStateError,
+    KafkaConnectionError,
     KafkaTimeoutError,
     UnknownError,
 )
@@ -38,7 +39,8 @@ from detector.service import (
 )
 from detector.settings import build_settings
 from detector.simulator import SimulationConfig, simulate
-from detector.state_snapshot import ChangelogRead
+from detector.snapshot_store import PartitionSnapshot, SnapshotStore
+from detector.state_snapshot import ChangelogRead, Position
 
 
 def bundles_for(partition: int, partitions: int, size: int) -> list[bytes]:
@@ -224,6 +226,100 @@ def test_entities_of_a_transaction_that_failed_to_commit_go_into_the_next_one():
     assert [key for _, key, _, _ in runtime.seal(partition, [], "cl")] == [
         f"m:{partition}".encode()
     ]
+
+
+def changelog_of(
+    records: list[tuple[bytes, bytes | None]],
+) -> Callable[[int, int], Awaitable[ChangelogRead]]:
+    """A changelog partition holding ``records`` at offsets 0, 1, ..., read as
+    :func:`detector.changelog.read_partition` reads it."""
+
+    async def read(partition: int, start: int) -> ChangelogRead:
+        read = ChangelogRead(end=len(records))
+        for offset, (key, value) in enumerate(records[start:], start):
+            read.first = read.first or (offset, key, value)
+            read.last = (offset, key)
+            read.latest[key] = value
+        return read
+
+    return read
+
+
+def committed_changelog(bundles: int) -> tuple[list[tuple[bytes, bytes | None]], int]:
+    """The changelog of a partition after its first ``bundles`` bundles (a transaction
+    each), and the partition."""
+    runtime, partition, all_bundles = restored_fresh(size=50)
+    records: list[tuple[bytes, bytes | None]] = []
+    for offset, bundle in enumerate(all_bundles[:bundles]):
+        runtime.apply(partition, offset, bundle)
+        records += [(key, value) for _, key, value, _ in runtime.seal(partition, [], "cl") if key]
+    return records, partition
+
+
+class ExitStateUnsafe(Exception):
+    """What the worker's exit with status 70 is in these tests."""
+
+
+def test_a_bundle_s_partition_that_fails_to_restore_is_retried_then_the_worker_exits(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    def exit_state_unsafe(message: str, *args: Any) -> None:
+        raise ExitStateUnsafe(message % args)
+
+    monkeypatch.setattr(service, "_exit_state_unsafe", exit_state_unsafe)
+    monkeypatch.setattr(service, "RESTORE_RETRY_S", 0.0)
+    records, partition = committed_changelog(bundles=2)
+    read = changelog_of(records)
+    failures: list[Exception] = [TimeoutError("changelog not readable"), KafkaConnectionError()]
+
+    async def broker_back_after_two_failures(p: int, start: int) -> ChangelogRead:
+        if failures:
+            raise failures.pop(0)
+        return await read(p, start)
+
+    runtime = EngineRuntime(build_settings(environ={}), broker_back_after_two_failures)
+    asyncio.run(runtime.ensure_for_bundle(partition))
+    assert runtime.bundle_offset[partition] == 1  # restored: the bundle is applied after it
+
+    attempts: list[int] = []
+
+    async def broker_gone(p: int, start: int) -> ChangelogRead:
+        attempts.append(start)
+        raise TimeoutError("changelog not readable")
+
+    runtime = EngineRuntime(build_settings(environ={}), broker_gone)
+    with pytest.raises(ExitStateUnsafe, match="restore failed 4 times"):
+        asyncio.run(runtime.ensure_for_bundle(partition))
+    assert len(attempts) == service.RESTORE_ATTEMPTS == 4
+    assert partition not in runtime.engines
+
+
+@pytest.mark.parametrize("snapshot_held", ["nothing", "another changelog's state"])
+def test_a_snapshot_that_cannot_be_written_does_not_fail_the_restore(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, snapshot_held: str
+):
+    records, partition = committed_changelog(bundles=3)
+    store = SnapshotStore(tmp_path, "cl")
+    if snapshot_held != "nothing":  # does not match this changelog: wiped, read from 0
+        stale = store.open(partition)
+        assert stale is not None
+        stale.write([(f"m:{partition}".encode(), b"{}")], Position(2, 1, f"m:{partition}".encode()))
+        stale.close()
+
+    def disk_full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PartitionSnapshot, "write", disk_full)
+    monkeypatch.setattr(PartitionSnapshot, "wipe", disk_full)
+    runtime = EngineRuntime(build_settings(environ={}), changelog_of(records), store)
+    engine = asyncio.run(runtime.ensure(partition))
+    assert runtime.bundle_offset[partition] == 2 and engine.teams
+    # the snapshot is closed and left out; the next restore checks it again
+    assert partition not in runtime.snapshot_of and partition not in runtime.pending
+    monkeypatch.undo()
+    again = EngineRuntime(build_settings(environ={}), changelog_of(records), store)
+    asyncio.run(again.ensure(partition))
+    assert again.bundle_offset[partition] == 2 and partition in again.snapshot_of
 
 
 class SlicedSource:
