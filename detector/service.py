@@ -397,6 +397,12 @@ class Ingest:
         return columns
 
 
+class RebalancedDuringRestore(Exception):
+    """A rebalance began or ended while a partition was restored, or the partition is not
+    this worker's: the engine restored is thrown away (another worker may own the partition
+    now and move its state on)."""
+
+
 class EngineRuntime:
     """The engines this worker owns, restored on assignment from the local snapshot (if any)
     and the state changelog after it."""
@@ -425,6 +431,12 @@ class EngineRuntime:
         #: (due again if it fails to commit)
         self.sealed: dict[int, tuple[set[str], set[str]]] = {}
         self._restoring = asyncio.Lock()
+        #: revokes and assignments so far: a restore that saw one may be of a partition this
+        #: worker no longer owns
+        self.generation = 0
+        #: bundle partitions of the current assignment (None: none made, as without Kafka,
+        #: where every partition is this runtime's)
+        self.assigned: set[int] | None = None
         self.pseudonyms = Pseudonyms.from_settings(settings.service)
         #: records written and their bytes, per kind (team, user): the mean record size
         self.record_sizes = {_TEAM: [0, 0], _USER: [0, 0]}
@@ -448,22 +460,47 @@ class EngineRuntime:
             if snapshot is not None:
                 snapshot.close()
 
+    def revoked(self, partitions: Iterable[int]) -> None:
+        """A rebalance takes ``partitions`` away. Their engines stay until the assignment
+        (Faust committed their state first); a restore in flight is thrown away."""
+        self.generation += 1
+        if self.assigned is not None:
+            self.assigned.difference_update(partitions)
+
+    def reassigned(self, partitions: Iterable[int]) -> list[int]:
+        """The rebalance's assignment: the engines of other partitions are dropped (their
+        partitions returned); a restore in flight is thrown away."""
+        self.generation += 1
+        self.assigned = set(partitions)
+        gone = [p for p in self.engines if p not in self.assigned]
+        self.drop(gone)
+        return gone
+
     async def ensure(self, partition: int) -> PartitionEngine:
-        """The partition's engine, restored if this worker has none yet."""
+        """The partition's engine, restored if this worker has none yet;
+        :class:`RebalancedDuringRestore` if a rebalance overtook the restore."""
         async with self._restoring:
             engine = self.engines.get(partition)
             if engine is None:
+                generation = self.generation
                 engine = await self._restore(partition)
+                if generation != self.generation or (
+                    self.assigned is not None and partition not in self.assigned
+                ):
+                    self.drop([partition])
+                    raise RebalancedDuringRestore(
+                        f"partition {partition}: a rebalance overtook its restore, thrown away"
+                    )
                 self.engines[partition] = engine
                 self.last_seen_wall[partition] = time.monotonic()
             return engine
 
     async def ensure_for_bundle(self, partition: int) -> PartitionEngine:
         """:meth:`ensure` before a bundle of the partition is applied, retried with backoff;
-        if it still fails (the broker or the disk is gone), the worker exits. Raising is not
-        an option: Faust acks the bundle of an agent that raised and restarts the agent, and
-        the bundle's offset would commit with the next transaction, the bundle never
-        applied."""
+        if it still fails (the broker or the disk is gone, or rebalances keep overtaking it),
+        the worker exits. Raising is not an option: Faust acks the bundle of an agent that
+        raised and restarts the agent, and the bundle's offset would commit with the next
+        transaction, the bundle never applied."""
         for attempt in range(RESTORE_ATTEMPTS - 1):
             try:
                 return await self.ensure(partition)
@@ -1036,6 +1073,9 @@ def build_app(settings: Settings) -> faust.App:
             if partition not in runtime.engines:
                 try:
                     await runtime.ensure(partition)
+                except RebalancedDuringRestore as exc:
+                    log.info("%s", exc)  # the next tick restores the new assignment's
+                    return
                 except Exception as exc:  # e.g. the broker is down: a timer must not crash
                     log.warning("partition %s: restore failed (%r), retrying", partition, exc)
                     return
@@ -1058,14 +1098,13 @@ def build_app(settings: Settings) -> faust.App:
 
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         recovered["ready"] = False
+        runtime.revoked(tp.partition for tp in revoked if tp.topic == bundles.get_topic_name())
 
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         # Faust has committed every transaction before revoking (``stream_wait_empty``),
         # so the engines of partitions this worker keeps are exactly the committed state.
         keep = {tp.partition for tp in assigned if tp.topic == bundles.get_topic_name()}
-        gone = [p for p in runtime.engines if p not in keep]
-        runtime.drop(gone)
-        for partition in gone:
+        for partition in runtime.reassigned(keep):
             unsent.pop(partition, None)  # never committed: the next owner applies them again
 
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:

@@ -32,6 +32,7 @@ from detector.service import (
     GC_YOUNG_THRESHOLD,
     EngineRuntime,
     Ingest,
+    RebalancedDuringRestore,
     _collect_cycles_less_often,
     _fetch_bundles_without_long_polls,
     bundle_topic_name,
@@ -320,6 +321,52 @@ def test_a_snapshot_that_cannot_be_written_does_not_fail_the_restore(
     again = EngineRuntime(build_settings(environ={}), changelog_of(records), store)
     asyncio.run(again.ensure(partition))
     assert again.bundle_offset[partition] == 2 and partition in again.snapshot_of
+
+
+@pytest.mark.parametrize(
+    "rebalance", ["partition moved away", "partition assigned again", "partition never assigned"]
+)
+def test_a_restore_overtaken_by_a_rebalance_is_thrown_away(tmp_path, rebalance: str):
+    records, partition = committed_changelog(bundles=2)
+    other = (partition + 1) % 4
+    read, reading = changelog_of(records), asyncio.Event()
+    gate = asyncio.Event()
+
+    async def slow(p: int, start: int) -> ChangelogRead:
+        reading.set()
+        await gate.wait()
+        return await read(p, start)
+
+    runtime = EngineRuntime(build_settings(environ={}), slow, SnapshotStore(tmp_path, "cl"))
+
+    async def restore_racing_the_rebalance() -> None:
+        runtime.reassigned([other] if rebalance == "partition never assigned" else [partition])
+        restoring = asyncio.ensure_future(runtime.ensure(partition))  # the idle-partition timer
+        await reading.wait()
+        if rebalance != "partition never assigned":
+            runtime.revoked([partition])
+            runtime.reassigned([other] if rebalance == "partition moved away" else [partition])
+        gate.set()
+        with pytest.raises(RebalancedDuringRestore):
+            await restoring
+
+    asyncio.run(restore_racing_the_rebalance())
+    assert partition not in runtime.engines and partition not in runtime.last_seen_wall
+    assert partition not in runtime.bundle_offset and partition not in runtime.snapshot_of
+    if rebalance == "partition assigned again":  # restored anew, its snapshot released
+        asyncio.run(runtime.ensure(partition))
+        assert runtime.bundle_offset[partition] == 1 and partition in runtime.snapshot_of
+
+
+def test_an_assignment_drops_the_engines_of_the_partitions_it_leaves_out():
+    runtime = runtime_over({})
+    runtime.reassigned([0, 1, 2])
+    for partition in (0, 1, 2):
+        asyncio.run(runtime.ensure(partition))
+    runtime.revoked([0, 1, 2])
+    assert set(runtime.engines) == {0, 1, 2}  # committed state: kept for the assignment
+    assert runtime.reassigned([1, 3]) == [0, 2]
+    assert set(runtime.engines) == {1}
 
 
 class SlicedSource:
