@@ -332,7 +332,9 @@ class Ingest:
                 if raw is None:
                     raw = b""
                 key = msg.key
-                if keyed and key is not None:  # the engine parses and validates it
+                # keyed: the engine parses and validates it; one too big to be an event is
+                # dead-lettered here (in a bundle alone it could be over a request's size)
+                if keyed and key is not None and len(raw) <= max_bytes:
                     columns = columns_by_key.get(key)
                     if columns is None:
                         columns = columns_by_key[key] = self._columns(per_partition, key)
