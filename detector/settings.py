@@ -31,7 +31,7 @@ class EngineSettings:
     allowed_lateness_s: int = 2 * 3600
     #: events further ahead of the partition's time than this go to the DLQ (unless several
     #: teams confirm the jump); in live mode the wall clock bounds time much tighter
-    max_future_skew_s: int = 7 * 24 * 3600
+    max_future_skew_s: int = 90 * 24 * 3600
     #: live mode: events stamped more than this after the wall clock go to the DLQ
     live_clock_skew_s: int = 300
     #: distinct teams that must confirm a jump in time before the watermark follows it

@@ -512,7 +512,8 @@ def test_a_team_back_from_weeks_away_while_the_others_are_long_gone_is_taken_in(
         Event(f"r{m}", "feature.used", back + m * 20 * 60_000, "u-back", "back", {})
         for m in range(12)
     ]
-    engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+    week = EngineSettings(max_future_skew_s=7 * 24 * 3600)  # back after 30 days: a jump
+    engine = PartitionEngine(week, clock=lambda: 0.0)
     out = [engine.process(ev) for ev in events]
     rejected = [r.reason for r in out if r is not None]
     assert rejected == ["future_timestamp"] * 3  # the first hour back, then it is followed
