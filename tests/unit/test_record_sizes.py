@@ -4,7 +4,6 @@ over it was refused, the worker crashed, and after a restart it met the same mes
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NamedTuple
 
 import orjson
 
@@ -14,37 +13,15 @@ from detector.service import EngineRuntime, Ingest
 from detector.settings import build_settings
 from detector.state_snapshot import ChangelogRead
 
+from .test_service import RecordingProducer, SourceMessage, SourcePartition
+
 #: the largest request aiokafka's and Faust's producers send by default (max_request_size)
 PRODUCER_MAX_REQUEST = 1_000_000
 HUGE = [b'"' * 900_000, b"\xff" * 900_000]  # 1.8 MB JSON-escaped, 1.2 MB in base64
 
 
-class SourcePartition(NamedTuple):
-    topic: str
-    partition: int
-
-
-class SourceMessage(NamedTuple):
-    offset: int
-    key: bytes | None
-    value: bytes
-
-
-class Producer:
-    """Keeps the values sent; every send is acknowledged at once."""
-
-    def __init__(self) -> None:
-        self.values: list[bytes] = []
-
-    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
-        self.values.append(value)
-        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        acked.set_result(None)
-        return acked
-
-
 def test_ingest_dead_letters_huge_messages_in_records_a_producer_sends():
-    ingest, producer = Ingest(build_settings(environ={}), partitions=4), Producer()
+    ingest, producer = Ingest(build_settings(environ={}), partitions=4), RecordingProducer()
     batch = {
         SourcePartition("usage-events", 0): [
             SourceMessage(i, None, raw) for i, raw in enumerate(HUGE)
@@ -54,8 +31,22 @@ def test_ingest_dead_letters_huge_messages_in_records_a_producer_sends():
     asyncio.run(ingest._forward(batch, producer))  # type: ignore[arg-type]
 
     assert ingest.invalid_reasons == {"oversized": 2}
-    assert max(map(len, producer.values)) < PRODUCER_MAX_REQUEST
-    assert all(orjson.loads(value)["raw_bytes"] == 900_000 for value in producer.values)
+    values = [value for _, value, _, _ in producer.sent]
+    assert max(map(len, values)) < PRODUCER_MAX_REQUEST
+    assert all(orjson.loads(value)["raw_bytes"] == 900_000 for value in values)
+
+
+def test_ingest_dead_letters_a_keyed_message_too_big_to_be_an_event():
+    """Keyed, it would go to the engine unparsed, alone in a bundle over a request's size."""
+    settings = build_settings(environ={"DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM": "true"})
+    batch = {SourcePartition("usage-events", 0): [SourceMessage(0, b"t-1", HUGE[0])]}
+    ingest, producer = Ingest(settings, partitions=3), RecordingProducer()
+
+    asyncio.run(ingest._forward(batch, producer))  # type: ignore[arg-type]
+
+    assert [topic for topic, _, _, _ in producer.sent] == [settings.kafka.dlq_topic]
+    assert ingest.invalid_reasons == {"oversized": 1}
+    assert len(producer.sent[0][1]) < PRODUCER_MAX_REQUEST
 
 
 def test_the_engine_dead_letters_a_huge_keyed_message_in_a_record_its_transaction_takes():

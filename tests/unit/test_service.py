@@ -506,20 +506,6 @@ def test_ingest_of_a_team_keyed_source_routes_by_key_unparsed_and_parses_unkeyed
     assert ingest.invalid_reasons == {"not_an_object": 1}
 
 
-def test_ingest_dead_letters_a_keyed_message_too_big_to_be_an_event():
-    settings = build_settings(environ={"DETECTOR_KAFKA_EVENTS_KEYED_BY_TEAM": "true"})
-    huge = b'{"event_id": "' + b"x" * 999_000 + b'"}'
-    batch = {SourcePartition("events", 0): [SourceMessage(0, b"t-1", huge)]}
-    ingest = Ingest(settings, partitions=3)
-    producer = RecordingProducer()
-
-    asyncio.run(ingest._forward(batch, producer))  # type: ignore[arg-type]
-
-    assert [t for t, _, _, _ in producer.sent] == [settings.kafka.dlq_topic]
-    assert ingest.invalid_reasons == {"oversized": 1}
-    assert len(producer.sent[0][1]) < 400_000
-
-
 def test_ingest_suggests_the_keyed_option_once_many_keys_in_a_row_are_team_ids(
     caplog: pytest.LogCaptureFixture,
 ):
