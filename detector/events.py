@@ -211,13 +211,15 @@ def parse_timestamp(value: Any) -> int | Invalid:
     1772356502123
     >>> parse_timestamp(1772356502123)
     1772356502123
-    >>> parse_timestamp("yesterday").reason
-    'invalid_timestamp'
+    >>> parse_timestamp("yesterday").reason, parse_timestamp("2026-03-01T09:15:02Z\\x00x").reason
+    ('invalid_timestamp', 'invalid_timestamp')
     >>> parse_timestamp(0).reason
     'timestamp_out_of_range'
     """
     if isinstance(value, str):
         try:
+            if "\x00" in value:  # fromisoformat stops reading at a NUL: what follows passed
+                raise ValueError
             parsed = datetime.fromisoformat(value)
         except ValueError:
             return Invalid("invalid_timestamp", f"not an RFC 3339 timestamp: {value[:64]!r}")
@@ -356,6 +358,8 @@ def _well_formed(obj: dict[str, Any]) -> EventFields | None:
     ):
         return None
     if type(ts) is str:
+        if "\x00" in ts:
+            return None
         try:
             parsed = _fromisoformat(ts)
         except ValueError:

@@ -184,6 +184,7 @@ def _variants() -> list[object]:
             "2100-01-01T00:00:00Z",
             "yesterday",
             "",
+            "2026-03-01T09:15:02Z\x00garbage",  # fromisoformat read up to the NUL only
             1772356502123,
             0,
             4_102_444_800_000,
@@ -281,3 +282,12 @@ def test_routing_key_is_the_team_of_every_valid_event():
             valid += 1
             assert events.routing_key(obj) == fields[4], obj
     assert valid > 0.1 * len(cases)
+
+
+def test_a_timestamp_with_a_nul_in_it_is_invalid():
+    """datetime.fromisoformat stops reading at a NUL byte: what followed it was ignored."""
+    event = {"event_id": "e", "type": "session.started", "user_id": "u", "team_id": "t"}
+    for stamp in ("2026-03-01T09:15:02Z\x00garbage", "2026-03-01T09:15:02\x00Z"):
+        for check in (events.validate_fields, events._validate_in_full):
+            result = check({**event, "timestamp": stamp})
+            assert isinstance(result, Invalid) and result.reason == "invalid_timestamp"
