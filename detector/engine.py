@@ -149,6 +149,7 @@ class PartitionEngine:
             settings.future_jump_confirmations,
             active_teams=self._active_teams_since,
         )
+        self._active_since: tuple[int, int] = (-1, 0)
         self.population = Population(settings.population_min_days)
         #: population-level online risk model, learning from this partition's cancellations
         self.risk = RiskModel()
@@ -308,10 +309,13 @@ class PartitionEngine:
         return None
 
     def _active_teams_since(self, since_ms: int) -> int:
-        """Teams active since about ``since_ms`` (whole local days): whether the partition is
-        busy, and how many can confirm a jump in time."""
-        first_day = since_ms // DAY_MS - 1
-        return sum(1 for team in self.teams.values() if team.last_active_day >= first_day)
+        """Teams active since about ``since_ms`` (whole local days): how many can confirm a
+        jump in time. Counted once per watermark position (jump candidates can be many)."""
+        if self._active_since[0] != since_ms:
+            first_day = since_ms // DAY_MS - 1
+            count = sum(1 for team in self.teams.values() if team.last_active_day >= first_day)
+            self._active_since = (since_ms, count)
+        return self._active_since[1]
 
     def _count_team_day(self, team: TeamState, ts: int, day: int, bit: int, first: bool) -> None:
         """Count the team's local ``day`` once among the population's active teams, in the UTC

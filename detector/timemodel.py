@@ -66,28 +66,19 @@ def day_end_ms(day: int, offset_ms: int) -> int:
     return (day + 1) * DAY_MS - offset_ms
 
 
-#: a partition with this many teams active in the last week is busy: for all of them to be
-#: silent for days is implausible, so an event days ahead is a broken clock until confirmed
-BUSY_TEAMS = 10
-#: how far ahead an event of a busy partition may be before it is a jump in time
-BUSY_JUMP_MS = 3 * DAY_MS
-
-
 class Watermark:
     """Per-partition event-time watermark: newest event time seen minus allowed lateness.
 
-    A timestamp more than ``max_future_ms`` ahead of the newest time, or in a busy
-    partition (:data:`BUSY_TEAMS` active in the last week) more than :data:`BUSY_JUMP_MS`, is a
-    jump: a device with a broken clock, or a real gap in the stream. It is rejected and does
-    not move the watermark until it is confirmed: ``confirmations`` distinct teams (at most as
-    many as ``active_teams`` says were active in the last week; one, when one team is all
-    there is) send times beyond the horizon, spread over at least ``confirm_span_ms`` of event
-    time, with no event in between inside the horizon. Broken clocks do not pass: the stream's
-    own events keep coming, which clears the candidates, and a batch of lines with one wrong
-    stamp (a clock reset to a fixed date) spans no time. In a quiet partition an event less
-    than ``max_future_ms`` ahead is taken at once: a team starting after a quiet week must
-    not lose its first events. In live mode the service also sets ``limit_ms`` (wall clock
-    plus a small skew): nothing from the future passes.
+    A timestamp more than ``max_future_ms`` ahead of the newest time is a jump: a device
+    with a broken clock, or a real gap in the stream. It is rejected and does not move the
+    watermark until it is confirmed: ``confirmations`` distinct teams (at most as many as
+    ``active_teams`` says were active over the last ``max_future_ms``; one, when one team is
+    all there is) send times beyond the horizon, spread over at least ``confirm_span_ms`` of
+    event time, with no event in between inside the horizon. Broken clocks do not pass:
+    the stream's own events keep coming, which clears the candidates, and a batch of lines
+    with one wrong stamp (a clock reset to a fixed date) spans no time. In live mode the
+    service also sets ``limit_ms`` (wall clock plus a small skew): nothing from the future
+    passes.
 
     >>> wm = Watermark(lateness_ms=HOUR_MS, max_future_ms=7 * DAY_MS, confirmations=3)
     >>> wm.observe(10 * DAY_MS, "a"), wm.value == 10 * DAY_MS - HOUR_MS
@@ -106,7 +97,6 @@ class Watermark:
     """
 
     __slots__ = (
-        "_active",
         "active_teams",
         "confirm_span_ms",
         "confirmations",
@@ -130,10 +120,8 @@ class Watermark:
         self.max_future_ms = max_future_ms
         self.confirmations = confirmations
         self.confirm_span_ms = confirm_span_ms
-        #: teams with an event since the given time (ms); None: not known (never busy, and
-        #: any number can confirm)
+        #: teams with an event since the given time (ms); None: assume enough to confirm
         self.active_teams = active_teams
-        self._active = (-1, 0)  # (max_seen, teams active in the week before it)
         self.max_seen: int | None = None
         #: jump candidates: team -> its earliest time beyond the horizon
         self.pending: dict[str, int] = {}
@@ -154,23 +142,12 @@ class Watermark:
             return None
         if ts_ms <= max_seen:
             return "late" if ts_ms < max_seen - self.lateness_ms else None
-        if ts_ms > max_seen + BUSY_JUMP_MS and (
-            ts_ms > max_seen + self.max_future_ms or self._active_teams(max_seen) >= BUSY_TEAMS
-        ):
+        if ts_ms > max_seen + self.max_future_ms:
             return self._jump(ts_ms, team_id, max_seen)
         if self.pending:  # the stream goes on inside the horizon: the candidates were strays
             self.pending.clear()
         self.max_seen = ts_ms
         return None
-
-    def _active_teams(self, max_seen: int) -> int:
-        """Teams active in the week before ``max_seen`` (counted once per position: jump
-        candidates can be many)."""
-        if self.active_teams is None:
-            return 0
-        if self._active[0] != max_seen:
-            self._active = (max_seen, self.active_teams(max_seen - 7 * DAY_MS))
-        return self._active[1]
 
     def _jump(self, ts_ms: int, team_id: str, max_seen: int) -> str | None:
         pending = self.pending
@@ -182,7 +159,7 @@ class Watermark:
         earliest = min(pending.values())
         needed = self.confirmations
         if len(pending) < needed and self.active_teams is not None:
-            needed = max(1, min(needed, self._active_teams(max_seen)))
+            needed = max(1, min(needed, self.active_teams(max_seen - self.max_future_ms)))
         if len(pending) < needed or self.newest_candidate - earliest < self.confirm_span_ms:
             return "future_timestamp"
         pending.clear()
