@@ -125,6 +125,7 @@ class ServiceSettings:
     #: be reachable from the peers (not 0.0.0.0)
     web_advertised_url: str = ""
     batch_size: int = 5000
+    #: read by nothing since the ingest loop changed; accepted so older config files load
     batch_timeout_s: float = 0.2
     #: a partition without new events for this long lets its clock run by the idle time
     idle_sweep_s: float = 5.0
