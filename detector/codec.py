@@ -120,7 +120,7 @@ def encode_partition(engine: PartitionEngine, source_offset: int) -> bytes:
     wm, pop = engine.watermark, engine.population
     meta: dict[str, Any] = {
         "offset": source_offset,
-        "wm": [wm.max_seen, wm.pending],
+        "wm": [wm.max_seen, wm.pending, wm.newest_candidate],
         "pop": [
             {str(k): v for k, v in pop.counts.items()},
             pop.weekday,
@@ -170,7 +170,9 @@ def restore_partition(
         return -1
     m = orjson.loads(meta)
     wm, pop = engine.watermark, engine.population
-    wm.max_seen, wm.pending = m["wm"]
+    wm.max_seen, wm.pending = m["wm"][:2]
+    # the newest jump candidate: in records before it was kept, the newest team's earliest
+    wm.newest_candidate = m["wm"][2] if len(m["wm"]) > 2 else max(wm.pending.values(), default=0)
     saved = m["pop"]
     counts, weekday, factors, first_day, closed_day, tasks, team_counts, weekday_teams = saved[:8]
     # a record written before task durations were kept per day has none pending

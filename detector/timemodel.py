@@ -74,7 +74,8 @@ class Watermark:
     watermark until it is confirmed: ``confirmations`` distinct teams (at most as many as
     ``active_teams`` says were active over the last ``max_future_ms``; one, when one team is
     all there is) send times beyond the horizon, spread over at least ``confirm_span_ms`` of
-    event time, with no event in between inside the horizon. Broken clocks do not pass:
+    event time, with no event in between inside the horizon; or, however few teams, a day of
+    such times with none inside the horizon. Broken clocks do not pass:
     the stream's own events keep coming, which clears the candidates, and a batch of lines
     with one wrong stamp (a clock reset to a fixed date) spans no time. In live mode the
     service also sets ``limit_ms`` (wall clock plus a small skew): nothing from the future
@@ -160,7 +161,10 @@ class Watermark:
         needed = self.confirmations
         if len(pending) < needed and self.active_teams is not None:
             needed = max(1, min(needed, self.active_teams(max_seen - self.max_future_ms)))
-        if len(pending) < needed or self.newest_candidate - earliest < self.confirm_span_ms:
+        span = self.newest_candidate - earliest
+        # a day of events beyond the horizon and none inside it: the stream moved on, however
+        # few of the teams came back (or the watermark would wait for them for ever)
+        if span < self.confirm_span_ms or (len(pending) < needed and span < DAY_MS):
             return "future_timestamp"
         pending.clear()
         # from the earliest: the candidates' own later events are not late

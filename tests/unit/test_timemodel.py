@@ -70,3 +70,37 @@ def test_the_only_active_team_back_from_a_long_absence_confirms_its_own_return()
     back = T0 + 21 * DAY_MS
     out = [wm.observe(back + m * 20 * 60_000, "a") for m in range(6)]
     assert out[:3] == ["future_timestamp"] * 3 and set(out[3:]) == {None}
+
+
+def test_a_jump_that_fewer_teams_confirm_than_were_active_is_followed_after_a_day():
+    """Twelve teams active, a gap, two come back: waiting for a third would reject all
+    their events for ever."""
+    wm, _ = _partition([f"t{i}" for i in range(12)], 10)
+    wm.active_teams = lambda since: 12
+    back = T0 + 200 * DAY_MS
+    out = [wm.observe(back + m * HOUR_MS, "ab"[m % 2]) for m in range(30)]
+    assert set(out[:24]) == {"future_timestamp"} and set(out[25:]) == {None}
+
+
+def test_the_jump_candidates_survive_a_restore():
+    """What a restored engine decides must be what one that never stopped decides."""
+    from detector.codec import encode_partition, restore_partition
+    from detector.engine import PartitionEngine
+    from detector.events import Event
+    from detector.settings import EngineSettings
+
+    def event(team: str, ts: int) -> Event:
+        return Event(f"{team}{ts}", "feature.used", ts, f"u-{team}", team, {})
+
+    settings = EngineSettings(max_future_skew_s=7 * 24 * 3600)
+    whole = PartitionEngine(settings, clock=lambda: 0.0)
+    for team in "abcd":
+        assert whole.process(event(team, T0)) is None
+    jump = T0 + 30 * DAY_MS  # a, then b twice: the candidates span 70 minutes
+    for team, minutes in (("a", 0), ("b", 10), ("b", 70)):
+        rejected = whole.process(event(team, jump + minutes * 60_000))
+        assert rejected is not None and rejected.reason == "future_timestamp"
+    restored = PartitionEngine(settings, clock=lambda: 0.0)
+    restore_partition(restored, encode_partition(whole, source_offset=0), {}, {})
+    for engine in (whole, restored):  # a third team confirms the jump
+        assert engine.process(event("c", jump + 20 * 60_000)) is None
