@@ -252,11 +252,13 @@ class PartitionEngine:
                     self._count_team_day(team, ts, day, bit, False)
                 assert uid is not None  # validation: only team-level types may lack a user
                 user = self.users.get(uid)
-                if user is not None and user.team_id != team_id:
+                if user is None or user.team_id != team_id:
                     # the same person in another team too (ids are global, workspaces many):
-                    # each team's activity is its own, so each has a state of its own
-                    uid = uid + OTHER_TEAM + team_id
-                    user = self.users.get(uid)
+                    # each team's activity is its own, so each has a state of its own, kept
+                    # under its own key even after the first team's state was dropped
+                    in_team = self.users.get(uid + OTHER_TEAM + team_id)
+                    if in_team is not None or user is not None:
+                        uid, user = uid + OTHER_TEAM + team_id, in_team
                 if user is None:
                     user = self._new_user(uid, team, day)
                 user.events_total += 1

@@ -598,3 +598,19 @@ def test_a_person_in_two_teams_counts_in_each_and_alerts_in_each_apart():
     assert engine.users["u0"].team_id == "a" and engine.users["u0\x1fb"].team_id == "b"
     ids = [a["id"] for a in alerts]
     assert len(ids) == len(set(ids))
+
+
+def test_a_persons_second_team_state_is_kept_when_the_first_teams_is_dropped():
+    """With its first team's state evicted, the person's next event in the second team made
+    a new state there, and the old one, without events, raised false alerts."""
+    settings = EngineSettings(evict_after_days=90)
+    events = [
+        Event(f"{team}{d}", "feature.used", (START_DAY + d) * DAY_MS + 9 * HOUR_MS, user, team, {})
+        for d in range(200)
+        for team, user in (("a", "u"), ("b", "u"), *((f"h{i}", f"h{i}-u") for i in range(10)))
+        if team != "a" or d < 10  # in team "a" the person stops on day 10
+    ]
+    engine, alerts = run(events, settings)
+    assert engine.stats.evicted.get("user", 0) >= 1 and "u" not in engine.users
+    assert engine.users["u\x1fb"].last_day >= START_DAY + 198
+    assert not [a for a in alerts if a["data"]["entity_id"] == "u" and a["data"]["team_id"] == "b"]
