@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="put the file in event-time order first, without a file-order pass (stable; an "
         "external sort in a temporary directory next to --alerts that needs about twice the "
-        "size of the file as JSONL on disk, removed at the end; a later replay removes what a "
+        "size of the file as JSONL on disk, removed at the end; a replay an hour later removes what a "
         "killed one left). Sorted, an event with a wrong clock is accepted at its time "
         "instead of being late: the printed time range shows such strays. Dead letters give "
         "the line numbers of the file as given, in the sorted order",

@@ -22,6 +22,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -413,18 +414,40 @@ def work_dir_prefix(kind: str) -> str:
     return f".{kind}-{os.getpid()}-"
 
 
-def remove_abandoned_work(directory: Path) -> list[Path]:
-    """Remove the work directories of replays and sorts killed before they could (their
-    process is gone); returns them. A directory without a process id in its name is left.
-    """
+#: a work directory with nothing written for this long, whose process is gone, was abandoned
+ABANDONED_AFTER_S = 3600
+
+
+def remove_abandoned_work(directory: Path, now: float | None = None) -> list[Path]:
+    """Remove the work directories of replays and sorts killed before they could: their
+    process is gone and nothing in them was written for :data:`ABANDONED_AFTER_S` (a
+    replay on another host or in another container sharing the folder has a process id
+    this machine does not know). Returns them; a directory without a process id in its
+    name is left."""
+    now = time.time() if now is None else now
     removed = []
     for path in sorted(directory.glob(".*-*-*")):
         kind, _, rest = path.name[1:].partition("-")
         pid = rest.partition("-")[0]
-        if kind in ("replay", "sort") and pid.isdigit() and path.is_dir() and not _alive(int(pid)):
+        if (
+            kind in ("replay", "sort")
+            and pid.isdigit()
+            and path.is_dir()
+            and not _alive(int(pid))
+            and now - _last_written(path) >= ABANDONED_AFTER_S
+        ):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def _last_written(path: Path) -> float:
+    """The newest modification time of a directory and everything in it."""
+    times = [path.stat().st_mtime]
+    for inner in path.rglob("*"):
+        with contextlib.suppress(OSError):  # removed meanwhile
+            times.append(inner.stat().st_mtime)
+    return max(times)
 
 
 def _alive(pid: int) -> bool:
