@@ -66,6 +66,10 @@ def day_end_ms(day: int, offset_ms: int) -> int:
     return (day + 1) * DAY_MS - offset_ms
 
 
+#: jump candidates further apart than this are not one stream coming back
+_CLUSTER_MS = 2 * DAY_MS
+
+
 class Watermark:
     """Per-partition event-time watermark: newest event time seen minus allowed lateness.
 
@@ -75,7 +79,8 @@ class Watermark:
     ``active_teams`` says were active over the last ``max_future_ms``; one, when one team is
     all there is) send times beyond the horizon, spread over at least ``confirm_span_ms`` of
     event time, with no event in between inside the horizon; or, however few teams, a day of
-    such times with none inside the horizon. Broken clocks do not pass:
+    such times with none inside the horizon. Candidates more than two days apart start over
+    (a stream comes back at one time). Broken clocks do not pass:
     the stream's own events keep coming, which clears the candidates, and a batch of lines
     with one wrong stamp (a clock reset to a fixed date) spans no time. In live mode the
     service also sets ``limit_ms`` (wall clock plus a small skew): nothing from the future
@@ -152,6 +157,8 @@ class Watermark:
 
     def _jump(self, ts_ms: int, team_id: str, max_seen: int) -> str | None:
         pending = self.pending
+        if pending and not -_CLUSTER_MS <= ts_ms - min(pending.values()) <= _CLUSTER_MS:
+            pending.clear()  # a stream coming back comes back at one time; broken clocks scatter
         if not pending:
             self.newest_candidate = ts_ms
         if team_id not in pending or ts_ms < pending[team_id]:
