@@ -86,7 +86,8 @@ _STRUGGLE_DAYS = 14  # task durations and failures are judged over two weeks
 #: a team's finished tasks of the days not closed yet, kept by name (more: one neutral entry)
 _MAX_OPEN_TASKS = 256
 #: joins a user id and a team id into the key of the user's state in a second team (the
-#: first team's state is keyed by the user id alone); no id contains it (ids are text)
+#: first team's state is keyed by the user id alone); ids are not checked for it, so only a
+#: user id made to contain it and a team id could share another person's key
 OTHER_TEAM = "\x1f"
 #: "Key action stopped while logins go on" is weak evidence: on its own it was wrong more often
 #: than right (healthy teams have quiet publishing weeks), so alone it raises no alert; with
