@@ -16,6 +16,7 @@ import orjson
 
 from .redaction import redact_in_logs
 from .settings import Settings, SettingsError, build_settings
+from .timemodel import iso_ms
 
 #: replay: more late events than this share of the lines says the file is not in time order
 LATE_SHARE_UNSORTED = 0.01
@@ -131,7 +132,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             done = sort_by_event_time(
                 args.events, out, show_progress=not args.quiet, line_numbers=numbers
             )
-            span = " .. ".join(_iso(ms) for ms in (done.first_ms, done.last_ms) if ms is not None)
+            span = " .. ".join(
+                iso_ms(ms)[:19] + "Z" for ms in (done.first_ms, done.last_ms) if ms is not None
+            )
             print(
                 f"sorted {done.lines:,} lines by event time ({span or 'no times'})", file=sys.stderr
             )
@@ -185,16 +188,6 @@ def _check_parquet(path: Path) -> None:
         pq.read_metadata(path)
     except pa.ArrowInvalid as exc:
         raise SettingsError(f"events file {path} is not a Parquet file: {exc}") from None
-
-
-def _iso(ms: int) -> str:
-    """
-    >>> _iso(1772356502123)
-    '2026-03-01T09:15:02Z'
-    """
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
