@@ -171,19 +171,55 @@ def encode_tick(elapsed_ms: int) -> bytes:
     return orjson.dumps({"tick_ms": elapsed_ms}) + _SEP
 
 
+class UndecodableBundle(ValueError):
+    """A message of the bundle topic that is not a bundle this release reads (a corrupt
+    message, or one written by a newer release during a rolling upgrade)."""
+
+
 def decode_bundle(data: bytes) -> Bundle:
-    """
+    """The bundle in ``data``, its columns checked before any event is applied.
+
     >>> raw = Columns(); raw.sources, raw.offsets, raw.raws = [0, 1], [7, 3], [b"{}", b"[]"]
     >>> b = decode_bundle(next(raw.encoded()))
     >>> b.events, b.offsets, b.raw(1)
     (None, [7, 3], b'[]')
+    >>> decode_bundle(b'{"p":[0],"o":[7],"n":[5]}\\x00{}')
+    Traceback (most recent call last):
+    ...
+    detector.bundles.UndecodableBundle: the lengths add up to 5 bytes, the body has 2
     """
+    try:
+        bundle = _decoded(data)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise UndecodableBundle(f"{type(exc).__name__}: {exc}"[:500]) from exc
+    columns = (bundle.sources, bundle.offsets, bundle.lengths)
+    if not all(type(column) is list for column in columns):
+        raise UndecodableBundle("a column is not a list")
+    count = len(bundle.offsets)
+    if any(len(column) != count for column in columns) or (
+        bundle.events is not None
+        and (type(bundle.events) is not list or len(bundle.events) != count)
+    ):
+        raise UndecodableBundle("its columns differ in length")
+    if (
+        not all(type(x) is int for column in columns for x in column)
+        or type(bundle.tick_ms) is not int
+    ):
+        raise UndecodableBundle("a partition, offset, length or tick is not an integer")
+    if sum(bundle.lengths) != len(bundle.body) or any(n < 0 for n in bundle.lengths):
+        raise UndecodableBundle(
+            f"the lengths add up to {sum(bundle.lengths)} bytes, the body has {len(bundle.body)}"
+        )
+    return bundle
+
+
+def _decoded(data: bytes) -> Bundle:
     head, _, body = data.partition(_SEP)
     meta = orjson.loads(head)
     if isinstance(meta, list):  # a bundle of release 0.1.0: [partition, offset, length] rows
         sources, offsets = [row[0] for row in meta], [row[1] for row in meta]
         return Bundle(sources, offsets, None, [row[2] for row in meta], body)
     if "tick_ms" in meta:
-        return Bundle([], [], [], [], b"", int(meta["tick_ms"]))
+        return Bundle([], [], [], [], b"", meta["tick_ms"])
     # the fields come back as lists: the engine unpacks them the same way
     return Bundle(meta["p"], meta["o"], meta.get("e"), meta["n"], body)

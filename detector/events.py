@@ -209,8 +209,8 @@ def parse_timestamp(value: Any) -> int | Invalid:
 
     >>> parse_timestamp("2026-03-01T09:15:02.123Z")
     1772356502123
-    >>> parse_timestamp(1772356502123)
-    1772356502123
+    >>> parse_timestamp(1772356502123), parse_timestamp("2026-03-01t09:15:02.123z")
+    (1772356502123, 1772356502123)
     >>> parse_timestamp("yesterday").reason, parse_timestamp("2026-03-01T09:15:02Z\\x00x").reason
     ('invalid_timestamp', 'invalid_timestamp')
     >>> parse_timestamp(0).reason
@@ -220,7 +220,8 @@ def parse_timestamp(value: Any) -> int | Invalid:
         try:
             if "\x00" in value:  # fromisoformat stops reading at a NUL: what follows passed
                 raise ValueError
-            parsed = datetime.fromisoformat(value)
+            # RFC 3339 allows a lowercase "z", which fromisoformat refuses
+            parsed = datetime.fromisoformat(value[:-1] + "Z" if value[-1:] == "z" else value)
         except ValueError:
             return Invalid("invalid_timestamp", f"not an RFC 3339 timestamp: {value[:64]!r}")
         if parsed.tzinfo is None:

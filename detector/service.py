@@ -45,7 +45,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import faust
@@ -60,7 +60,7 @@ from rocksdict import WriteBatch
 
 from . import changelog as state_changelog
 from . import health_view, heap, state_snapshot, web
-from .bundles import Bundle, Columns, decode_bundle, encode_tick
+from .bundles import Bundle, Columns, UndecodableBundle, decode_bundle, encode_tick
 from .codec import (
     decode_team,
     decode_user,
@@ -85,6 +85,8 @@ from .state_snapshot import ChangelogRead, Pending
 
 log = logging.getLogger("churn_detector")
 
+#: dead-letter reason of a bundle-topic message this release cannot read
+UNDECODABLE_BUNDLE = "undecodable_bundle"
 #: exit status when the in-memory state can no longer be trusted to match the commits
 EXIT_STATE_UNSAFE = 70
 #: ingest batches read ahead of the oldest one still waiting for its bundles' acks
@@ -94,6 +96,8 @@ INGEST_BATCHES_IN_FLIGHT = 4
 #: and its records); at 15-30k events/s the source arrives in slices of a few hundred events
 #: over 4 partitions, and bundling each slice on its own made ~60-event bundles.
 INGEST_LINGER_S = 0.03
+#: how recently ingest must have read each of its source partitions for idle time to count
+INGEST_READING_S = 10.0
 #: keyed messages whose key must be their team id before ingest suggests the keyed option
 KEYS_TO_CHECK = 10_000
 #: how often each partition's transaction commits (see build_app)
@@ -173,6 +177,32 @@ def _exit_state_unsafe(message: str, *args: Any) -> NoReturn:
     log.critical(message, *args, exc_info=True)
     logging.shutdown()
     os._exit(EXIT_STATE_UNSAFE)
+
+
+def due_idle_ticks(
+    last_seen: dict[int, float],
+    owned: Container[int],
+    now: float,
+    every_s: float,
+    reading: bool,
+) -> list[tuple[int, float]]:
+    """The owned partitions idle for ``every_s`` or more, with their idle seconds; their idle
+    time starts over at ``now``. While ingest is not ``reading``, none is due and the time
+    is dropped.
+
+    >>> seen = {0: 0.0, 1: 8.0, 2: 0.0}
+    >>> due_idle_ticks(seen, {0, 1}, 10.0, 5.0, True), seen
+    ([(0, 10.0)], {0: 10.0, 1: 8.0, 2: 0.0})
+    >>> due_idle_ticks(seen, {0, 1}, 20.0, 5.0, False), seen
+    ([], {0: 20.0, 1: 20.0, 2: 0.0})
+    """
+    due = []
+    for partition, last in last_seen.items():
+        if partition in owned and now - last >= every_s:
+            last_seen[partition] = now
+            if reading:
+                due.append((partition, now - last))
+    return due
 
 
 def bundle_topic_name(settings: Settings) -> str:
@@ -306,6 +336,22 @@ class Ingest:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    def reading(self) -> bool:
+        """Whether the broker answered a fetch of every source partition ingest owns within
+        :data:`INGEST_READING_S` (with messages or without). A fetch is not made while read
+        messages wait for ingest, so a stalled ingest, or a broker it cannot reach, is not
+        reading: an engine partition without bundles then is cut off from its events, not
+        idle, and letting its time run would make those events late when they come."""
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        oldest = time.time() * 1000 - INGEST_READING_S * 1000
+        for tp in consumer.assignment():
+            polled = consumer.last_poll_timestamp(tp)
+            if polled is None or polled < oldest:
+                return False
+        return True
 
     async def send_tick(self, partition: int, elapsed_ms: int) -> None:
         if self.producer is not None:
@@ -656,7 +702,27 @@ class EngineRuntime:
         self.last_seen_wall[partition] = time.monotonic()
         if offset <= self.bundle_offset[partition]:
             return [], []
-        bundle = decode_bundle(value)
+        try:
+            bundle = decode_bundle(value)
+        except UndecodableBundle as exc:
+            # nothing applied yet: dead-letter it whole and go on (applying it again after
+            # a restart would fail again, for ever)
+            log.error(
+                "partition %s: bundle %s is not readable (%s), dead-lettered",
+                partition,
+                offset,
+                exc,
+            )
+            invalid = engine.stats.invalid
+            invalid[UNDECODABLE_BUNDLE] = invalid.get(UNDECODABLE_BUNDLE, 0) + 1
+            self.bundle_offset[partition] = offset
+            self.meta_due.add(partition)
+            bundle_at = {
+                "topic": bundle_topic_name(self.settings),
+                "partition": partition,
+                "offset": offset,
+            }
+            return [], [dead_letter(value, Invalid(UNDECODABLE_BUNDLE, str(exc)), bundle_at)]
         engine.watermark.limit_ms = (
             int(time.time() * 1000) + self.settings.engine.live_clock_skew_s * 1000
         )
@@ -1084,19 +1150,25 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=s.idle_sweep_s)
     async def idle_ticks() -> None:
-        """Live mode: a partition with no new events still lets time pass, so silence is seen."""
-        now = time.monotonic()
-        for partition, last in list(runtime.last_seen_wall.items()):
-            idle = now - last
-            if partition in runtime.engines and idle >= s.idle_sweep_s:
-                runtime.last_seen_wall[partition] = now
-                try:
-                    await ingest.send_tick(partition, int(idle * 1000 * s.idle_clock_scale))
-                except Exception as exc:  # the broker is down: a timer must not crash
-                    if runtime.last_seen_wall.get(partition) == now:
-                        runtime.last_seen_wall[partition] = last  # keep the idle time for later
-                    log.warning("partition %s: idle tick not sent (%r)", partition, exc)
-                    return
+        """Live mode: a partition with no new events still lets time pass, so silence is seen.
+
+        Only time during which ingest kept reading counts: after a broker outage or a stall
+        of ingest, events stamped in it arrive later, and a watermark moved on by the outage
+        would dead-letter them as late. Time that does not count is dropped, not kept for
+        later."""
+        due = due_idle_ticks(
+            runtime.last_seen_wall,
+            runtime.engines,
+            time.monotonic(),
+            s.idle_sweep_s,
+            ingest.reading(),
+        )
+        for partition, idle in due:
+            try:
+                await ingest.send_tick(partition, int(idle * 1000 * s.idle_clock_scale))
+            except Exception as exc:  # the broker is down: a timer must not crash
+                log.warning("partition %s: idle tick not sent (%r)", partition, exc)
+                return
 
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         recovered["ready"] = False

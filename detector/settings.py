@@ -127,7 +127,8 @@ class ServiceSettings:
     batch_size: int = 5000
     #: read by nothing since the ingest loop changed; accepted so older config files load
     batch_timeout_s: float = 0.2
-    #: a partition without new events for this long lets its clock run by the idle time
+    #: a partition without new events for this long lets its clock run by the idle time (time
+    #: during which ingest could not read its source does not count)
     idle_sweep_s: float = 5.0
     #: event-time milliseconds per idle wall-clock millisecond (1 in production; tests and
     #: demos of live silence detection speed the clock up)

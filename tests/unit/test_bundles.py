@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
-from detector.bundles import MAX_BYTES, MAX_ITEMS, Columns, Item, decode_bundle, encode_bundle
+from detector.bundles import (
+    MAX_BYTES,
+    MAX_ITEMS,
+    Columns,
+    Item,
+    UndecodableBundle,
+    decode_bundle,
+    encode_bundle,
+)
 from detector.events import Event, Invalid, decode_fields
 
 
@@ -124,3 +133,22 @@ def test_events_that_grow_when_decoded_still_make_bundles_within_the_byte_limit(
     assert [o for b in bundles for o in b.offsets] == list(range(20))
     assert [b.raw(i) for b in bundles for i in range(len(b.offsets))] == raws
     assert [tuple(e) for b in bundles for e in b.events] == columns.events
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\x00",
+        b"[1]\x00",
+        b'{"p":[0],"o":[7]}\x00{}',
+        b'{"p":[0,1],"o":[7],"n":[2]}\x00{}',
+        b'{"p":[0],"o":[7],"n":[2],"e":[]}\x00{}',
+        b'{"p":[0],"o":[7.5],"n":[2]}\x00{}',
+        b'{"p":[0],"o":[7],"n":[3]}\x00{}',
+        b'{"p":[0,0],"o":[7,8],"n":[-1,3]}\x00{}',
+        b'{"tick_ms":"5"}\x00',
+    ],
+)
+def test_a_message_that_is_not_a_whole_bundle_is_refused_before_anything_is_applied(data: bytes):
+    with pytest.raises(UndecodableBundle):
+        decode_bundle(data)

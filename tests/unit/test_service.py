@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -30,6 +31,7 @@ from detector.partitioning import partition_for
 from detector.service import (
     BUNDLE_FETCH_MAX_WAIT_MS,
     GC_YOUNG_THRESHOLD,
+    INGEST_READING_S,
     EngineRuntime,
     Ingest,
     RebalancedDuringRestore,
@@ -144,6 +146,27 @@ def test_the_meta_record_is_due_once_the_state_moves_and_not_for_redelivered_bun
     assert runtime.take_meta(partition) is None
     runtime.drop([partition])
     assert runtime.take_meta(partition) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"not a bundle", b'{"p":[0],"o":["7"],"n":[2]}\x00{}', b'{"p":[0],"o":[7],"n":[9]}\x00{}'],
+    ids=["not-json", "offset-not-int", "lengths-past-body"],
+)
+def test_an_unreadable_bundle_is_dead_lettered_whole_and_the_next_one_applies(value: bytes):
+    runtime, partition, bundles = restored_fresh(size=200)
+    alerts, dead = runtime.apply(partition, 0, value)
+    engine = runtime.engines[partition]
+    assert alerts == [] and engine.stats.events_valid == 0  # nothing of it was applied
+    assert [(d["reason"], d["topic"], d["partition"], d["offset"]) for d in dead] == [
+        ("undecodable_bundle", bundle_topic_name(runtime.settings), partition, 0)
+    ]
+    assert dead[0]["raw"] == value.decode()
+    assert engine.stats.invalid == {"undecodable_bundle": 1}
+    _, record = runtime.take_meta(partition) or (b"", b"")
+    assert orjson.loads(record.partition(b"\n")[0])["bundle"] == 0  # not read again
+    runtime.apply(partition, 1, bundles[0])
+    assert engine.stats.events_valid > 0
 
 
 def restored_fresh(size: int) -> tuple[EngineRuntime, int, list[bytes]]:
@@ -405,6 +428,40 @@ def test_ingest_with_nothing_to_read_returns_an_empty_batch():
     source = SlicedSource([])
     assert asyncio.run(Ingest(build_settings(environ={}), 4)._read_batch(source)) == {}
     assert len(source.asked) == 1  # no lingering on an empty read
+
+
+class PolledSource:
+    """A consumer as ``Ingest.reading`` sees it: its partitions and when each was last fetched."""
+
+    def __init__(self, polled_s_ago: dict[str, float | None]) -> None:
+        now_ms = time.time() * 1000
+        self.polled = {
+            tp: None if ago is None else now_ms - ago * 1000 for tp, ago in polled_s_ago.items()
+        }
+
+    def assignment(self) -> set[str]:
+        return set(self.polled)
+
+    def last_poll_timestamp(self, tp: str) -> float | None:
+        return self.polled[tp]
+
+
+@pytest.mark.parametrize(
+    ("polled_s_ago", "reading"),
+    [
+        ({"a": 0.5, "b": 2.0}, True),
+        ({}, True),  # no source partitions here: nothing this ingest could be cut off from
+        ({"a": 0.5, "b": INGEST_READING_S + 5}, False),  # a stall, or the broker is away
+        ({"a": 0.5, "b": None}, False),  # not fetched yet since it was assigned
+    ],
+)
+def test_idle_time_counts_only_while_ingest_reads_every_source_partition(
+    polled_s_ago: dict[str, float | None], reading: bool
+):
+    ingest = Ingest(build_settings(environ={}), partitions=4)
+    assert not ingest.reading()  # not started
+    ingest.consumer = PolledSource(polled_s_ago)  # type: ignore[assignment]
+    assert ingest.reading() is reading
 
 
 class SourcePartition(NamedTuple):
