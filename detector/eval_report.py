@@ -21,19 +21,22 @@ import hashlib
 import html
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .evaluation import (
     DAY_MS,
     DETECTOR,
-    LEVELS,
     NON_ACTIVITY_TYPES,
+    EntityKey,
     EvaluationReport,
     _fmt,
+    entity_key,
     format_time_ms,
     parse_time_ms,
+    read_truth,
+    time_or_none,
 )
 
 __all__ = [
@@ -78,11 +81,17 @@ class TruthRow:
     churned_at: int | None
     decay_start: int | None
     scenario: str
+    team_id: str = ""
 
     @property
     def censored(self) -> bool:
         """Decline began inside the data but no cancellation yet: left out, as in ``evaluate``."""
         return not self.churned and self.decay_start is not None
+
+    @property
+    def left_out(self) -> bool:
+        """Censored, or churned without a churned_at: not scored by ``evaluate``."""
+        return self.censored or (self.churned and self.churned_at is None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +107,17 @@ class ReportInputs:
     """Truth rows, every team-level alert, and per entity the highest risk_score of its
     cooling/at_risk alerts that count (before ``churned_at`` for churned entities)."""
 
-    truth: dict[tuple[str, str], TruthRow] = field(default_factory=dict)
+    truth: dict[EntityKey, TruthRow] = field(default_factory=dict)
     team_alerts: dict[str, list[AlertMark]] = field(default_factory=dict)
-    max_risk: dict[tuple[str, str], float] = field(default_factory=dict)
+    max_risk: dict[EntityKey, float] = field(default_factory=dict)
+
+    def team(self, team_id: str) -> TruthRow | None:
+        """A team's truth row (its key repeats its id, as a user's holds its team)."""
+        return self.truth.get(entity_key("team", team_id, team_id))
 
     def first_at_risk(self, team_id: str) -> int | None:
         """Earliest team at_risk alert that counts (before churned_at), or ``None``."""
-        row = self.truth.get(("team", team_id))
+        row = self.team(team_id)
         cutoff = row.churned_at if row is not None and row.churned else None
         times = [
             mark.time_ms
@@ -114,33 +127,27 @@ class ReportInputs:
         return min(times) if times else None
 
 
-def _time_or_none(value: Any) -> int | None:
-    if value in (None, ""):
-        return None
-    try:
-        return parse_time_ms(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def index_inputs(truth: Iterable[dict[str, Any]], alerts: Iterable[dict[str, Any]]) -> ReportInputs:
-    """Read the truth, then the alerts (de-duplicated by CloudEvents id, bare ``data`` accepted)."""
+    """Read the truth, then the alerts (de-duplicated by CloudEvents id, bare ``data`` accepted).
+
+    The truth is checked as :func:`detector.evaluation.evaluate` checks it (``ValueError``
+    naming the line of a bad value); alerts without a usable time are skipped, as there.
+    """
     inputs = ReportInputs()
-    for record in truth:
-        level, entity_id = record.get("entity_type"), record.get("entity_id")
-        if level not in LEVELS or entity_id is None:
-            continue
-        churned = bool(record.get("churned"))
-        inputs.truth[(level, str(entity_id))] = TruthRow(
-            level=level,
-            entity_id=str(entity_id),
-            churned=churned,
-            churned_at=_time_or_none(record.get("churned_at")) if churned else None,
-            decay_start=_time_or_none(record.get("decay_start")),
-            scenario=str(record.get("scenario") or "unknown"),
+    for key, checked in read_truth(truth).items():
+        inputs.truth[key] = TruthRow(
+            level=checked.level,
+            entity_id=checked.entity_id,
+            churned=checked.churned,
+            churned_at=checked.churned_at,
+            decay_start=checked.decay_start,
+            scenario=checked.scenario,
+            team_id=checked.team_id,
         )
     seen: set[str] = set()
     for record in alerts:
+        if not isinstance(record, dict):
+            continue
         alert_id = record.get("id")
         if isinstance(alert_id, str):
             if alert_id in seen:
@@ -149,18 +156,20 @@ def index_inputs(truth: Iterable[dict[str, Any]], alerts: Iterable[dict[str, Any
         data = record.get("data")
         if not isinstance(data, dict):
             data = record
-        when = _time_or_none(data.get("event_time") or record.get("time"))
+        when = time_or_none(data.get("event_time") or record.get("time"))
         if when is None:
             continue
-        key = (str(data.get("entity_type")), str(data.get("entity_id")))
+        key = entity_key(
+            str(data.get("entity_type")), str(data.get("entity_id")), data.get("team_id")
+        )
         state = str(data.get("state"))
         risk = data.get("risk_score")
         risk = float(risk) if isinstance(risk, int | float) and math.isfinite(risk) else None
         if key[0] == "team":
             mark = AlertMark(when, state, str(data.get("signal")), risk)
-            inputs.team_alerts.setdefault(key[1], []).append(mark)
+            inputs.team_alerts.setdefault(key[2], []).append(mark)
         row = inputs.truth.get(key)
-        if row is None or risk is None or state not in RISK_STATES:
+        if row is None or row.left_out or risk is None or state not in RISK_STATES:
             continue
         if row.churned and row.churned_at is not None and when >= row.churned_at:
             continue
@@ -194,9 +203,9 @@ def pick_timelines(
 
     >>> DAY = 86_400_000
     >>> inputs = ReportInputs(truth={
-    ...     ("team", "a"): TruthRow("team", "a", True, 9 * DAY, DAY, "drop"),
-    ...     ("team", "b"): TruthRow("team", "b", False, None, None, "fine"),
-    ...     ("team", "c"): TruthRow("team", "c", False, None, None, "fine")},
+    ...     ("team", "a", "a"): TruthRow("team", "a", True, 9 * DAY, DAY, "drop"),
+    ...     ("team", "b", "b"): TruthRow("team", "b", False, None, None, "fine"),
+    ...     ("team", "c", "c"): TruthRow("team", "c", False, None, None, "fine")},
     ...     team_alerts={"c": [AlertMark(DAY, "at_risk", "s", 0.9)]})
     >>> [(p.team_id, p.category) for p in pick_timelines(inputs)]
     [('a', 'missed'), ('c', 'false alarm'), ('b', 'healthy')]
@@ -204,8 +213,8 @@ def pick_timelines(
     churned: dict[str, list[tuple[bool, str]]] = {}
     alarmed: list[tuple[int, str]] = []
     quiet: list[tuple[bytes, str]] = []
-    for (level, team_id), row in sorted(inputs.truth.items()):
-        if level != "team" or row.censored:
+    for (level, _, team_id), row in sorted(inputs.truth.items()):
+        if level != "team" or row.left_out:
             continue
         caught = inputs.first_at_risk(team_id) is not None
         if row.churned:
@@ -251,7 +260,7 @@ class DailyActivity:
         user_id = event.get("user_id")
         if days is None or user_id is None or event.get("type") in NON_ACTIVITY_TYPES:
             return
-        ts = _time_or_none(event.get("timestamp"))
+        ts = time_or_none(event.get("timestamp"))
         if ts is None:
             return
         stats, users = days.setdefault(ts // DAY_MS, ([0, ts, ts], set()))
@@ -431,34 +440,43 @@ def _histogram(report: EvaluationReport, level: str) -> str:
 
 
 def risk_curve(
-    inputs: ReportInputs, level: str, churned_total: int
+    inputs: ReportInputs,
+    level: str,
+    churned_total: int,
+    scored: Collection[EntityKey] | None = None,
 ) -> list[tuple[float, float, float]]:
     """(risk threshold, recall, precision) when flagging every entity whose highest cooling or
     at_risk ``risk_score`` (before churned_at) reaches the threshold; one point per distinct
-    score, highest first. ``churned_total`` is the recall denominator (evaluated churned).
+    score, highest first. ``churned_total`` is the recall denominator (evaluated churned), so
+    only the entities in ``scored`` (the ones ``evaluate`` scored) count, when it is given:
+    a truth entity without events would otherwise push recall above 1.
 
     >>> DAY = 86_400_000
     >>> inputs = ReportInputs(
-    ...     truth={("team", k): TruthRow("team", k, k != "h", DAY if k != "h" else None, None, "s")
-    ...            for k in ("a", "b", "h")},
-    ...     max_risk={("team", "a"): 0.9, ("team", "h"): 0.7, ("team", "b"): 0.5})
+    ...     truth={("team", k, k): TruthRow("team", k, k != "h", DAY if k != "h" else None,
+    ...                                     None, "s") for k in ("a", "b", "h")},
+    ...     max_risk={("team", "a", "a"): 0.9, ("team", "h", "h"): 0.7, ("team", "b", "b"): 0.5})
     >>> risk_curve(inputs, "team", 2)
     [(0.9, 0.5, 1.0), (0.7, 0.5, 0.5), (0.5, 1.0, 0.6666666666666666)]
+    >>> risk_curve(inputs, "team", 1, scored={("team", "a", "a"), ("team", "h", "h")})
+    [(0.9, 1.0, 1.0), (0.7, 1.0, 0.5)]
     """
-    scored = sorted(
+    points_in = sorted(
         (
             (risk, inputs.truth[key].churned)
             for key, risk in inputs.max_risk.items()
-            if key[0] == level and not inputs.truth[key].censored
+            if key[0] == level
+            and not inputs.truth[key].left_out
+            and (scored is None or key in scored)
         ),
         reverse=True,
     )
     points: list[tuple[float, float, float]] = []
     tp = fp = 0
-    for i, (risk, churned) in enumerate(scored):
+    for i, (risk, churned) in enumerate(points_in):
         tp += churned
         fp += not churned
-        if i + 1 == len(scored) or scored[i + 1][0] != risk:
+        if i + 1 == len(points_in) or points_in[i + 1][0] != risk:
             points.append((risk, tp / churned_total if churned_total else 0.0, tp / (tp + fp)))
     return points
 
@@ -485,7 +503,7 @@ def _precision_recall(report: EvaluationReport, inputs: ReportInputs, level: str
         f'transform="rotate(-90 14 {_n(top + size / 2)})">precision</text>'
     )
     comp = report.levels[level]
-    curve = risk_curve(inputs, level, comp.detector.churned)
+    curve = risk_curve(inputs, level, comp.detector.churned, report.scored.get(level))
     if curve:
         coords = " ".join(f"{_n(x)},{_n(y)}" for x, y in (xy(r, p) for _, r, p in curve))
         parts.append(f'<polyline points="{coords}" class="curve" stroke="{DETECTOR_COLOUR}"/>')
@@ -515,12 +533,17 @@ def _marker(shape: str, x: float, y: float, colour: str, tip: str) -> str:
 
 
 def _scenario_bars(report: EvaluationReport, level: str) -> str:
-    """Share of each scenario's entities flagged in time: recall for scenarios that churn,
-    false-positive rate for healthy ones."""
-    rows = sorted(
-        report.scenarios.get(level, {}).values(), key=lambda s: (s.churned == 0, s.scenario)
-    )
-    longest = max((len(sc.scenario) for sc in rows), default=0) + len(" (false alarm)")
+    """Share of each scenario's entities flagged in time: recall over its churned entities,
+    false-positive rate over its healthy ones; a scenario with both gets both rows (a truth
+    without ``scenario`` puts every entity under "unknown")."""
+    rows = [
+        (sc, churns)
+        for sc in sorted(report.scenarios.get(level, {}).values(), key=lambda s: s.scenario)
+        for churns in (True, False)
+        if (sc.churned if churns else sc.healthy) > 0
+    ]
+    rows.sort(key=lambda row: (not row[1], row[0].scenario))
+    longest = max((len(sc.scenario) for sc, _ in rows), default=0) + len(" (false alarm)")
     left, bar_h, gap, top = 12 + 6 * longest, 9, 8, 26
     width = left + 360 + 70
     height = top + len(rows) * (2 * bar_h + gap) + 24
@@ -532,10 +555,9 @@ def _scenario_bars(report: EvaluationReport, level: str) -> str:
             _line(x, top - 4, x, height - 22, "grid"),
             _text(x, height - 8, f"{tick * 20}%", "middle"),
         ]
-    for i, sc in enumerate(rows):
+    for i, (sc, churns) in enumerate(rows):
         y = top + i * (2 * bar_h + gap)
-        churns = sc.churned > 0
-        base = sc.churned if churns else sc.entities
+        base = sc.churned if churns else sc.healthy
         kind = "caught" if churns else "false alarm"
         parts.append(
             _text(
@@ -616,7 +638,7 @@ def _timeline(
     parts.append(f'<polyline points="{points}" class="users"/>')
     parts.append(_text(TL_LEFT - 4, TL_TOP + 9, f"{emax}", "end", "t small ev-t"))
     parts.append(_text(TL_WIDTH - TL_RIGHT + 4, TL_TOP + 9, f"{umax}", cls="t small users-t"))
-    row = inputs.truth.get(("team", pick.team_id))
+    row = inputs.team(pick.team_id)
     if row is not None and row.decay_start is not None:
         x = x_of(row.decay_start)
         parts.append(_line(x, TL_TOP, x, chart_bottom + TL_STRIP_H, "decay"))
@@ -645,7 +667,7 @@ def _timeline(
 
 
 def _timeline_heading(pick: TimelinePick, inputs: ReportInputs, baseline: Sequence[int]) -> str:
-    row = inputs.truth.get(("team", pick.team_id))
+    row = inputs.team(pick.team_id)
     bits = [pick.category]
     if row is not None:
         bits.insert(0, row.scenario)
@@ -678,6 +700,8 @@ def _cell(value: Any) -> str:
         return f"{value:.{digits}f}"
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) for v in value)
     return str(value)
 
 
@@ -737,7 +761,8 @@ def render_html(
         f"{_e(data.alerts)} alerts ({_e(data.at_risk_alerts)} at_risk). Detector: an entity is flagged "
         f"by an at_risk alert before its cancellation; baseline {_e(report.baseline_name)}: fires "
         f"{_e(data.inactivity_days)} days after the last activity, once per gap. Entities whose "
-        "decline began but had not cancelled by the end of the data are left out.</p>",
+        "decline began but had not cancelled by the end of the data, and churned entities "
+        "without a churned_at, are left out. A user is scored once per team.</p>",
         "<h2>Summary</h2>",
     ]
     for level, comp in report.levels.items():
@@ -745,9 +770,26 @@ def render_html(
         out.append(_table(rows, f"{level} level"))
     out.append(
         _table(
-            [{"level": level, **ctx.to_dict()} for level, ctx in report.lead_context.items()],
-            "lead context: an oracle alerting the day each decline began (the most lead there "
-            "is), and both methods on the entities both flagged",
+            [
+                {
+                    "level": level,
+                    "oracle_median_days": ctx.bound_median_days,
+                    "oracle_count": ctx.bound_count,
+                    "detector_tp_before_decay_start": report.levels[
+                        level
+                    ].detector.tp_before_decay_start,
+                    "baseline_tp_before_decay_start": report.levels[
+                        level
+                    ].baseline.tp_before_decay_start,
+                    "paired_count": ctx.paired_count,
+                    "paired_detector_median_days": ctx.paired_detector_median_days,
+                    "paired_baseline_median_days": ctx.paired_baseline_median_days,
+                }
+                for level, ctx in report.lead_context.items()
+            ],
+            "lead context: an oracle alerting the day each decline began (a reference, not a "
+            "bound: a first alert before the decline began has a longer lead; such TPs are "
+            "counted), and both methods on the entities both flagged",
         )
     )
     out.append(
@@ -786,7 +828,9 @@ def _timelines_section(
     picks: Sequence[TimelinePick],
     activity: DailyActivity,
 ) -> list[str]:
-    churned_teams = sum(1 for (lvl, _), r in inputs.truth.items() if lvl == "team" and r.churned)
+    churned_teams = sum(
+        1 for key, r in inputs.truth.items() if key[0] == "team" and r.churned and not r.left_out
+    )
     shown = sum(1 for p in picks if p.category in ("caught", "missed"))
     key = "".join(
         f'<span><i class="swatch" style="background:{colour}"></i>{_e(state)} alert</span>'

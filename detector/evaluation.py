@@ -15,9 +15,16 @@ Two methods are scored per level (team, user):
   for every gap of at least N days without user activity, including the trailing gap up to the
   end of the data (the max event timestamp).
 
+A team is keyed by its id, a user by its team and its id (``data.team_id`` of its alerts,
+``team_id`` of its events and truth row): the engine keeps a user of two teams as two entities.
+
 Entities whose decline began inside the data but that had not cancelled by its end
-(``churned`` false with a ``decay_start``) are right-censored and left out.
-For churned entities only alerts strictly before ``churned_at`` count (neither TP nor FP
+(``churned`` false with a ``decay_start``) are right-censored and left out, and so are churned
+entities without a ``churned_at`` (nothing to cut their alerts off at); both are counted.
+A malformed truth value (``churned`` not a boolean or "true"/"false", a timestamp that does
+not parse, a user without ``team_id``, a duplicate row) raises ``ValueError`` naming the file
+and line (``JsonlReader.where``) or the record's position; an alert without a usable time is
+skipped and counted, as an event without one is. For churned entities only alerts strictly before ``churned_at`` count (neither TP nor FP
 otherwise). TP/FN are churned entities flagged/not flagged in time, FP are non-churned entities
 flagged. Lead time per TP is ``churned_at - first qualifying alert`` in days. False alarms per
 1,000 healthy entity-weeks count every alert (every firing for the baseline) on non-churned
@@ -66,12 +73,15 @@ __all__ = [
     "LEVELS",
     "NON_ACTIVITY_TYPES",
     "DataSummary",
+    "EntityKey",
     "EvaluationReport",
+    "JsonlReader",
     "LevelComparison",
     "LevelReport",
     "LowPeriodReport",
     "ScenarioReport",
     "SignalReport",
+    "entity_key",
     "evaluate",
     "format_time_ms",
     "load_jsonl",
@@ -79,6 +89,9 @@ __all__ = [
     "parse_time_ms",
     "population_low_days",
     "quantile",
+    "read_truth",
+    "time_or_none",
+    "truth_row",
 ]
 
 DAY_MS = 86_400_000
@@ -158,6 +171,20 @@ def parse_time_ms(value: str | int | float) -> int:
     return (moment - _EPOCH) // _ONE_MS
 
 
+def time_or_none(value: object) -> int | None:
+    """Epoch ms of a timestamp, ``None`` when it is missing or not one (for skipping).
+
+    >>> time_or_none("2026-13-01T00:00:00Z"), time_or_none(None), time_or_none(1500)
+    (None, None, 1500)
+    """
+    if not isinstance(value, str | int | float):
+        return None
+    try:
+        return parse_time_ms(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def format_time_ms(ms: int) -> str:
     """Format epoch milliseconds as RFC 3339 UTC with millisecond precision.
 
@@ -198,22 +225,55 @@ def quantile(values: Sequence[float], q: float) -> float | None:
     return float(ordered[low] + (ordered[high] - ordered[low]) * fraction)
 
 
-def load_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+class JsonlReader(Iterator[dict[str, Any]]):
+    """Decoded JSON objects of a JSONL file, one per non-blank line, read lazily.
+
+    ``where`` (``path:line`` of the record last yielded) lets :func:`evaluate` name the line of
+    a bad value without doing I/O itself. Raises ``ValueError`` naming the file and line on
+    malformed JSON or a non-object line.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.line = 0
+        self._records = self._read()
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._records)
+
+    def _read(self) -> Iterator[dict[str, Any]]:
+        with open(self.path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                self.line = number
+                if not line.strip():
+                    continue
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise ValueError(
+                        f"{self.where}: invalid JSON: {exc.msg} at column {exc.colno}"
+                    ) from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{self.where}: expected a JSON object")
+                yield record
+
+
+def load_jsonl(path: str | os.PathLike[str]) -> JsonlReader:
     """Yield one decoded JSON object per non-blank line of a JSONL file (lazily).
 
     Raises ``ValueError`` naming the file and line on malformed JSON or a non-object line.
     """
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise ValueError(f"{os.fspath(path)}:{number}: invalid JSON: {exc}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{os.fspath(path)}:{number}: expected a JSON object")
-            yield record
+    return JsonlReader(path)
+
+
+def _where(source: object, kind: str, index: int) -> str:
+    """``path:line`` of the current record of a :class:`JsonlReader`, else its position."""
+    where = getattr(source, "where", None)
+    return where if isinstance(where, str) else f"{kind} record {index}"
 
 
 # --------------------------------------------------------------------------- reports
@@ -243,6 +303,10 @@ class LevelReport:
     healthy_weeks: float  # non-churned entity-weeks, first event -> end of data
     false_alarms_per_1000_weeks: float | None
     nab_score: float | None  # NAB-style early-detection score, 100 = perfect, 0 = never alerts
+    #: TPs whose first qualifying alert came before truth's decay_start: a hit before the
+    #: decline began (the lead counts from the first alert, so such a hit's lead is longer
+    #: than the decline itself)
+    tp_before_decay_start: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -292,9 +356,17 @@ class ScenarioReport:
     baseline_tp: int
     baseline_lead_median_days: float | None
     baseline_fp: int
-    #: signal of the detector's first qualifying at_risk alert -> entities (TPs for a churn
-    #: scenario, FPs for a healthy one): is each scenario caught by the signal meant for it?
+    #: signal of the detector's first qualifying at_risk alert -> entities: the TPs for a
+    #: scenario with churned entities, the FPs for one without (never both: a scenario can mix
+    #: churned and healthy entities, e.g. every row of a truth without ``scenario``). Is each
+    #: scenario caught by the signal meant for it?
     detector_signals: dict[str, int] = field(default_factory=dict)
+    #: the same for the FPs, whatever the scenario
+    detector_fp_signals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> int:
+        return self.entities - self.churned
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -333,12 +405,18 @@ class DataSummary:
     skipped_events: int  # not a dict or no parseable timestamp
     alerts: int  # alert records read (after de-duplication by CloudEvents id)
     duplicate_alerts: int
-    at_risk_alerts: int
-    unmatched_alerts: int  # alerts whose entity is not in truth
-    truth_entities: dict[str, int]
-    evaluated_entities: dict[str, int]  # in truth and present in the events
+    at_risk_alerts: int  # of the alerts with a usable time
+    unmatched_alerts: int  # alerts with a usable time whose entity is not in truth at all
+    truth_entities: dict[str, int]  # truth rows not left out (see the two counts below)
+    evaluated_entities: dict[str, int]  # scored: in truth, not left out, present in the events
     inactivity_days: int
     nab_window_days: int
+    skipped_alerts: int = 0  # no parseable event_time (or time): not scored
+    left_out_alerts: int = 0  # alerts of truth entities that are left out (the two below)
+    #: level -> truth rows left out as right-censored (decline began, no cancellation yet)
+    censored_entities: dict[str, int] = field(default_factory=dict)
+    #: level -> churned truth rows without a churned_at, left out: no cut-off for the alerts
+    churned_without_churned_at: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -348,8 +426,10 @@ class DataSummary:
 class LeadContext:
     """What the median leads of one level can be compared with.
 
-    ``bound``: the lead of an oracle that alerts on the day each churned entity's decline
-    began (truth's ``decay_start``), which no detector can beat. ``paired``: the leads of both
+    ``bound`` (a historical name): the lead of an oracle that alerts on the day each churned
+    entity's decline began (truth's ``decay_start``). It is a reference, not an upper bound:
+    the lead counts from the first at_risk alert, and one before the decline began (counted
+    per level as ``tp_before_decay_start``) has a longer lead. ``paired``: the leads of both
     methods on the entities both flagged, since each method's median is taken over its own
     hits, and a rule that catches few entities can have a long median on those few.
     """
@@ -407,6 +487,9 @@ class EvaluationReport:
     low_periods: dict[str, LowPeriodReport] = field(default_factory=dict)
     #: level -> the oracle's lead and the leads on the entities both methods flagged
     lead_context: dict[str, LeadContext] = field(default_factory=dict)
+    #: level -> keys of the scored entities, so that plots count the same entities (not part
+    #: of ``to_dict``)
+    scored: dict[str, frozenset[EntityKey]] = field(default_factory=dict, compare=False)
 
     @property
     def baseline_name(self) -> str:
@@ -437,7 +520,11 @@ class EvaluationReport:
             f"events: {data.events} ({data.first_event or UNDEFINED} .. "
             f"{data.last_event or UNDEFINED}), skipped: {data.skipped_events}; "
             f"alerts: {data.alerts} ({data.at_risk_alerts} at_risk, "
-            f"{data.unmatched_alerts} not in truth)",
+            f"{data.unmatched_alerts} not in truth, {data.left_out_alerts} on left-out "
+            f"entities), skipped (no valid time): {data.skipped_alerts}",
+            "left out: censored (decline began, not cancelled by the end) "
+            f"{_per_level(data.censored_entities)}; churned without churned_at "
+            f"{_per_level(data.churned_without_churned_at)}",
             f"{self.baseline_name}: fires {data.inactivity_days} days after the last "
             "activity, once per gap; flagged = at_risk alert (detector) / firing (baseline) "
             "before churned_at",
@@ -488,6 +575,11 @@ class EvaluationReport:
                     f"{_fmt(ctx.paired_detector_median_days, 1)} d, baseline "
                     f"{_fmt(ctx.paired_baseline_median_days, 1)} d"
                 ]
+            lines += [
+                "first alert before the decline began (decay_start; a longer lead than the "
+                f"oracle's): detector {det.tp_before_decay_start} of {det.tp} TPs, baseline "
+                f"{comp.baseline.tp_before_decay_start} of {comp.baseline.tp} TPs"
+            ]
         for level, low in self.low_periods.items():
             lines += [
                 "",
@@ -521,8 +613,7 @@ class EvaluationReport:
                     str(sc.baseline_tp),
                     _fmt(sc.baseline_lead_median_days, 1),
                     str(sc.baseline_fp),
-                    ", ".join(f"{name} {n}" for name, n in sc.detector_signals.items())
-                    or UNDEFINED,
+                    _signals_cell(sc),
                 ]
                 for sc in by_scenario.values()
             ]
@@ -540,6 +631,20 @@ class EvaluationReport:
 
 def _fmt(value: float | None, digits: int) -> str:
     return UNDEFINED if value is None else f"{value:.{digits}f}"
+
+
+def _per_level(counts: dict[str, int]) -> str:
+    return ", ".join(f"{level} {n}" for level, n in counts.items()) or UNDEFINED
+
+
+def _signals_cell(sc: ScenarioReport) -> str:
+    """First-alert signals of the TPs and of the FPs, labelled, never added up."""
+    parts = []
+    groups = ((sc.detector_signals, "TP"),) if sc.churned else ()
+    for signals, label in (*groups, (sc.detector_fp_signals, "FP")):
+        if signals:
+            parts.append(f"{label} " + ", ".join(f"{name} {n}" for name, n in signals.items()))
+    return "; ".join(parts) or UNDEFINED
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -567,6 +672,26 @@ def _baseline_name(days: int) -> str:
 # --------------------------------------------------------------------------- evaluation
 
 
+#: (level, team id, entity id): a team by its id, a user by its team and its id, since the
+#: engine keeps a user who works in two teams as two entities (its alerts carry the same
+#: ``entity_id`` with a different ``data.team_id``)
+EntityKey = tuple[str, str, str]
+#: why a truth row is left out of the scores
+CENSORED = "censored"
+NO_CHURNED_AT = "churned_without_churned_at"
+
+
+def entity_key(level: str, entity_id: str, team_id: object) -> EntityKey:
+    """The key of an entity in the truth, the alerts and the events.
+
+    >>> entity_key("team", "t1", None), entity_key("user", "u1", "t2")
+    (('team', 't1', 't1'), ('user', 't2', 'u1'))
+    """
+    if level == "team":
+        return (level, entity_id, entity_id)
+    return (level, "" if team_id is None else str(team_id), entity_id)
+
+
 @dataclass(slots=True)
 class _Truth:
     level: str
@@ -575,6 +700,77 @@ class _Truth:
     churned_at: int | None
     scenario: str
     decay_start: int | None = None
+    team_id: str = ""
+
+    @property
+    def left_out(self) -> str | None:
+        """Why the row is not scored, or ``None``.
+
+        Censored: the decline began inside the data but the cancellation (if any) comes after
+        it, so it is neither a churn to catch nor a healthy entity. Churned without a
+        ``churned_at``: no cut-off for the alerts that count, so alerts after the cancellation
+        would score as hits.
+        """
+        if not self.churned and self.decay_start is not None:
+            return CENSORED
+        if self.churned and self.churned_at is None:
+            return NO_CHURNED_AT
+        return None
+
+
+def _truth_bool(value: object, name: str, where: str) -> bool:
+    """A JSON boolean or the string "true"/"false": ``bool("false")`` would be True."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{where}: {name} must be true or false, got {value!r}")
+
+
+def _truth_time(value: object, name: str, where: str) -> int | None:
+    if value is None or value == "":
+        return None
+    ms = time_or_none(value)
+    if ms is None:
+        raise ValueError(f"{where}: {name} is not a timestamp: {value!r}")
+    return ms
+
+
+def truth_row(record: object, where: str) -> _Truth | None:
+    """One truth record, checked; ``None`` for an entity type other than team and user.
+
+    Raises ``ValueError`` naming ``where`` for a value that would otherwise be read wrongly or
+    crash the evaluation later.
+
+    >>> truth_row({"entity_type": "team", "entity_id": "t", "churned": "soon"}, "t.jsonl:3")
+    Traceback (most recent call last):
+    ...
+    ValueError: t.jsonl:3: churned must be true or false, got 'soon'
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    level = record.get("entity_type")
+    if level not in LEVELS:
+        return None
+    entity_id = record.get("entity_id")
+    if entity_id is None or entity_id == "":
+        raise ValueError(f"{where}: {level} row without entity_id")
+    team_id = record.get("team_id")
+    if level == "user" and (team_id is None or team_id == ""):
+        raise ValueError(f"{where}: user row without team_id (a user is scored per team)")
+    churned = _truth_bool(record.get("churned"), "churned", where)
+    churned_at = _truth_time(record.get("churned_at"), "churned_at", where)
+    decay_start = _truth_time(record.get("decay_start"), "decay_start", where)
+    key = entity_key(level, str(entity_id), team_id)
+    return _Truth(
+        level=level,
+        entity_id=key[2],
+        churned=churned,
+        churned_at=churned_at if churned else None,
+        scenario=str(record.get("scenario") or "unknown"),
+        decay_start=decay_start,
+        team_id=key[1],
+    )
 
 
 class _Activity:
@@ -644,30 +840,20 @@ class _Outcome:
     times: list[int] = field(default_factory=list)
 
 
-def _read_truth(truth: Iterable[dict[str, Any]]) -> dict[tuple[str, str], _Truth]:
-    table: dict[tuple[str, str], _Truth] = {}
-    for record in truth:
-        level = record.get("entity_type")
-        entity_id = record.get("entity_id")
-        if level not in LEVELS or entity_id is None:
+def read_truth(truth: Iterable[dict[str, Any]]) -> dict[EntityKey, _Truth]:
+    """Every team and user row of the truth by key, left-out rows included (they are
+    counted); ``ValueError`` naming the line of a malformed or duplicate row."""
+    table: dict[EntityKey, _Truth] = {}
+    for index, record in enumerate(truth, start=1):
+        row = truth_row(record, _where(truth, "truth", index))
+        if row is None:
             continue
-        churned = bool(record.get("churned"))
-        if not churned and record.get("decay_start"):
-            # Right-censored: the decline began inside the data but the cancellation (if
-            # any) comes after it. Neither a churn to catch nor a healthy entity.
-            continue
-        churned_at_raw = record.get("churned_at")
-        churned_at = parse_time_ms(churned_at_raw) if churned and churned_at_raw else None
-        table[(level, str(entity_id))] = _Truth(
-            level=level,
-            entity_id=str(entity_id),
-            churned=churned,
-            churned_at=churned_at,
-            scenario=str(record.get("scenario") or "unknown"),
-            decay_start=parse_time_ms(decay_raw)
-            if (decay_raw := record.get("decay_start"))
-            else None,
-        )
+        key = (row.level, row.team_id, row.entity_id)
+        if key in table:
+            where = _where(truth, "truth", index)
+            team = f" of team {row.team_id!r}" if row.level == "user" else ""
+            raise ValueError(f"{where}: a second truth row for {row.level} {row.entity_id!r}{team}")
+        table[key] = row
     return table
 
 
@@ -687,15 +873,19 @@ def evaluate(
     if nab_window_days <= 0:
         raise ValueError("nab_window_days must be positive")
     window = inactivity_days * DAY_MS
-    table = _read_truth(truth)
+    table = read_truth(truth)
 
-    # ---- alerts: keep the at_risk alerts of truth entities (alerts are few)
-    at_risk: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    # ---- alerts: keep the at_risk alerts of scored truth entities (alerts are few)
+    at_risk: dict[EntityKey, list[tuple[int, str]]] = {}
     #: level -> (time, state) of the warnings on non-churned truth entities
     warnings: dict[str, list[tuple[int, str]]] = {level: [] for level in LEVELS}
     seen_ids: set[str] = set()
-    n_alerts = duplicates = n_at_risk = unmatched = 0
+    n_alerts = duplicates = n_at_risk = unmatched = left_out_alerts = bad_alerts = 0
     for record in alerts:
+        if not isinstance(record, dict):
+            n_alerts += 1
+            bad_alerts += 1
+            continue
         alert_id = record.get("id")
         if isinstance(alert_id, str):
             if alert_id in seen_ids:
@@ -706,24 +896,32 @@ def evaluate(
         data = record.get("data")
         if not isinstance(data, dict):
             data = record  # accept a bare alert payload
-        key = (str(data.get("entity_type")), str(data.get("entity_id")))
-        if key not in table:
-            unmatched += 1
+        ts = time_or_none(data.get("event_time") or record.get("time"))
+        if ts is None:
+            bad_alerts += 1  # no usable time: cannot be placed before or after a cancellation
+            continue
+        level = str(data.get("entity_type"))
+        key = entity_key(level, str(data.get("entity_id")), data.get("team_id"))
         state = data.get("state")
         n_at_risk += state == "at_risk"
         row = table.get(key)
-        when = data.get("event_time") or record.get("time")
-        if state not in WARNING_STATES or row is None or when is None:
+        if row is None:
+            unmatched += 1
             continue
-        ts = parse_time_ms(when)
+        if row.left_out is not None:
+            left_out_alerts += 1
+            continue
+        if state not in WARNING_STATES:
+            continue
         if not row.churned:
             warnings[row.level].append((ts, str(state)))
         if state == "at_risk":
             at_risk.setdefault(key, []).append((ts, str(data.get("signal"))))
 
-    # ---- events: one pass, state only for truth entities
-    users: dict[str, _Activity] = {eid: _Activity() for (level, eid) in table if level == "user"}
-    teams: dict[str, _Activity] = {eid: _Activity() for (level, eid) in table if level == "team"}
+    # ---- events: one pass, state only for the scored truth entities
+    states: dict[EntityKey, _Activity] = {
+        key: _Activity() for key, row in table.items() if row.left_out is None
+    }
     n_events = skipped = 0
     day_counts: dict[int, int] = {}  # UTC day -> activity events
     first_ms: int | None = None
@@ -744,18 +942,18 @@ def evaluate(
         is_activity = user_id is not None and event.get("type") not in NON_ACTIVITY_TYPES
         if is_activity:
             day_counts[ts // DAY_MS] = day_counts.get(ts // DAY_MS, 0) + 1
+        if team_id is None:
+            continue
+        team_id = str(team_id)
+        keys = [("team", team_id, team_id)]
         if user_id is not None:
-            user = users.get(str(user_id))
-            if user is not None:
-                user.see(ts)
+            keys.append(("user", team_id, str(user_id)))
+        for key in keys:
+            activity = states.get(key)
+            if activity is not None:
+                activity.see(ts)
                 if is_activity:
-                    user.activity(ts, window)
-        if team_id is not None:
-            team = teams.get(str(team_id))
-            if team is not None:
-                team.see(ts)
-                if is_activity:
-                    team.activity(ts, window)
+                    activity.activity(ts, window)
 
     end = last_ms if last_ms is not None else 0
     baseline = _baseline_name(inactivity_days)
@@ -765,27 +963,30 @@ def evaluate(
     evaluated_counts: dict[str, int] = {}
     lead_days: dict[str, dict[str, list[float]]] = {}
     contexts: dict[str, LeadContext] = {}
-    for level, states in (("team", teams), ("user", users)):
-        evaluated = [
-            (truth_row, states[truth_row.entity_id])
-            for (lvl, _), truth_row in table.items()
-            if lvl == level and states[truth_row.entity_id].first_event is not None
-        ]
-        evaluated.sort(key=lambda pair: pair[0].entity_id)
+    scored: dict[str, frozenset[EntityKey]] = {}
+    for level in LEVELS:
+        evaluated = sorted(
+            (
+                (key, activity)
+                for key, activity in states.items()
+                if key[0] == level and activity.first_event is not None
+            ),
+            key=lambda pair: pair[0],
+        )
         evaluated_counts[level] = len(evaluated)
+        scored[level] = frozenset(key for key, _ in evaluated)
+        truths = [table[key] for key, _ in evaluated]
         detector_outcomes: list[_Outcome] = []
         baseline_outcomes: list[_Outcome] = []
-        for truth_row, state in evaluated:
-            cutoff = truth_row.churned_at if truth_row.churned else None
-            detector_alerts = at_risk.get((level, truth_row.entity_id), [])
-            detector_outcomes.append(_outcome(detector_alerts, cutoff))
+        for (key, state), row in zip(evaluated, truths, strict=True):
+            cutoff = row.churned_at if row.churned else None
+            detector_outcomes.append(_outcome(at_risk.get(key, []), cutoff))
             firings = [(t, baseline) for t in state.firings(window, end)]
             baseline_outcomes.append(_outcome(firings, cutoff))
-        truths = [truth_row for truth_row, _ in evaluated]
         healthy_ms = sum(
             end - state.first_event
-            for truth_row, state in evaluated
-            if not truth_row.churned and state.first_event is not None
+            for (_, state), row in zip(evaluated, truths, strict=True)
+            if not row.churned and state.first_event is not None
         )
         healthy_weeks = healthy_ms / WEEK_MS
         levels[level] = LevelComparison(
@@ -801,7 +1002,17 @@ def evaluate(
             baseline: _leads(truths, baseline_outcomes),
         }
 
-    truth_counts = {level: sum(1 for lvl, _ in table if lvl == level) for level in LEVELS}
+    truth_counts = {
+        level: sum(1 for row in table.values() if row.level == level and row.left_out is None)
+        for level in LEVELS
+    }
+    left_out = {
+        reason: {
+            level: sum(1 for row in table.values() if row.level == level and row.left_out == reason)
+            for level in LEVELS
+        }
+        for reason in (CENSORED, NO_CHURNED_AT)
+    }
     data = DataSummary(
         events=n_events,
         first_event=format_time_ms(first_ms) if first_ms is not None else None,
@@ -815,6 +1026,10 @@ def evaluate(
         evaluated_entities=evaluated_counts,
         inactivity_days=inactivity_days,
         nab_window_days=nab_window_days,
+        skipped_alerts=bad_alerts,
+        left_out_alerts=left_out_alerts,
+        censored_entities=left_out[CENSORED],
+        churned_without_churned_at=left_out[NO_CHURNED_AT],
     )
     low_days = population_low_days(day_counts)
     low_periods = {
@@ -828,6 +1043,7 @@ def evaluate(
         lead_days=lead_days,
         low_periods=low_periods,
         lead_context=contexts,
+        scored=scored,
     )
 
 
@@ -987,6 +1203,14 @@ def _score(
             false_alarms / healthy_weeks * 1000 if healthy_weeks > 0 else None
         ),
         nab_score=nab_score(windows, false_alarms, nab_window_days * DAY_MS),
+        tp_before_decay_start=sum(
+            1
+            for row, out in zip(truths, outcomes, strict=True)
+            if row.churned
+            and out.first_ms is not None
+            and row.decay_start is not None
+            and out.first_ms < row.decay_start
+        ),
     )
 
 
@@ -1027,16 +1251,20 @@ def _scenarios(
             baseline_tp=_count(rows, base, churned=True),
             baseline_lead_median_days=quantile(_leads(rows, base), 0.5),
             baseline_fp=_count(rows, base, churned=False),
-            detector_signals=_first_signals(det),
+            detector_signals=_first_signals(rows, det, churned=any(row.churned for row in rows)),
+            detector_fp_signals=_first_signals(rows, det, churned=False),
         )
     return reports
 
 
-def _first_signals(outcomes: Sequence[_Outcome]) -> dict[str, int]:
-    """How many entities' first qualifying alert had each signal, most frequent first."""
+def _first_signals(
+    rows: Sequence[_Truth], outcomes: Sequence[_Outcome], *, churned: bool
+) -> dict[str, int]:
+    """How many churned (TPs) or healthy (FPs) entities' first qualifying alert had each
+    signal, most frequent first."""
     counts: dict[str, int] = {}
-    for out in outcomes:
-        if out.first_signal is not None:
+    for row, out in zip(rows, outcomes, strict=True):
+        if row.churned == churned and out.first_signal is not None:
             counts[out.first_signal] = counts.get(out.first_signal, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 

@@ -27,6 +27,7 @@ from detector.eval_report import (
     index_inputs,
     pick_timelines,
     render_html,
+    risk_curve,
 )
 from detector.evaluation import DAY_MS, evaluate, format_time_ms, parse_time_ms
 
@@ -89,8 +90,14 @@ def make_truth(churn: str = "t_churn") -> list[dict[str, Any]]:
         {"entity_type": "team", "entity_id": "t_ok", "churned": False, "scenario": "healthy"},
     ]
     rows += [
-        {"entity_type": "user", "entity_id": u, "churned": False, "scenario": "healthy"}
-        for u in ("u3", "u4")
+        {
+            "entity_type": "user",
+            "entity_id": u,
+            "team_id": t,
+            "churned": False,
+            "scenario": "healthy",
+        }
+        for u, t in (("u3", "t_fa"), ("u4", "t_ok"))
     ]
     return rows
 
@@ -302,5 +309,96 @@ def test_empty_inputs_still_render_every_plot():
 def test_summary_shows_the_lead_context_and_the_population_lows(page):
     text = "".join(parse(page).text)
     assert "lead context: an oracle alerting the day each decline began" in text
-    assert "bound median days" in text and "paired detector median days" in text
+    assert "oracle median days" in text and "paired detector median days" in text
+    assert "detector tp before decay start" in text
+    # the decay-start oracle is no bound: a first alert before the decline has a longer lead
+    assert "not a bound" in text and "most lead" not in text and "bound median" not in text
     assert "warnings on healthy entities in and after population-wide lows" in text
+
+
+def svg_of(page: str, label: str) -> str:
+    start = page.index(f'aria-label="{label}"')
+    return page[start : page.index("</svg>", start)]
+
+
+def test_precision_recall_curve_counts_only_the_entities_evaluate_scored():
+    """A churned team in the truth without events has alerts (risk scores) but is not scored:
+    counting it would push the curve's recall above the level's denominator."""
+    truth = [
+        *make_truth(),
+        {
+            "entity_type": "team",
+            "entity_id": "t_ghost",
+            "churned": True,
+            "churned_at": format_time_ms(at(30)),
+            "scenario": "team_decay",
+        },
+    ]
+    alerts = [*make_alerts(), alert("t_ghost", 20, "at_risk", 0.99)]
+    inputs = index_inputs(truth, alerts)
+    report = evaluate(make_events(), alerts, truth)
+    assert report.levels["team"].detector.churned == 1
+    curve = risk_curve(inputs, "team", 1, report.scored["team"])
+    assert [(risk, recall) for risk, recall, _ in curve] == [(0.95, 1.0), (0.7, 1.0)]
+    points = parse(svg_of(build(make_events(), alerts, truth), "team precision-recall")).all(
+        "polyline"
+    )[0]["points"]
+    xs = [float(point.split(",")[0]) for point in (points or "").split()]
+    assert max(xs) <= 48 + 300  # recall 1 sits at the right edge of the plot
+
+
+def test_scenario_bars_show_false_alarms_of_a_scenario_that_also_churns():
+    """Without ``scenario`` in the truth, every team is "unknown": churned and healthy."""
+    truth = [{k: v for k, v in row.items() if k != "scenario"} for row in make_truth()]
+    bars = svg_of(build(make_events(), make_alerts(), truth), "team per-scenario share flagged")
+    labels = [t for t in parse(bars).text if t.startswith("unknown")]
+    assert labels == ["unknown (caught)", "unknown (false alarm)"]
+    tips = re.findall(r"<title>([^<]*)</title>", bars)
+    assert tips == [
+        "detector: 1/1",
+        "baseline_inactive_14d: 0/1",
+        "detector: 1/2",  # t_fa of the two healthy teams
+        "baseline_inactive_14d: 0/2",
+    ]
+
+
+def test_churned_false_as_a_string_is_not_churned():
+    truth = make_truth()
+    truth[1] = truth[1] | {"churned": "false"}
+    row = index_inputs(truth, []).team("t_fa")
+    assert row is not None and not row.churned
+    truth[1] = truth[1] | {"churned": "no"}
+    with pytest.raises(ValueError, match=r"^truth record 2: churned must be true or false"):
+        index_inputs(truth, [])
+
+
+def test_a_user_of_two_teams_keeps_its_alerts_per_team():
+    truth = [
+        *make_truth(),
+        {"entity_type": "user", "entity_id": "u3", "team_id": "t_ok", "churned": False},
+    ]
+    alerts = [
+        {"id": "x", "data": {"entity_type": "user", "entity_id": "u3", "team_id": "t_ok",
+                             "state": "at_risk", "risk_score": 0.6,
+                             "event_time": format_time_ms(at(5))}}
+    ]  # fmt: skip
+    inputs = index_inputs(truth, alerts)
+    assert inputs.max_risk == {("user", "t_ok", "u3"): 0.6}
+
+
+def test_list_values_are_joined_in_the_tables(page):
+    assert "<td>[]</td>" not in page and "<td>[" not in page
+    low = build(
+        [
+            ev(d + 0.5, f"u{i}", f"t{i}")
+            for d in range(30)
+            for i in range(10)
+            if d not in (10, 11) or i < 2
+        ],
+        [],
+        [
+            {"entity_type": "team", "entity_id": f"t{i}", "churned": False, "scenario": "s"}
+            for i in range(10)
+        ],
+    )
+    assert "<td>team</td><td>2026-01-11, 2026-01-12</td>" in low

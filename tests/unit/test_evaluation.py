@@ -58,6 +58,7 @@ def alert(
     signal: str = "team_activity_drop",
     state: str = "at_risk",
     alert_id: str | None = None,
+    team: str | None = None,
 ) -> dict:
     return {
         "specversion": "1.0",
@@ -67,7 +68,7 @@ def alert(
         "data": {
             "entity_type": level,
             "entity_id": entity,
-            "team_id": entity if level == "team" else "t?",
+            "team_id": entity if level == "team" else team,
             "signal": signal,
             "severity": "high",
             "state": state,
@@ -116,7 +117,7 @@ def main_alerts() -> list[dict]:
         alert("team", "t_healthy", 70, signal="key_action_stopped"),
         alert("team", "t_healthy", 80, signal="key_action_stopped"),
         alert("team", "t_cool", 40, state="cooling"),
-        alert("user", "u1", 25, signal="user_inactive", state="cooling"),
+        alert("user", "u1", 25, signal="user_inactive", state="cooling", team="t_churn"),
         alert("team", "t_nobody", 10),  # not in truth
     ]
 
@@ -306,8 +307,10 @@ def test_data_summary(report):
     assert data.first_event == "2026-01-01T00:00:00.000Z"
     assert data.last_event == format_time_ms(at(100))
     assert (data.alerts, data.at_risk_alerts, data.unmatched_alerts) == (8, 6, 1)
+    assert (data.skipped_alerts, data.left_out_alerts) == (0, 0)
     assert data.truth_entities == {"team": 5, "user": 4}
     assert data.evaluated_entities == {"team": 4, "user": 4}
+    assert data.censored_entities == data.churned_without_churned_at == {"team": 0, "user": 0}
 
 
 def test_event_order_does_not_matter(report):
@@ -362,8 +365,10 @@ def test_load_jsonl(tmp_path):
     assert list(load_jsonl(path)) == [{"a": 1}, {"b": [2]}]
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"a": 1}\n{oops\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
-        list(load_jsonl(bad))
+    reader = load_jsonl(bad)
+    assert next(reader) == {"a": 1} and reader.where == f"{bad}:1"
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: invalid JSON: .* at column 2$"):
+        list(reader)
 
 
 def test_parse_time_ms_forms():
@@ -429,3 +434,134 @@ def test_no_low_period_without_a_population_wide_low(report):
     low = report.low_periods["team"]
     assert (low.low_days, low.alerts, low.expected) == ([], 0, 0.0)
     assert "population-wide lows (none)" in report.to_text()
+
+
+def test_a_user_in_two_teams_is_scored_once_per_team():
+    """The engine keeps u1 of t_a and u1 of t_b apart; so must the truth, alerts and events."""
+    events = [ev(d, "u1", "t_a") for d in (0, 10, 20)]  # silent in t_a from day 20
+    events += [ev(d, "u1", "t_b") for d in range(0, 101, 5)]  # active in t_b throughout
+    truth = [
+        truth_row("user", "u1", "t_a", 40, "user_left"),
+        truth_row("user", "u1", "t_b"),
+    ]
+    alerts = [
+        alert("user", "u1", 25, signal="silence", team="t_a"),  # before t_a's cancellation
+        alert("user", "u1", 60, signal="silence", team="t_b"),  # a false alarm in t_b
+    ]
+    rep = evaluate(events, alerts, truth)
+    det, base = rep.levels["user"].detector, rep.levels["user"].baseline
+    assert (det.entities, det.churned) == (2, 1)
+    assert (det.tp, det.fp, det.fn, det.lead_median_days) == (1, 1, 0, 15.0)
+    # t_a's trailing gap from day 20 fires on day 34; t_b's activity does not fill it
+    assert (base.tp, base.fp, base.lead_median_days) == (1, 0, 6.0)
+    assert rep.data.unmatched_alerts == 0
+    with pytest.raises(ValueError, match=r"truth record 2: a second truth row for user 'u1'"):
+        evaluate([], [], [truth[0], truth[0]])
+
+
+def test_churned_without_churned_at_is_left_out_and_counted():
+    """Without a cancellation time every alert would count, those after it too."""
+    events = [ev(0, "u1", "t1"), ev(30, "u1", "t1")]
+    row = truth_row("team", "t1", "t1", 20, "sudden") | {"churned_at": None}
+    rep = evaluate(events, [alert("team", "t1", 25)], [row])
+    det = rep.levels["team"].detector
+    assert (det.entities, det.tp, det.fp, det.fn) == (0, 0, 0, 0)
+    assert rep.data.churned_without_churned_at == {"team": 1, "user": 0}
+    assert (rep.data.left_out_alerts, rep.data.unmatched_alerts) == (1, 0)
+    assert "churned without churned_at team 1, user 0" in rep.to_text()
+
+
+def test_alerts_of_censored_entities_are_not_counted_as_absent_from_truth():
+    events = [ev(0, "u1", "t1"), ev(30, "u1", "t1")]
+    censored = truth_row("team", "t1", "t1") | {"decay_start": format_time_ms(at(10))}
+    alerts = [alert("team", "t1", 20), alert("team", "t_nobody", 20)]
+    rep = evaluate(events, alerts, [censored])
+    assert (rep.data.left_out_alerts, rep.data.unmatched_alerts) == (1, 1)
+    assert rep.data.censored_entities == {"team": 1, "user": 0}
+    assert rep.data.truth_entities == {"team": 0, "user": 0}
+    assert "1 not in truth, 1 on left-out entities" in rep.to_text()
+
+
+def test_an_alert_with_a_bad_time_is_skipped_and_counted():
+    bad = alert("team", "t_churn", 30)
+    bad["data"]["event_time"] = "2026-13-01T00:00:00Z"
+    no_time = alert("team", "t_churn", 31)
+    del no_time["data"]["event_time"]
+    rep = evaluate(main_events(), [bad, no_time], main_truth())
+    assert (rep.data.alerts, rep.data.skipped_alerts, rep.data.at_risk_alerts) == (2, 2, 0)
+    assert rep.levels["team"].detector.tp == 0
+    assert "skipped (no valid time): 2" in rep.to_text()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("churned_at", "soon", "churned_at is not a timestamp: 'soon'"),
+        ("decay_start", "2026-13-01T00:00:00Z", "decay_start is not a timestamp"),
+        ("churned", "yes", "churned must be true or false, got 'yes'"),
+        ("churned", 1, "churned must be true or false, got 1"),
+        ("churned", None, "churned must be true or false, got None"),
+        ("team_id", None, "user row without team_id"),
+    ],
+)
+def test_a_malformed_truth_value_names_the_file_and_line(tmp_path, field, value, message):
+    rows = main_truth()
+    rows[6] = rows[6] | {field: value}  # user u2
+    path = tmp_path / "truth.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    with pytest.raises(ValueError, match=rf"^{path}:7: ") as caught:
+        evaluate(main_events(), main_alerts(), load_jsonl(path))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match=r"^truth record 7: "):
+        evaluate([], [], rows)
+
+
+def test_a_malformed_jsonl_line_in_any_input_names_the_file_and_line(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(b"")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"a": 1}\n\nnot json\n')
+    for position in range(3):
+        inputs = [load_jsonl(good), load_jsonl(good), load_jsonl(good)]
+        inputs[position] = load_jsonl(bad)
+        with pytest.raises(ValueError, match=rf"^{bad}:3: invalid JSON: .* at column 1$"):
+            evaluate(*inputs)
+
+
+def test_churned_accepts_json_booleans_and_the_strings_true_and_false():
+    events = [ev(0, "u1", "t1"), ev(30, "u1", "t1")]
+    for churned, expected in ((False, 0), ("false", 0), ("False", 0), (True, 1), ("true", 1)):
+        row = truth_row("team", "t1", "t1", 40, "decay") | {"churned": churned}
+        assert evaluate(events, [], [row]).levels["team"].detector.churned == expected
+
+
+def test_first_alert_before_the_decline_began_is_counted():
+    """The lead counts from the first at_risk alert, so a hit before decay_start is longer
+    than the oracle's lead: it is reported, not dropped."""
+    truth = main_truth()
+    truth[0]["decay_start"] = format_time_ms(at(40))  # t_churn declines from day 40
+    rep = evaluate(main_events(), main_alerts(), truth)
+    det, base = rep.levels["team"].detector, rep.levels["team"].baseline
+    assert (det.tp, det.tp_before_decay_start, det.lead_median_days) == (1, 1, 30.0)
+    assert (base.tp, base.tp_before_decay_start) == (1, 1)  # fired day 34
+    assert rep.lead_context["team"].bound_median_days == 20.0  # below the detector's lead
+    assert "detector 1 of 1 TPs, baseline 1 of 1 TPs" in rep.to_text()
+    truth[0]["decay_start"] = format_time_ms(at(18))
+    assert (
+        evaluate(main_events(), main_alerts(), truth).levels["team"].detector.tp_before_decay_start
+        == 0
+    )
+
+
+def test_scenario_signals_keep_true_and_false_positives_apart():
+    """A truth without ``scenario`` puts churned and healthy entities in one "unknown" group."""
+    truth = [
+        {k: v for k, v in row.items() if k != "scenario"}
+        for row in main_truth()
+        if row["entity_type"] == "team"
+    ]
+    unknown = evaluate(main_events(), main_alerts(), truth).scenarios["team"]["unknown"]
+    assert (unknown.entities, unknown.churned, unknown.healthy) == (4, 1, 3)
+    assert (unknown.detector_tp, unknown.detector_fp) == (1, 1)
+    assert unknown.detector_signals == {"team_activity_drop": 1}  # t_churn only
+    assert unknown.detector_fp_signals == {"team_activity_drop": 1}  # t_healthy
