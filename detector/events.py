@@ -251,8 +251,17 @@ def _bad(name: str, why: str) -> Invalid:
     return Invalid(f"invalid_field:{name}", f"field {name!r} {why}")
 
 
-def _from_segment(msg: dict[str, Any]) -> dict[str, Any] | Invalid:
-    """Map a Segment/RudderStack spec message to canonical field names."""
+#: the team a user id belongs to, if known (see :mod:`detector.memberships`)
+TeamOf = Callable[[str], "str | None"]
+
+
+def _from_segment(msg: dict[str, Any], team_of: TeamOf | None = None) -> dict[str, Any] | Invalid:
+    """Map a Segment/RudderStack spec message to canonical field names; a message without
+    ``context.groupId`` gets the team ``team_of`` gives its user (from their group calls).
+
+    >>> _from_segment({"type": "track", "userId": "u1"}, {"u1": "t1"}.get)["team_id"]
+    't1'
+    """
     kind = msg.get("type")
     context = msg.get("context")
     group_id = context.get("groupId") if isinstance(context, dict) else None
@@ -275,6 +284,8 @@ def _from_segment(msg: dict[str, Any]) -> dict[str, Any] | Invalid:
         properties = msg.get("traits", {})
     else:
         return Invalid("unknown_message_type", f"unsupported Segment message type {kind!r}")
+    if group_id is None and team_of is not None and kind != "group" and type(user_id) is str:
+        group_id = team_of(user_id)
     return {
         "event_id": msg.get("messageId"),
         "type": etype,
@@ -285,7 +296,7 @@ def _from_segment(msg: dict[str, Any]) -> dict[str, Any] | Invalid:
     }
 
 
-def routing_key(obj: Any) -> Any:
+def routing_key(obj: Any, team_of: TeamOf | None = None) -> Any:
     """The team id that :func:`validate_fields` would give ``obj`` if it is valid, found
     without validating it: parallel replay routes a parsed line to its partition's process
     with it. Not necessarily a string (the line is then invalid).
@@ -300,7 +311,7 @@ def routing_key(obj: Any) -> Any:
     if type(obj) is not dict:
         return None
     if _is_segment(obj):
-        mapped = _from_segment(obj)
+        mapped = _from_segment(obj, team_of)
         return None if isinstance(mapped, Invalid) else mapped["team_id"]
     return obj.get("team_id")
 
@@ -311,7 +322,7 @@ def validate_event(obj: Any) -> Event | Invalid:
     return fields if isinstance(fields, Invalid) else Event._make(fields)
 
 
-def validate_fields(obj: Any) -> EventFields | Invalid:
+def validate_fields(obj: Any, team_of: TeamOf | None = None) -> EventFields | Invalid:
     """:func:`validate_event` as plain fields (the engine's input).
 
     The common shape, a well-formed canonical event or Segment message, is accepted in one
@@ -326,11 +337,11 @@ def validate_fields(obj: Any) -> EventFields | Invalid:
         if "messageId" not in obj:  # a Segment message without one has no event_id either
             fields = _well_formed(obj)
         else:
-            mapped = _from_segment(obj)
+            mapped = _from_segment(obj, team_of)
             fields = None if isinstance(mapped, Invalid) else _well_formed(mapped)
         if fields is not None:
             return fields
-    return _validate_in_full(obj)
+    return _validate_in_full(obj, team_of)
 
 
 def _well_formed(obj: dict[str, Any]) -> EventFields | None:
@@ -393,15 +404,16 @@ _fromisoformat = datetime.fromisoformat
 _ABSENT = object()
 
 
-def _validate_in_full(obj: Any) -> Event | Invalid:
+def _validate_in_full(obj: Any, team_of: TeamOf | None = None) -> Event | Invalid:
     """Every check in order, so that a bad event gets the reason of its first problem."""
     if not isinstance(obj, dict):
         return Invalid("not_an_object", f"event must be a JSON object, got {type(obj).__name__}")
-    if _is_segment(obj):
+    segment = _is_segment(obj)
+    if segment:
         kind = obj.get("type")
         if not isinstance(kind, str) or kind not in SEGMENT_TYPES or kind == "alias":
             return Invalid("unknown_message_type", f"unsupported message type {kind!r:.80}")
-        mapped = _from_segment(obj)
+        mapped = _from_segment(obj, team_of)
         if isinstance(mapped, Invalid):
             return mapped
         obj = mapped
@@ -429,6 +441,11 @@ def _validate_in_full(obj: Any) -> Event | Invalid:
         return ts_ms
     team_id = obj.get("team_id")
     if team_id is None:
+        if segment:
+            return Invalid(
+                "missing_field:team_id",
+                "no context.groupId, and no group call has tied its user to a team",
+            )
         return _missing("team_id")
     if not _nonempty_str(team_id):
         return _bad("team_id", f"must be a string of 1..{MAX_ID_CHARS} characters")
@@ -472,7 +489,9 @@ def decode_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event | Invali
     return fields if isinstance(fields, Invalid) else Event._make(fields)
 
 
-def decode_fields(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> EventFields | Invalid:
+def decode_fields(
+    raw: bytes, max_bytes: int = MAX_EVENT_BYTES, team_of: TeamOf | None = None
+) -> EventFields | Invalid:
     """:func:`decode_event` as plain fields (the engine's input). Never raises.
 
     >>> decode_fields(b'{"event_id":"e1","type":"session.started","timestamp":1772356502123,'
@@ -486,5 +505,5 @@ def decode_fields(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> EventFields |
     except orjson.JSONDecodeError as exc:
         return Invalid("malformed_json", f"not valid JSON: {str(exc)[:120]}")
     if type(obj) is dict and "messageId" not in obj:  # validate_fields, one call less
-        return _well_formed(obj) or _validate_in_full(obj)
-    return validate_fields(obj)
+        return _well_formed(obj) or _validate_in_full(obj, team_of)
+    return validate_fields(obj, team_of)

@@ -133,7 +133,8 @@ async def _produce(
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    from .events import decode_event
+    from .events import MAX_EVENT_BYTES, Invalid, decode_fields
+    from .memberships import Memberships
     from .partitioning import partition_for
 
     producer = AIOKafkaProducer(
@@ -164,6 +165,9 @@ async def _produce(
         cache: dict[str, int] = {}
         create = producer.create_batch
         sent = unkeyed = 0
+        # a Segment call without its team is keyed by its user's team, as the worker will
+        # find it: the user's group call and later calls then stay in order in one partition
+        memberships = Memberships()
 
         async def submit(part: int, batch: Any) -> None:
             # waits while this partition's previous batch is queued (one in flight per
@@ -180,8 +184,11 @@ async def _produce(
             if len(raw) > MAX_RECORD_BYTES:
                 skipped.append(lineno)
                 continue
-            event = decode_event(raw)
-            team_id = getattr(event, "team_id", None)
+            event = decode_fields(raw, MAX_EVENT_BYTES, memberships.team_of)
+            team_id = None
+            if not isinstance(event, Invalid):
+                memberships.observe(event)
+                team_id = event[4]
             if team_id is None:
                 key = None
                 part = unkeyed % partitions  # Kafka spreads unkeyed records as it likes

@@ -9,7 +9,15 @@ from typing import Any
 import orjson
 
 from .engine import PartitionEngine
-from .events import EventFields, Invalid, decode_fields, routing_key, validate_fields
+from .events import (
+    TEAM_UPDATED,
+    EventFields,
+    Invalid,
+    decode_fields,
+    routing_key,
+    validate_fields,
+)
+from .memberships import Memberships
 from .partitioning import partition_for
 from .quarantine import quarantined
 from .settings import EngineSettings
@@ -23,6 +31,8 @@ class PartitionedEngines:
         self.engines = [PartitionEngine(settings, clock) for _ in range(settings.partitions)]
         self._partition_cache: dict[str, int] = {}
         self.decode_invalid: dict[str, int] = {}
+        #: the teams of users, from group calls, for messages without their team
+        self.memberships = Memberships()
 
     def partition(self, team_id: str) -> int:
         p = self._partition_cache.get(team_id)
@@ -33,10 +43,12 @@ class PartitionedEngines:
         return p
 
     def process_raw(self, raw: bytes) -> Invalid | None:
-        decoded = decode_fields(raw, self.settings.max_event_bytes)
+        memberships = self.memberships
+        decoded = decode_fields(raw, self.settings.max_event_bytes, memberships.team_of)
         if isinstance(decoded, Invalid):
             self.decode_invalid[decoded.reason] = self.decode_invalid.get(decoded.reason, 0) + 1
             return decoded
+        memberships.observe(decoded)
         return self.process(decoded)
 
     def process(self, event: EventFields) -> Invalid | None:
@@ -61,13 +73,16 @@ class PartitionedEngines:
         decode, max_bytes = decode_fields, self.settings.max_event_bytes
         engines, partition_of = self.engines, self._partition_cache
         decode_invalid = self.decode_invalid
+        team_of, observe = self.memberships.team_of, self.memberships.observe
         n = 0
         for n, raw in enumerate(lines, 1):
-            fields = decode(raw, max_bytes)
+            fields = decode(raw, max_bytes, team_of)
             if isinstance(fields, Invalid):
                 decode_invalid[fields.reason] = decode_invalid.get(fields.reason, 0) + 1
                 rejected.append((n - 1, fields))
                 continue
+            if fields[1] == TEAM_UPDATED:
+                observe(fields)
             p = partition_of.get(fields[4])
             engine = engines[self.partition(fields[4]) if p is None else p]
             try:  # free in CPython 3.11 unless it raises
@@ -93,7 +108,8 @@ class PartitionedEngines:
 
         Job ``job`` applies the lines of the partitions ``p % jobs == job`` and rejects the
         lines that have no team to route by (job 0); the others it skips after parsing
-        (:func:`~detector.events.routing_key`, no validation). Lines are numbered from
+        (:func:`~detector.events.routing_key`, no validation), but for group calls, which
+        every job validates to learn the memberships from. Lines are numbered from
         ``first``; each rejection and each alert carries the number of the line that caused
         it, so merging the jobs' outputs by line number gives :meth:`process_lines`' order.
         """
@@ -102,6 +118,7 @@ class PartitionedEngines:
         partition_of, decode_invalid = self._partition_cache, self.decode_invalid
         owned = [p % jobs == job for p in range(len(engines))]
         routes_unkeyed = job == 0
+        team_of, observe = self.memberships.team_of, self.memberships.observe
         for index, raw in enumerate(lines, first):
             key = None
             if len(raw) <= max_bytes:
@@ -110,23 +127,30 @@ class PartitionedEngines:
                 except orjson.JSONDecodeError:
                     pass
                 else:
-                    key = routing_key(obj)
+                    key = routing_key(obj, team_of)
             fields: EventFields | Invalid
             if type(key) is str:
                 p = partition_of.get(key)
                 if p is None:
                     p = self.partition(key)
                 if not owned[p]:
+                    kind = obj.get("type")  # any JSON value
+                    if kind == "group" or kind == TEAM_UPDATED:
+                        learned = validate(obj, team_of)
+                        if not isinstance(learned, Invalid):
+                            observe(learned)
                     continue
-                fields = validate(obj)
+                fields = validate(obj, team_of)
             elif routes_unkeyed:
-                p, fields = -1, decode(raw, max_bytes)  # invalid: no team to route by
+                p, fields = -1, decode(raw, max_bytes, team_of)  # invalid: no team to route by
             else:
                 continue
             if isinstance(fields, Invalid):
                 decode_invalid[fields.reason] = decode_invalid.get(fields.reason, 0) + 1
                 rejected.append((index, fields))
                 continue
+            if fields[1] == TEAM_UPDATED:
+                observe(fields)
             if fields[4] != key:
                 raise AssertionError(f"line {index + 1}: routed by {key!r}, team {fields[4]!r}")
             engine = engines[p]

@@ -8,6 +8,10 @@ Two stages run in one worker process:
   (``<app>-bundles``). Source offsets are committed only after the bundles are acknowledged.
   With ``kafka.events_keyed_by_team`` a keyed message is routed by its key, unparsed, and
   the engine validates it (bad input is then dead-lettered in the engine's transaction).
+  A Segment message without ``context.groupId`` gets its user's team from their latest
+  group call (:mod:`detector.memberships`); ingest shares the memberships it learns through
+  a compacted topic (``<app>-memberships``) that every worker reads whole at start and
+  follows after.
 * **engine** (Faust agent): one :class:`PartitionEngine` per bundle partition, held in
   memory. Each bundle is applied and what it caused (alerts, dead letters) is collected, and
   the engine notes the entities it changed; when Faust commits the partition's transaction
@@ -50,7 +54,7 @@ from typing import Any, NoReturn, TypeVar
 
 import faust
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     KafkaError,
@@ -71,8 +75,9 @@ from .codec import (
     restore_partition,
 )
 from .engine import PartitionEngine
-from .events import EventFields, Invalid, decode_fields
+from .events import TEAM_UPDATED, EventFields, Invalid, decode_fields
 from .kafka_clients import KafkaUnavailableError, aiokafka_config, ensure_topics
+from .memberships import Memberships
 from .metrics import ServiceMetrics
 from .partitioning import partition_for, partition_for_key
 from .pseudonyms import Pseudonyms
@@ -209,12 +214,20 @@ def bundle_topic_name(settings: Settings) -> str:
     return f"{settings.service.app_id}-bundles"
 
 
+def memberships_topic_name(settings: Settings) -> str:
+    return f"{settings.service.app_id}-memberships"
+
+
 class Ingest:
     """Source topic → bundles re-keyed by team partition (+ dead letters). At-least-once."""
 
-    def __init__(self, settings: Settings, partitions: int) -> None:
+    def __init__(
+        self, settings: Settings, partitions: int, membership_partitions: int | None = None
+    ) -> None:
         self.settings = settings
         self.partitions = partitions
+        #: partitions of the memberships topic (an existing topic keeps its own count)
+        self.membership_partitions = membership_partitions or partitions
         self.max_bytes = settings.engine.max_event_bytes
         self.consumed = 0
         self.invalid_reasons: dict[str, int] = {}
@@ -226,6 +239,9 @@ class Ingest:
         self._partition_of: dict[bytes, int] = {}
         #: keyed messages left to check before suggesting kafka.events_keyed_by_team
         self.keys_to_check = 0 if settings.kafka.events_keyed_by_team else KEYS_TO_CHECK
+        #: users' teams from group calls: this worker's and, through the topic, the others'
+        self.memberships = Memberships()
+        self.memberships_topic = memberships_topic_name(settings)
 
     @property
     def invalid(self) -> int:
@@ -252,6 +268,14 @@ class Ingest:
             max_request_size=2 << 20,
             **common,
         )
+        shared = AIOKafkaConsumer(enable_auto_commit=False, **common)  # no group: all of it
+        await shared.start()
+        try:
+            await self._read_memberships(shared)
+        except BaseException:
+            await shared.stop()
+            raise
+        following = asyncio.ensure_future(self._follow_memberships(shared))
         await consumer.start()
         await producer.start()
         self.producer, self.consumer = producer, consumer
@@ -286,9 +310,56 @@ class Ingest:
             # last commit.
             for commit in settling:
                 commit.cancel()
-            await asyncio.gather(*settling, return_exceptions=True)
+            following.cancel()
+            await asyncio.gather(*settling, following, return_exceptions=True)
             await consumer.stop()
             await producer.stop()
+            await shared.stop()
+
+    async def _read_memberships(self, shared: AIOKafkaConsumer) -> None:
+        """Read the memberships topic from its start to its current end (before any event:
+        a message without its team may need a membership learned long ago)."""
+        tps = [TopicPartition(self.memberships_topic, p) for p in range(self.membership_partitions)]
+        shared.assign(tps)
+        await shared.seek_to_beginning(*tps)
+        ends = await shared.end_offsets(tps)
+        started = time.monotonic()
+        while True:
+            positions = [await shared.position(tp) for tp in tps]
+            if all(at >= ends[tp] for at, tp in zip(positions, tps, strict=True)):
+                break
+            self._learn_memberships(await shared.getmany(timeout_ms=500))
+        if self.memberships:
+            log.info(
+                "ingest: %d memberships of users read in %.1f s",
+                len(self.memberships),
+                time.monotonic() - started,
+            )
+
+    async def _follow_memberships(self, shared: AIOKafkaConsumer) -> None:
+        """The memberships the other workers learn, as they come."""
+        while True:
+            try:
+                self._learn_memberships(await shared.getmany(timeout_ms=1000))
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as exc:  # the broker is away: the client reconnects
+                log.warning("ingest: memberships not read (%r), retrying", exc)
+                await asyncio.sleep(1.0)
+
+    def _learn_memberships(self, batch: dict[Any, list[Any]]) -> None:
+        teams = self.memberships.teams
+        for messages in batch.values():
+            for msg in messages:
+                try:
+                    user = msg.key.decode()
+                    team = None if msg.value is None else msg.value.decode()
+                except (AttributeError, UnicodeDecodeError):
+                    continue  # not a record of ours
+                if team is None:
+                    teams.pop(user, None)
+                else:
+                    teams[user] = team
 
     async def _read_batch(self, consumer: AIOKafkaConsumer) -> dict[Any, list[Any]]:
         """Up to ``batch_size`` messages: what is there, and in live mode (a short read) what
@@ -371,6 +442,7 @@ class Ingest:
         keyed = k.events_keyed_by_team
         futures = []
         max_bytes = self.max_bytes
+        team_of = self.memberships.team_of
         for tp, messages in batch.items():
             source = tp.partition
             for msg in messages:
@@ -385,7 +457,7 @@ class Ingest:
                     if columns is None:
                         columns = columns_by_key[key] = self._columns(per_partition, key)
                 else:
-                    decoded = decode_fields(raw, max_bytes)
+                    decoded = decode_fields(raw, max_bytes, team_of)
                     if isinstance(decoded, Invalid):
                         reasons = self.invalid_reasons
                         reasons[decoded.reason] = reasons.get(decoded.reason, 0) + 1
@@ -398,6 +470,14 @@ class Ingest:
                             await producer.send(k.dlq_topic, orjson.dumps(record), key=key)
                         )
                         continue
+                    if decoded[1] == TEAM_UPDATED and self.memberships.observe(decoded):
+                        user, team = decoded[3], decoded[4]
+                        assert user is not None  # observed: a user's group call
+                        futures.append(
+                            await producer.send(
+                                self.memberships_topic, team.encode(), key=user.encode()
+                            )
+                        )
                     columns = columns_of.get(decoded[4])
                     if columns is None:
                         columns = self._columns(per_partition, decoded[4].encode())
@@ -937,7 +1017,7 @@ def build_app(settings: Settings) -> faust.App:
     s, k = settings.service, settings.kafka
     partitions = settings.engine.partitions
     changelog = f"{s.app_id}-state-changelog"
-    ensure_topics(
+    counts = ensure_topics(
         k,
         {
             k.events_topic: partitions,
@@ -945,8 +1025,12 @@ def build_app(settings: Settings) -> faust.App:
             k.alerts_topic: partitions,
             bundle_topic_name(settings): partitions,
             changelog: partitions,
+            memberships_topic_name(settings): partitions,
         },
-        configs={changelog: {"cleanup.policy": "compact"}},
+        configs={
+            changelog: {"cleanup.policy": "compact"},
+            memberships_topic_name(settings): {"cleanup.policy": "compact"},
+        },
     )
     brokers = ";".join(f"kafka://{b.strip()}" for b in k.brokers.split(","))
     app = faust.App(
@@ -986,7 +1070,7 @@ def build_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         partitions=partitions,
     )
-    ingest = Ingest(settings, partitions)
+    ingest = Ingest(settings, partitions, counts[memberships_topic_name(settings)])
 
     def transactional_id(partition: int) -> str:
         """Faust's transaction for this bundle partition (it commits the bundle offsets)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from detector.replay import replay_file
 from detector.settings import Settings
 from detector.simulator import SimulationConfig, simulate
 from detector.timemodel import iso_ms
+from tests.segment_calls import segment_without_teams
 
 pytestmark = pytest.mark.integration
 
@@ -338,6 +340,34 @@ def test_a_team_gone_silent_is_flagged_by_the_wall_clock_without_new_events(
 
     flagged = wait_until(silence_alerts, 120, "a silence alert from the idle clock", every_s=2)
     assert {a["data"]["entity_id"] for a in flagged} <= set(expected)
+
+
+def test_segment_calls_without_their_team_join_their_users_group_call_also_after_a_restart(
+    kafka_settings_factory, workers, tmp_path
+):
+    settings = kafka_settings_factory(service=QUIET)
+    lines, teams_of_lines = segment_without_teams(teams=10, days=60, seed=47)
+    events = tmp_path / "segment.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    alert_ids, dlq_reasons = replay_expectation(events, settings, tmp_path)
+    assert alert_ids and not dlq_reasons  # replay finds every call's team
+
+    produce_file(events, settings, progress=False)  # keyed by the team it finds, as ingest
+    first = workers(settings, "first").start()
+    wait_until(
+        lambda: (first.health() or {}).get("applied_since_start", 0) >= len(lines) // 2,
+        180,
+        "half of the calls applied",
+    )
+    first.stop()  # what it learned from the group calls it read is in the topic only
+    second = workers(settings, "second")
+    second.config = first.config  # same settings, same state dir
+    second.port = first.port
+    second.start()
+    wait_until(all_teams_complete([second], Counter(teams_of_lines)), 180, "every call applied")
+    assert re.search(rb"ingest: [1-9][0-9]* memberships of users read", second.log.read_bytes())
+    assert read_topic(settings.kafka.brokers, settings.kafka.dlq_topic) == []
+    assert set(committed_alert_ids(settings, alert_ids)) == alert_ids
 
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["parsed-by-ingest", "keyed-by-team"])

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import collections
+
 import orjson
 
 from detector.router import PartitionedEngines
 from detector.settings import EngineSettings
+from tests.segment_calls import segment_without_teams
 
 from .streams import TeamSpec, healthy_teams, stream
 
@@ -52,3 +55,34 @@ def test_a_batch_gives_what_line_by_line_gives():
     assert rejected_many == rejected_one
     assert many.invalid_counts() == one.invalid_counts()
     assert many.events_valid == one.events_valid
+
+
+def test_segment_calls_without_their_team_get_the_team_of_their_users_group_call():
+    lines, teams_of_lines = segment_without_teams(teams=8, days=40, seed=9)
+    per_team = collections.Counter(teams_of_lines)
+    lines.insert(
+        0,
+        orjson.dumps(
+            {
+                "type": "track",
+                "messageId": "m",
+                "userId": "new",
+                "event": "Report Viewed",
+                "timestamp": 1772356502123,
+            }
+        ),
+    )
+    serial = PartitionedEngines(EngineSettings(partitions=4))
+    rejected: list = []
+    alerts: list = []
+    serial.process_lines(lines, rejected, alerts)
+    assert [(i, why.reason) for i, why in rejected] == [(0, "missing_field:team_id")]
+    teams = {t: s.events_total for e in serial.engines for t, s in e.teams.items()}
+    assert teams == dict(per_team)  # every call reached its user's team
+    # parallel replay: each of two jobs learns every membership, so routes as one process
+    merged_rejected, merged_alerts = [], []
+    for job in (0, 1):
+        engines = PartitionedEngines(EngineSettings(partitions=4))
+        engines.process_owned_lines(lines, 0, job, 2, merged_rejected, merged_alerts)
+    assert sorted(i for i, _ in merged_rejected) == [0]
+    assert [a for _, a in sorted(merged_alerts, key=lambda x: x[0])] == alerts

@@ -669,6 +669,78 @@ class FakeIngestConsumer:
         )
 
 
+class SharedTopic:
+    """The memberships topic as ingest's group-less consumer sees it: ``records`` (key,
+    value) in one partition, then nothing new."""
+
+    def __init__(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        self.records = [SourceMessage(offset, *record) for offset, record in enumerate(records)]
+        self.at = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def assign(self, tps: list[Any]) -> None:
+        self.tp = tps[0]
+
+    async def seek_to_beginning(self, *tps: Any) -> None:
+        self.at = 0
+
+    async def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: len(self.records) if tp == self.tp else 0 for tp in tps}
+
+    async def position(self, tp: Any) -> int:
+        return self.at if tp == self.tp else 0
+
+    async def getmany(self, timeout_ms: int) -> dict[Any, list[Any]]:
+        if self.at >= len(self.records):
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        taken, self.at = self.records[self.at : self.at + 2], self.at + 2
+        return {self.tp: taken}
+
+
+def test_ingest_reads_the_memberships_other_workers_shared_before_it_reads_events():
+    ingest = Ingest(build_settings(environ={}), partitions=4)
+    shared = SharedTopic([(b"u1", b"t1"), (b"u2", b"t2"), (b"u1", b"t3"), (b"u2", None)])
+    asyncio.run(ingest._read_memberships(shared))  # type: ignore[arg-type]
+    assert ingest.memberships.teams == {"u1": "t3"}  # the latest of each; u2's was deleted
+
+
+def test_ingest_gives_a_segment_message_without_its_team_the_team_of_its_users_group_call():
+    settings = build_settings(environ={})
+    ingest = Ingest(settings, partitions=4)
+    call = {"type": "track", "userId": "u1", "timestamp": "2026-03-01T09:00:00Z"}
+    messages = [
+        {**call, "messageId": "m1", "event": "Report Viewed"},  # before any group call
+        {**call, "messageId": "m2", "type": "group", "groupId": "t7", "traits": {}},
+        {**call, "messageId": "m3", "event": "Report Viewed"},
+        {**call, "messageId": "m4", "type": "group", "groupId": "t7", "traits": {}},  # again
+    ]
+    batch = {
+        SourcePartition("events", 0): [
+            SourceMessage(offset, None, orjson.dumps(m)) for offset, m in enumerate(messages)
+        ]
+    }
+    producer = RecordingProducer()
+    asyncio.run(ingest._forward(batch, producer))  # type: ignore[arg-type]
+    (dead,) = [orjson.loads(v) for t, v, _, _ in producer.sent if t == settings.kafka.dlq_topic]
+    assert (dead["reason"], dead["offset"]) == ("missing_field:team_id", 0)
+    assert "group call" in dead["detail"]
+    events = [
+        e
+        for t, v, _, _ in producer.sent
+        if t == bundle_topic_name(settings)
+        for e in decode_bundle(v).events or []
+    ]
+    assert [(e[0], e[4]) for e in events] == [("m2", "t7"), ("m3", "t7"), ("m4", "t7")]
+    shared = [(k, v) for t, v, k, _ in producer.sent if t == ingest.memberships_topic]
+    assert shared == [(b"u1", b"t7")]  # shared once: the second call changed nothing
+
+
 class FakeIngestProducer(RecordingProducer):
     """Ingest's producer: every send is acknowledged at once, or fails with ``error``."""
 
@@ -705,7 +777,10 @@ def run_ingest_until(
     async def main() -> FakeIngestConsumer:
         asyncio.get_running_loop().set_exception_handler(lambda _, c: unhandled.append(c))
         consumer = FakeIngestConsumer(batches=3)
-        monkeypatch.setattr(service, "AIOKafkaConsumer", lambda *a, **kw: consumer)
+        # the source consumer subscribes to the events topic; the memberships one to nothing
+        monkeypatch.setattr(
+            service, "AIOKafkaConsumer", lambda *a, **kw: consumer if a else SharedTopic([])
+        )
         monkeypatch.setattr(service, "AIOKafkaProducer", lambda *a, **kw: producer)
         settings = build_settings(environ={"DETECTOR_SERVICE_BATCH_SIZE": "1"})
         ingest = Ingest(settings, partitions=4)  # a batch per read: a commit per event
