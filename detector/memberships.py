@@ -48,5 +48,12 @@ class Memberships:
         self.teams[user] = team
         return True
 
+    def learn(self, user_id: str, team_id: str | None) -> None:
+        """Take a membership another worker shared (``None``: the user has none any more)."""
+        if team_id is None:
+            self.teams.pop(user_id, None)
+        else:
+            self.teams[user_id] = team_id
+
     def __len__(self) -> int:
         return len(self.teams)

@@ -348,18 +348,13 @@ class Ingest:
                 await asyncio.sleep(1.0)
 
     def _learn_memberships(self, batch: dict[Any, list[Any]]) -> None:
-        teams = self.memberships.teams
+        learn = self.memberships.learn
         for messages in batch.values():
             for msg in messages:
                 try:
-                    user = msg.key.decode()
-                    team = None if msg.value is None else msg.value.decode()
+                    learn(msg.key.decode(), None if msg.value is None else msg.value.decode())
                 except (AttributeError, UnicodeDecodeError):
                     continue  # not a record of ours
-                if team is None:
-                    teams.pop(user, None)
-                else:
-                    teams[user] = team
 
     async def _read_batch(self, consumer: AIOKafkaConsumer) -> dict[Any, list[Any]]:
         """Up to ``batch_size`` messages: what is there, and in live mode (a short read) what
