@@ -22,9 +22,12 @@ _TEAM_FIELDS = tuple(s for s in TeamState.__slots__ if s not in ("ring", "recent
 _RING_BYTES = 8 * RING_DAYS * FIELDS
 _USER_FIELDS = UserState.__slots__
 # fields added since the first release, per release, with what an older record implies for
-# them: no open days (their activity was already taken in; the user's settled up to its last
-# day), no pending team-level events or open tasks (they were applied on arrival)
+# them: no risk-model snapshots awaiting a label (a new list per team: a shared one would be
+# appended to by every team), no open days (their activity was already taken in; the user's
+# settled up to its last day), no pending team-level events or open tasks (they were applied
+# on arrival)
 _TEAM_ADDED: tuple[dict[str, Any], ...] = (
+    {"snapshots": []},
     {"open_days": 0, "open_days_early": 0},
     {"open_tasks": NOTHING, "pending": NOTHING},
     {"champion_left_first": False},
@@ -50,6 +53,26 @@ def _team_layouts() -> dict[int, tuple[tuple[str, ...], dict[str, Any]]]:
 _TEAM_LAYOUTS = _team_layouts()
 
 
+class UndecodableRecord(ValueError):
+    """A state record that does not decode. It names the record's key and what is wrong, so
+    the log of a restore that fails on it says which record to look at."""
+
+    def __init__(self, kind: str, key: bytes | str | None, problem: str) -> None:
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", "backslashreplace")
+        super().__init__(f"{kind} record {key if key is not None else '(key unknown)'}: {problem}")
+
+
+def _values(data: bytes, kind: str, key: bytes | str | None) -> list[Any]:
+    try:
+        values = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UndecodableRecord(kind, key, f"not JSON ({exc})") from None
+    if not isinstance(values, list):
+        raise UndecodableRecord(kind, key, f"not a JSON array but {type(values).__name__}")
+    return values
+
+
 def encode_team(team: TeamState) -> bytes:
     """
     >>> t = TeamState("t-1", 100, True); t.ring[3] = 2.0; t.plan = "pro"
@@ -61,13 +84,18 @@ def encode_team(team: TeamState) -> bytes:
     )
 
 
-def decode_team(data: bytes) -> TeamState:
+def decode_team(data: bytes, key: bytes | str | None = None) -> TeamState:
+    """A team record (``key``: its key, named if it does not decode: UndecodableRecord)."""
     head, _, ring = data.partition(_SEP)
     team = TeamState.__new__(TeamState)
-    values = orjson.loads(head)
-    names, missing = _TEAM_LAYOUTS[len(values)]
+    values = _values(head, "team", key)
+    layout = _TEAM_LAYOUTS.get(len(values))
+    if layout is None:
+        known = ", ".join(map(str, sorted(_TEAM_LAYOUTS)))
+        raise UndecodableRecord("team", key, f"{len(values)} fields, expected one of {known}")
+    names, missing = layout
     for name, default in missing.items():
-        setattr(team, name, default)
+        setattr(team, name, default.copy() if isinstance(default, list) else default)
     for name, value in zip(names, values, strict=True):
         setattr(team, name, value)
     if not team.pending:
@@ -103,10 +131,14 @@ def dumps_held(value: Any) -> bytes:
     return memoryview(orjson.dumps(value)).tobytes()
 
 
-def decode_user(data: bytes) -> UserState:
+def decode_user(data: bytes, key: bytes | str | None = None) -> UserState:
+    """A user record (``key``: its key, named if it does not decode: UndecodableRecord)."""
     user = UserState.__new__(UserState)
-    values = orjson.loads(data)
+    values = _values(data, "user", key)
     old = len(values) != len(_USER_FIELDS)
+    if old and len(values) != len(_USER_FIELDS_V1):
+        expected = f"{len(_USER_FIELDS_V1)} or {len(_USER_FIELDS)}"
+        raise UndecodableRecord("user", key, f"{len(values)} fields, expected {expected}")
     for name, value in zip(_USER_FIELDS_V1 if old else _USER_FIELDS, values, strict=True):
         setattr(user, name, value)
     if old:

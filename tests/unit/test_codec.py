@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import math
+from array import array
 
 import orjson
+import pytest
 
 from detector.codec import (
+    UndecodableRecord,
     decode_team,
     decode_user,
     encode_partition,
@@ -154,3 +157,38 @@ def test_the_first_key_action_day_survives_a_restore_with_the_same_key_action_ty
     for team in teams.values():
         team.key_total = 0
     assert restored(EngineSettings(), orjson.dumps(older), teams) == NEVER
+
+
+#: the head of a team record written by 6492dda (33 fields: before the risk model's snapshots,
+#: open days, pending events and open tasks, and champion_left_first)
+_HEAD_6492DDA = (
+    b"[3,1.0,0.0,2,1.0,0.0,2,false,null,0.0,0,3,20513,-1.0,1.0,0,0,false,0,20515,20514,null,0,0,"
+    b'null,false,20515,null,"t1",false,"UTC",0,0]'
+)
+#: its ring (two active users on each of three days) and ids (generation 246184, one id)
+_RING_6492DDA = array("d", [1.0 if i in (7, 8, 14, 15, 21, 22) else 0.0 for i in range(112)])
+_IDS_6492DDA = bytes.fromhex("a8c1030000000000010000009ddc8491")
+
+
+def test_a_team_record_of_6492dda_decodes_with_an_own_empty_snapshot_list():
+    record = _HEAD_6492DDA + b"\x00" + _RING_6492DDA.tobytes() + _IDS_6492DDA
+    first, second = decode_team(record), decode_team(record)
+
+    assert (first.team_id, first.active_days, first.last_scored_day) == ("t1", 3, 20514)
+    assert (first.open_days, first.pending, first.open_tasks) == (0, (), ())
+    assert first.champion_left_first is False and list(first.ring) == list(_RING_6492DDA)
+    assert first.recent_ids.gen == 246_184 and len(first.recent_ids) == 1
+    first.snapshots.append([20_516.0, 0.0, 1.0])
+    assert second.snapshots == []  # each team its own list
+    assert decode_team(encode_team(first)).snapshots == [[20_516.0, 0.0, 1.0]]
+
+
+def test_a_record_that_does_not_decode_names_its_key_and_field_count():
+    head, sep, rest = encode_team(TeamState("t1", 20_000, False)).partition(b"\x00")
+    newer = orjson.dumps([*orjson.loads(head), 0]) + sep + rest
+    with pytest.raises(UndecodableRecord, match=r"team record t:t1: 40 fields, expected one of 33"):
+        decode_team(newer, b"t:t1")
+    with pytest.raises(ValueError, match=r"user record u:a\\xff: 3 fields, expected 14 or 16"):
+        decode_user(b"[1,2,3]", b"u:a\xff")
+    with pytest.raises(UndecodableRecord, match=r"team record t:t2: not JSON"):
+        decode_team(b"[1,2" + sep + rest, "t:t2")
