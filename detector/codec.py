@@ -102,9 +102,16 @@ def decode_team(data: bytes, key: bytes | str | None = None) -> TeamState:
         team.pending = NOTHING  # shared, not an empty list per team
     if not team.open_tasks:
         team.open_tasks = NOTHING
+    # a damaged ring would decode and fail later, while scoring: past the point where a
+    # restore can still drop its snapshot and read the changelog instead
+    if len(ring) < _RING_BYTES:
+        raise UndecodableRecord("team", key, f"{len(ring)} bytes of ring, expected {_RING_BYTES}")
     team.ring = array("d")
     team.ring.frombytes(ring[:_RING_BYTES])
-    team.recent_ids = RecentIds.from_bytes(ring[_RING_BYTES:])
+    try:
+        team.recent_ids = RecentIds.from_bytes(ring[_RING_BYTES:])
+    except ValueError as exc:
+        raise UndecodableRecord("team", key, str(exc)) from None
     return team
 
 

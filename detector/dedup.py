@@ -85,11 +85,23 @@ class RecentIds:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RecentIds:
+        """Raises ValueError if ``data`` is not whole (a damaged record must not decode).
+
+        >>> RecentIds.from_bytes(RecentIds().to_bytes()[:-1])
+        Traceback (most recent call last):
+        ValueError: recent ids: 11 bytes, not a 12-byte header and 4-byte ids
+        """
         ids = cls()
         if not data:
             return ids  # a record written before ids were kept
+        if len(data) < _HEAD.size or (len(data) - _HEAD.size) % 4:
+            raise ValueError(
+                f"recent ids: {len(data)} bytes, not a {_HEAD.size}-byte header and 4-byte ids"
+            )
         ids.gen, n_cur = _HEAD.unpack_from(data)
         split = _HEAD.size + 4 * n_cur
+        if split > len(data):
+            raise ValueError(f"recent ids: {n_cur} in the current generation, {len(data)} bytes")
         ids.cur.frombytes(data[_HEAD.size : split])
         ids.prev.frombytes(data[split:])
         return ids

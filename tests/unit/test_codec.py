@@ -192,3 +192,21 @@ def test_a_record_that_does_not_decode_names_its_key_and_field_count():
         decode_user(b"[1,2,3]", b"u:a\xff")
     with pytest.raises(UndecodableRecord, match=r"team record t:t2: not JSON"):
         decode_team(b"[1,2" + sep + rest, "t:t2")
+
+
+def test_a_team_record_cut_short_in_its_ring_or_ids_does_not_decode():
+    team = TeamState("t1", 20_000, False)
+    for i in range(3):
+        team.recent_ids.seen(f"e{i}", 20_000 * 86_400_000, 3_600_000)
+    record = encode_team(team)
+    ids = len(team.recent_ids.to_bytes())  # a 12-byte header and three 4-byte ids
+    assert decode_team(record[:-ids]).recent_ids.gen == -1  # a record from before ids: whole
+
+    for cut, problem in (
+        (ids + 304, "592 bytes of ring, expected 896"),
+        (ids - 5, "recent ids: 5 bytes"),  # within the header
+        (4, "recent ids: 3 in the current generation, 20 bytes"),
+        (1, "recent ids: 23 bytes"),
+    ):
+        with pytest.raises(UndecodableRecord, match=f"team record t:t1: {problem}"):
+            decode_team(record[:-cut], b"t:t1")
