@@ -19,6 +19,7 @@ import zlib
 from bisect import insort
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -150,7 +151,6 @@ class PartitionEngine:
             settings.future_jump_confirmations,
             active_teams=self._active_teams_since,
         )
-        self._active_since: tuple[int, int] = (-1, 0)
         self.population = Population(settings.population_min_days)
         #: population-level online risk model, learning from this partition's cancellations
         self.risk = RiskModel()
@@ -313,12 +313,15 @@ class PartitionEngine:
 
     def _active_teams_since(self, since_ms: int) -> int:
         """Teams active since about ``since_ms`` (whole local days): how many can confirm a
-        jump in time. Counted once per watermark position (jump candidates can be many)."""
-        if self._active_since[0] != since_ms:
-            first_day = since_ms // DAY_MS - 1
-            count = sum(1 for team in self.teams.values() if team.last_active_day >= first_day)
-            self._active_since = (since_ms, count)
-        return self._active_since[1]
+        jump in time, counted up to the confirmations needed (more change nothing).
+
+        Counted each time, from the state alone: a count kept from an earlier call was not
+        in the records, so a restored engine decided a jump otherwise than one that never
+        stopped (teams had come or gone since). It is asked only while a jump candidate lacks
+        confirmations, and in a busy partition stops at the first few active teams."""
+        first_day = since_ms // DAY_MS - 1
+        active = (team for team in self.teams.values() if team.last_active_day >= first_day)
+        return sum(1 for _ in islice(active, self.watermark.confirmations))
 
     def _count_team_day(self, team: TeamState, ts: int, day: int, bit: int, first: bool) -> None:
         """Count the team's local ``day`` once among the population's active teams, in the UTC

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from detector import codec
 from detector import health as hs
 from detector.engine import PartitionEngine
 from detector.events import Event
@@ -614,3 +615,40 @@ def test_a_persons_second_team_state_is_kept_when_the_first_teams_is_dropped():
     assert engine.stats.evicted.get("user", 0) >= 1 and "u" not in engine.users
     assert engine.users["u\x1fb"].last_day >= START_DAY + 198
     assert not [a for a in alerts if a["data"]["entity_id"] == "u" and a["data"]["team_id"] == "b"]
+
+
+def _restored(engine: PartitionEngine) -> PartitionEngine:
+    """A new engine from ``engine``'s encoded records, as a new owner of the partition."""
+    fresh = PartitionEngine(engine.settings, clock=lambda: 0.0)
+    codec.restore_partition(
+        fresh,
+        codec.encode_partition(engine, 0),
+        {k: codec.decode_team(codec.encode_team(t)) for k, t in engine.teams.items()},
+        {k: codec.decode_user(codec.encode_user(u)) for k, u in engine.users.items()},
+    )
+    return fresh
+
+
+def test_a_jump_in_time_is_decided_alike_with_and_without_a_restore_before_it():
+    """The teams that can confirm a jump are counted anew each time: a count kept from
+    before a new team came was not in the records, so a restored engine decided otherwise."""
+    t0 = START_DAY * DAY_MS
+    head = [
+        *(
+            Event(f"a{d}", "session.started", t0 + d * DAY_MS + 9 * HOUR_MS, "ua", "A", {})
+            for d in range(11)
+        ),
+        Event("jump1", "session.started", t0 + 110 * DAY_MS, "ua", "A", {}),  # past 90 days
+        Event("b1", "session.started", t0 + 10 * DAY_MS + 8 * HOUR_MS, "ub", "B", {}),
+    ]
+    jump2 = Event("jump2", "session.started", t0 + 110 * DAY_MS + 2 * HOUR_MS, "ua", "A", {})
+    outcomes = []
+    for restore in (False, True):
+        engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+        assert [engine.process(ev) is None for ev in head] == [True] * 11 + [False, True]
+        if restore:
+            engine = _restored(engine)
+        rejected = engine.process(jump2)
+        outcomes.append((rejected and rejected.reason, engine.watermark.max_seen))
+    # two teams active lately: one team's candidates, an hour apart, do not confirm it
+    assert outcomes == [("future_timestamp", t0 + 10 * DAY_MS + 9 * HOUR_MS)] * 2
