@@ -552,11 +552,39 @@ class PartitionEngine:
             team.users_at_risk += at_risk
 
     def _regroup(self, team: TeamState, offset_ms: int) -> None:
-        if offset_ms == team.offset_ms:
+        """Move a team to the group of its new UTC offset (its last day closed with the old).
+
+        Only groups with teams are kept, as a restore builds them from the teams: an emptied
+        group kept here had its ``group_closed`` advanced by every sweep, one rebuilt by a
+        restore did not, and a group entered again (summer time ending) held a day closed
+        months ago, which held back the users' checks. A group is entered as its team closed."""
+        left = team.offset_ms
+        if offset_ms == left:
             return
-        self.groups[team.offset_ms].pop(team.team_id, None)
         team.offset_ms = offset_ms
-        self.groups.setdefault(offset_ms, {})[team.team_id] = team
+        self._leave_group(team, left)
+        group = self.groups.get(offset_ms)
+        if group is None:
+            group = self.groups[offset_ms] = {}
+            self.group_closed[offset_ms] = team.last_scored_day
+        group[team.team_id] = team
+
+    def _leave_group(self, team: TeamState, offset: int) -> None:
+        """Take a team out of the group of ``offset``; an emptied group goes, with what it
+        held."""
+        group = self.groups[offset]
+        group.pop(team.team_id, None)
+        if group:
+            return
+        del self.groups[offset]
+        self.group_closed.pop(offset, None)
+        # users with open days wait here for teams that moved: no sweep settles this group
+        # again, so they wait in their team's group now (where a restore puts them)
+        for uid in self.unsettled.pop(offset, ()):
+            user = self.users.get(uid)
+            moved = self.teams.get(user.team_id) if user is not None and user.open_days else None
+            if moved is not None:
+                self.unsettled.setdefault(moved.offset_ms, []).append(uid)
 
     def _new_user(self, uid: str, team: TeamState, day: int) -> UserState:
         user = UserState(team.team_id, day)
@@ -673,10 +701,7 @@ class PartitionEngine:
         ]
         for team in dropped:
             del self.teams[team.team_id]
-            group = self.groups[team.offset_ms]
-            group.pop(team.team_id, None)
-            if not group:  # as a restore builds them: only groups with teams
-                del self.groups[team.offset_ms]
+            self._leave_group(team, team.offset_ms)
             self.scores.pop(team.team_id, None)
         if self.dirty_users is not None and dirty_teams is not None:
             self.dirty_users.update(gone)

@@ -652,3 +652,51 @@ def test_a_jump_in_time_is_decided_alike_with_and_without_a_restore_before_it():
         outcomes.append((rejected and rejected.reason, engine.watermark.max_seen))
     # two teams active lately: one team's candidates, an hour apart, do not confirm it
     assert outcomes == [("future_timestamp", t0 + 10 * DAY_MS + 9 * HOUR_MS)] * 2
+
+
+def test_a_restore_in_summer_time_changes_nothing_when_it_ends():
+    """The team moves to UTC+1 and back: the group it left must not come back from a
+    restore with a day closed in summer, which held back the users' checks by a sweep."""
+    start = (START_DAY + 212) * DAY_MS  # 2026-08-01
+    events = [Event("tz", "team.updated", start, None, "a", {"timezone": "Europe/London"})]
+    for hour in range(88 * 24):  # to 2026-10-28; summer time ends on 2026-10-25 at 01:00 UTC
+        user = hour % 4
+        if user != 1 or hour < 79 * 24:  # u1 goes quiet: its check of 2026-10-24 alerts
+            events.append(
+                Event(
+                    f"e{hour}",
+                    "session.started",
+                    start + hour * HOUR_MS + 1000,
+                    f"u{user}",
+                    "a",
+                    {},
+                )
+            )
+    cut = 30 * 24  # a restore on 2026-08-31, in summer time
+
+    runs = []
+    for restore in (False, True):
+        engine = PartitionEngine(EngineSettings(), clock=lambda: 0.0)
+        alerts, user_days = [], []
+        for i, ev in enumerate(events):
+            if restore and i == cut:
+                assert engine.teams["a"].offset_ms == HOUR_MS
+                engine = _restored(engine)
+            engine.process(ev)
+            alerts += [(i, a["id"]) for a in engine.drain_alerts()]
+            user_days.append(engine.user_day_closed)
+        runs.append((alerts, user_days, _records(engine)))
+
+    assert runs[0] == runs[1]
+    # u1's alert: at the first sweep of 2026-10-25 (UTC midnight, run 2 h later: lateness)
+    assert [events[i].ts_ms for i, _ in runs[0][0]] == [
+        (START_DAY + 297) * DAY_MS + 2 * HOUR_MS + 1000
+    ]
+
+
+def _records(engine: PartitionEngine) -> tuple[bytes, dict[str, bytes], dict[str, bytes]]:
+    return (
+        codec.encode_partition(engine, 0),
+        {k: codec.encode_team(t) for k, t in sorted(engine.teams.items())},
+        {k: codec.encode_user(u) for k, u in sorted(engine.users.items())},
+    )
