@@ -197,16 +197,24 @@ def restore_partition(
     engine.groups = {}
     for team in teams.values():
         engine.groups.setdefault(team.offset_ms, {})[team.team_id] = team
+    offset = -1
+    if meta is not None:
+        offset = _restore_meta(engine, meta)
+        # what a local snapshot older than the changelog's tombstones brought back
+        engine.evict_again()
     engine.wheel = {}
     engine.unsettled = {}
-    for uid, user in users.items():
+    for uid, user in engine.users.items():
         if user.check_day >= 0:
             engine.wheel.setdefault(user.check_day, []).append(uid)
         if user.open_days:
-            offset = teams[user.team_id].offset_ms
-            engine.unsettled.setdefault(offset, []).append(uid)
-    if meta is None:
-        return -1
+            group = engine.teams[user.team_id].offset_ms
+            engine.unsettled.setdefault(group, []).append(uid)
+    return offset
+
+
+def _restore_meta(engine: PartitionEngine, meta: bytes) -> int:
+    """The partition-wide state (:func:`encode_partition`); returns its source offset."""
     m = orjson.loads(meta)
     wm, pop = engine.watermark, engine.population
     wm.max_seen, wm.pending = m["wm"][:2]
@@ -231,7 +239,7 @@ def restore_partition(
         since, types = m["key_action_since"]
         engine.key_action_since = since if set(types) == engine.key_types else NEVER
     else:  # written before it was kept: seen if some team has performed one
-        engine.key_action_since = 0 if any(t.key_total for t in teams.values()) else NEVER
+        engine.key_action_since = 0 if any(t.key_total for t in engine.teams.values()) else NEVER
     if "risk" in m:  # state written before the risk model existed has none
         engine.risk = RiskModel.from_state(m["risk"])
     return int(m["offset"])

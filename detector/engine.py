@@ -659,17 +659,35 @@ class PartitionEngine:
         if self.settings.evict_after_days and t_ms % _WEEK_MS == 0:
             self._evict_silent(utc_day)
 
+    def evict_again(self) -> None:
+        """After a restore: drop what the last weekly clean-up dropped.
+
+        Its tombstones in the compacted changelog are removed after the topic's
+        delete.retention.ms: a local snapshot older than that brings the dropped entities
+        back with the records they had then (a newer record of the key is all that would
+        hide them). Whatever Kafka keeps, the same rule at the same day drops them again,
+        before they are judged (a user back as recovered, a team's stale days closed), and
+        marks them changed, so their records are deleted again. Held consistently, nothing
+        falls under it: the clean-up dropped it then, and what came since is newer."""
+        if not self.settings.evict_after_days or self.next_sweep_ms is None:
+            return
+        last_sweep = self.next_sweep_ms - self.sweep_ms
+        self._evict_silent((last_sweep - last_sweep % _WEEK_MS) // DAY_MS)
+
     def _evict_silent(self, utc_day: int) -> None:
         """Drop the users without activity and the teams without any event (and without
         users left) for ``evict_after_days``: churned customers would otherwise be held,
         and written to every new owner's restore, forever. A team's counts of regular and
         at-risk users lose the users dropped; an entity that comes back starts over as new.
-        Dropped ids are marked changed, so the durable store deletes their records."""
+        Dropped ids are marked changed, so the durable store deletes their records.
+
+        Open days older than that do not keep an entity: held consistently, none are (the
+        days close daily); only a record from an old snapshot has them (:meth:`evict_again`)."""
         limit = utc_day - self.settings.evict_after_days
         teams_with_users: set[str] = set()
         gone: list[str] = []
         for uid, user in self.users.items():
-            if user.last_day < limit and not user.open_days:
+            if _newest_day(user) < limit:
                 gone.append(uid)
             else:
                 teams_with_users.add(user.team_id)
@@ -692,10 +710,9 @@ class PartitionEngine:
             team
             for team_id, team in self.teams.items()
             if team_id not in teams_with_users
-            and not team.open_days
-            and not team.pending
-            # the end of the generation of its newest event id: no event of any kind since
-            # (-1: a record from before event ids were kept, whose last event is unknown)
+            # the end of the generation of its newest event id: no event of any kind since,
+            # so its open days and pending events are older still (-1: a record from before
+            # event ids were kept, whose last event is unknown)
             and team.recent_ids.gen >= 0
             and (team.recent_ids.gen + 1) * span_ms // DAY_MS < limit
         ]
@@ -1483,6 +1500,16 @@ def _task_entry(tasks: list[list[Any]], day: int, task: str) -> tuple[int, bool]
     """
     at = bisect.bisect_left(tasks, (day, task), key=lambda entry: (entry[0], entry[1]))
     return at, at < len(tasks) and tasks[at][0] == day and tasks[at][1] == task
+
+
+def _newest_day(user: UserState) -> int:
+    """The user's newest active day, an open one (not taken in yet) included.
+
+    >>> u = UserState("t", 10); u.last_day, u.settled_day, u.open_days = 12, 14, 0b100
+    >>> _newest_day(u), (_newest_day(UserState("t", 10)))
+    (17, 9)
+    """
+    return user.settled_day + user.open_days.bit_length() if user.open_days else user.last_day
 
 
 def _team_counts(user: UserState) -> tuple[int, int]:

@@ -700,3 +700,48 @@ def _records(engine: PartitionEngine) -> tuple[bytes, dict[str, bytes], dict[str
         {k: codec.encode_team(t) for k, t in sorted(engine.teams.items())},
         {k: codec.encode_user(u) for k, u in sorted(engine.users.items())},
     )
+
+
+def test_entities_evicted_since_an_old_snapshot_are_dropped_again_at_the_restore():
+    """A local snapshot older than the changelog's tombstones (compaction removes them after
+    delete.retention.ms) brings evicted entities back: the restore drops what the last
+    weekly clean-up dropped, marks them changed (their records are deleted again), and
+    nothing is alerted about them."""
+    settings = EngineSettings(evict_after_days=90)
+    quiet = (START_DAY + 20) * DAY_MS  # t-u0 and team "gone" are quiet from day 20
+    events = [
+        e
+        for e in stream([TeamSpec("t", 5), TeamSpec("gone", 3, level=lambda d: float(d < 20))], 260)
+        if not (e.user_id == "t-u0" and quiet <= e.ts_ms < quiet + 126 * DAY_MS)
+    ]
+    # the snapshot: in the last active day of t-u0 and of team "gone", open in their records
+    snap_at = next(i for i, e in enumerate(events) if e.ts_ms >= quiet - 11 * HOUR_MS)
+    back_at = next(i for i, e in enumerate(events) if e.ts_ms >= (START_DAY + 145) * DAY_MS)
+    whole = PartitionEngine(settings, clock=lambda: 0.0)
+    for ev in events[:snap_at]:
+        whole.process(ev)
+    assert whole.users["t-u0"].open_days and whole.teams["gone"].open_days
+    old = _records(whole)
+    for ev in events[snap_at:back_at]:
+        whole.process(ev)
+    whole.drain_alerts()
+    assert "t-u0" not in whole.users and "gone" not in whole.teams  # evicted since
+    now = _records(whole)
+
+    # the changelog compacted, its tombstones gone: the snapshot's records under the newer ones
+    meta = now[0]
+    teams = {k: codec.decode_team(v) for k, v in (old[1] | now[1]).items()}
+    users = {k: codec.decode_user(v) for k, v in (old[2] | now[2]).items()}
+    restored = PartitionEngine(settings, clock=lambda: 0.0)
+    restored.track_changes()
+    codec.restore_partition(restored, meta, teams, users)
+
+    # deleted again (and t's record written again: its counts lost t-u0 again)
+    assert restored.take_changes() == ({"gone", "t"}, {"t-u0", "gone-u0", "gone-u1", "gone-u2"})
+    assert _records(restored) == now
+    after = []
+    for ev in events[back_at:]:
+        whole.process(ev)
+        restored.process(ev)
+        after.append((whole.drain_alerts(), restored.drain_alerts()))
+    assert all(a == b for a, b in after) and _records(restored) == _records(whole)
