@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
-from .state_snapshot import HEADER_KEY, Position, chunks
+from .state_snapshot import HEADER_KEY, MAX_AGE_MS, Position, chunks, young
 
 log = logging.getLogger("churn_detector.snapshot")
 
@@ -46,18 +47,45 @@ def _options() -> Options:
 
 
 class PartitionSnapshot:
-    """One partition's snapshot database (open)."""
+    """One partition's snapshot database (open).
 
-    def __init__(self, path: Path, topic: str, partition: int) -> None:
+    ``max_age_ms``: the oldest a snapshot is used (at most the changelog's
+    delete.retention.ms); ``clock``: the wall clock in seconds, whose time a header records.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        topic: str,
+        partition: int,
+        max_age_ms: int = MAX_AGE_MS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path, self.topic, self.partition = path, topic, partition
+        self.max_age_ms, self.clock = max_age_ms, clock
         self.db: Rdict | None = Rdict(str(path), _options())
 
     def load(self) -> tuple[Position, dict[bytes, bytes]] | None:
-        """The position and records held, or None (empty, foreign or unreadable: wiped)."""
+        """The position and records held, or None (empty, foreign, too old or unreadable:
+        wiped)."""
         assert self.db is not None
         try:
             position = Position.decode(self.db.get(HEADER_KEY), self.topic, self.partition)
             if position is None:
+                self.wipe()
+                return None
+            now_ms = self._now_ms()
+            if not young(position, now_ms, self.max_age_ms):
+                written = position.written_ms
+                log.warning(
+                    "snapshot %s %s (limit: %.1f days): dropped, the changelog may no longer "
+                    "hold what was deleted since",
+                    self.path,
+                    "of unknown age"
+                    if written is None
+                    else f"written {(now_ms - written) / 86_400_000:.1f} days ago",
+                    self.max_age_ms / 86_400_000,
+                )
                 self.wipe()
                 return None
             records: dict[bytes, bytes] = {
@@ -85,7 +113,10 @@ class PartitionSnapshot:
         assert self.db is not None
         for batch in batches:
             self.db.write(batch)
-        self.db.put(HEADER_KEY, position.encode(self.topic, self.partition))
+        self.db.put(HEADER_KEY, position.encode(self.topic, self.partition, self._now_ms()))
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     def write(self, records: Iterable[tuple[bytes, bytes | None]], position: Position) -> None:
         """Store ``records`` (None: delete) in bounded batches, then the header."""
@@ -105,11 +136,19 @@ class PartitionSnapshot:
 
 
 class SnapshotStore:
-    """The snapshots of one changelog topic under a state directory."""
+    """The snapshots of one changelog topic under a state directory (``max_age_ms`` and
+    ``clock``: as :class:`PartitionSnapshot`'s)."""
 
-    def __init__(self, state_dir: str | Path, topic: str) -> None:
+    def __init__(
+        self,
+        state_dir: str | Path,
+        topic: str,
+        max_age_ms: int = MAX_AGE_MS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.root = Path(state_dir) / "snapshots"
         self.topic = topic
+        self.max_age_ms, self.clock = max_age_ms, clock
 
     def path(self, partition: int) -> Path:
         return self.root / f"{self.topic}-{partition}"
@@ -120,7 +159,7 @@ class SnapshotStore:
         path = self.path(partition)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return PartitionSnapshot(path, self.topic, partition)
+            return PartitionSnapshot(path, self.topic, partition, self.max_age_ms, self.clock)
         except Exception as exc:
             if "lock" in str(exc).lower():
                 log.warning("snapshot %s in use (%r): partition restored without it", path, exc)
@@ -128,7 +167,7 @@ class SnapshotStore:
             log.warning("snapshot %s does not open (%r): made anew", path, exc)
         shutil.rmtree(path, ignore_errors=True)
         try:
-            return PartitionSnapshot(path, self.topic, partition)
+            return PartitionSnapshot(path, self.topic, partition, self.max_age_ms, self.clock)
         except Exception as exc:
             log.warning("snapshot %s cannot be made (%r): none for this partition", path, exc)
             return None

@@ -17,6 +17,11 @@ whole changelog again. That copy is this snapshot (RocksDB via rocksdict,
   (it may also hold some committed records from above, which replaying from ``offset``
   overwrites with the same or newer values). A new owner loads it and reads the changelog
   only from there to the high watermark, with the same fencing and ``read_committed`` read.
+* It is trusted only while young: its header says when it was written (wall clock), and one
+  older than a limit (:data:`MAX_AGE_MS`, the changelog topic's ``delete.retention.ms``) is
+  dropped. Compaction removes a deletion (tombstone) from the changelog after that
+  retention, so an older snapshot could hold records deleted since with nothing in the
+  changelog to say so (the engine also evicts again what its weekly clean-up would have).
 * It is checked against the changelog before it is trusted: the header names the changelog
   topic and partition, and the last record it holds (offset and key); that record must still
   be at that offset with the same value, or, if compaction removed it, a newer record of the
@@ -38,6 +43,9 @@ HEADER_KEY = b"#snapshot"
 FORMAT = 1
 #: pending records per partition beyond which the snapshot stops following (commits stalled)
 MAX_PENDING_RECORDS = 2_000_000
+#: the oldest a snapshot may be (since its header was written) to be used: at most the
+#: changelog topic's delete.retention.ms, so the deletions since are still there to replay
+MAX_AGE_MS = 7 * 86_400_000
 
 
 @dataclass(frozen=True)
@@ -45,19 +53,24 @@ class Position:
     """Where a snapshot stands in its changelog partition.
 
     ``offset``: every committed record below it is in the snapshot (the replay starts here);
-    ``last_offset``/``last_key``: the newest record it holds, checked against the changelog.
+    ``last_offset``/``last_key``: the newest record it holds, checked against the changelog;
+    ``written_ms``: when its header was written (wall clock; None: not written yet, or by a
+    version that did not say).
     """
 
     offset: int
     last_offset: int
     last_key: bytes
+    written_ms: int | None = field(default=None, compare=False, repr=False)
 
-    def encode(self, topic: str, partition: int) -> bytes:
+    def encode(self, topic: str, partition: int, written_ms: int) -> bytes:
         """
         >>> p = Position(10, 8, b"m:0")
-        >>> Position.decode(p.encode("cl", 0), "cl", 0) == p
+        >>> Position.decode(p.encode("cl", 0, 5), "cl", 0) == p
         True
-        >>> Position.decode(p.encode("cl", 0), "cl", 1) is None  # another partition's
+        >>> Position.decode(p.encode("cl", 0, 5), "cl", 0).written_ms
+        5
+        >>> Position.decode(p.encode("cl", 0, 5), "cl", 1) is None  # another partition's
         True
         """
         return orjson.dumps(
@@ -68,6 +81,7 @@ class Position:
                 "offset": self.offset,
                 "last_offset": self.last_offset,
                 "last_key": self.last_key.hex(),
+                "written_ms": written_ms,
             }
         )
 
@@ -84,7 +98,13 @@ class Position:
             h = orjson.loads(data)
             if (h["format"], h["topic"], h["partition"]) != (FORMAT, topic, partition):
                 return None
-            position = cls(int(h["offset"]), int(h["last_offset"]), bytes.fromhex(h["last_key"]))
+            written = h.get("written_ms")
+            position = cls(
+                int(h["offset"]),
+                int(h["last_offset"]),
+                bytes.fromhex(h["last_key"]),
+                None if written is None else int(written),
+            )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
         if not 0 <= position.last_offset < position.offset:
@@ -105,6 +125,20 @@ class ChangelogRead:
     first: tuple[int, bytes, bytes | None] | None = None
     #: the newest committed record read: (offset, key)
     last: tuple[int, bytes] | None = None
+
+
+def young(position: Position, now_ms: int, max_age_ms: int = MAX_AGE_MS) -> bool:
+    """Whether a snapshot is recent enough to use: written at most ``max_age_ms`` ago.
+
+    One of unknown age (a header without its time) is not: it may be of any age.
+
+    >>> day = 86_400_000
+    >>> young(Position(10, 8, b"m:0", 0), 7 * day), young(Position(10, 8, b"m:0", 0), 7 * day + 1)
+    (True, False)
+    >>> young(Position(10, 8, b"m:0"), 0)
+    False
+    """
+    return position.written_ms is not None and now_ms - position.written_ms <= max_age_ms
 
 
 def read_from(position: Position | None) -> int:

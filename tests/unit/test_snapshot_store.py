@@ -8,13 +8,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import pytest
 
 from detector.partitioning import partition_for
 from detector.service import EngineRuntime
 from detector.settings import build_settings
 from detector.snapshot_store import SnapshotStore
-from detector.state_snapshot import ChangelogRead, Position
+from detector.state_snapshot import HEADER_KEY, ChangelogRead, Position
 from tests.unit.test_service import EVENTS, bundles_for
 
 TOPIC = "app-state-changelog"
@@ -45,6 +46,34 @@ def test_a_snapshot_of_another_partition_or_changelog_is_wiped(tmp_path: Path):
     moved = store.open(2)
     assert moved is not None and moved.load() is None
     assert moved.db is not None and list(moved.db.keys()) == []
+
+
+def test_a_snapshot_older_than_the_changelogs_tombstones_is_wiped(tmp_path: Path):
+    """Compaction removes a deletion from the changelog after delete.retention.ms: a snapshot
+    written before that may hold records deleted since, with nothing left to say so."""
+    now = [1_700_000_000.0]
+    store = SnapshotStore(tmp_path, TOPIC, max_age_ms=7 * 86_400_000, clock=lambda: now[0])
+    snapshot = store.open(0)
+    assert snapshot is not None
+    snapshot.write([(b"u:a", b"1")], Position(5, 4, b"u:a"))
+    snapshot.close()
+
+    now[0] += 7 * 86_400  # as old as the limit: used
+    snapshot = store.open(0)
+    assert snapshot is not None and snapshot.load() == (Position(5, 4, b"u:a"), {b"u:a": b"1"})
+    snapshot.close()
+    now[0] += 0.001  # older: dropped
+    snapshot = store.open(0)
+    assert snapshot is not None and snapshot.load() is None
+    assert snapshot.db is not None and list(snapshot.db.keys()) == []
+
+    # a header written without its time (before it was kept): of unknown age, dropped
+    snapshot.db.put(b"u:a", b"1")
+    header = orjson.loads(Position(5, 4, b"u:a").encode(TOPIC, 0, int(now[0] * 1000)))
+    del header["written_ms"]
+    snapshot.db.put(HEADER_KEY, orjson.dumps(header))
+    assert snapshot.load() is None
+    snapshot.close()
 
 
 def test_a_damaged_database_is_made_anew_and_a_locked_one_is_skipped(tmp_path: Path):

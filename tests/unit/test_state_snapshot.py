@@ -123,11 +123,11 @@ def test_the_position_after_a_read_is_its_end():
 
 
 def test_a_header_of_another_changelog_or_a_damaged_one_is_not_a_position():
-    data = Position(10, 8, b"m:0").encode("app-state-changelog", 3)
+    data = Position(10, 8, b"m:0").encode("app-state-changelog", 3, 1_000)
     assert Position.decode(data, "app-state-changelog", 3) == Position(10, 8, b"m:0")
     assert Position.decode(data, "other-state-changelog", 3) is None
     assert Position.decode(data, "app-state-changelog", 2) is None
     assert Position.decode(data[:-3], "app-state-changelog", 3) is None
     assert Position.decode(None, "app-state-changelog", 3) is None
-    bad = Position(8, 8, b"m:0").encode("cl", 0)  # its newest record not below its offset
+    bad = Position(8, 8, b"m:0").encode("cl", 0, 1_000)  # newest record not below its offset
     assert Position.decode(bad, "cl", 0) is None
