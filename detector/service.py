@@ -731,9 +731,9 @@ class EngineRuntime:
         meta = records.get(_META + str(partition).encode())
         for key, value in records.items():
             if key.startswith(_TEAM):
-                teams[key[2:].decode()] = decode_team(value)
+                teams[key[2:].decode()] = decode_team(value, key)
             elif key.startswith(_USER):
-                users[key[2:].decode()] = decode_user(value)
+                users[key[2:].decode()] = decode_user(value, key)
         offsets: dict[str, Any] = {"bundle": -1, "sources": {}}
         engine_meta: bytes | None = None
         if meta is not None:
@@ -1023,7 +1023,12 @@ def build_app(settings: Settings) -> faust.App:
             memberships_topic_name(settings): partitions,
         },
         configs={
-            changelog: {"cleanup.policy": "compact"},
+            # tombstones outlive every snapshot that is still used (older ones are wiped):
+            # a snapshot from before a tombstone's removal would bring its entity back
+            changelog: {
+                "cleanup.policy": "compact",
+                "delete.retention.ms": str(state_snapshot.MAX_AGE_MS),
+            },
             memberships_topic_name(settings): {"cleanup.policy": "compact"},
         },
     )
