@@ -154,6 +154,9 @@ class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
 
 
+#: service.log_level: the names both logging and the Faust worker know
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 _SECTIONS = {"engine": EngineSettings, "kafka": KafkaSettings, "service": ServiceSettings}
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
 _MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
@@ -166,12 +169,18 @@ def _coerce(section: str, name: str, target: Any, value: Any) -> Any:
         if kind.startswith("tuple"):
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
-            return tuple(str(v) for v in value)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError  # a list of strings, or one string of comma-separated ones
+            return tuple(value)
+        if isinstance(value, (dict, list)):  # never str() of a JSON object or array
+            raise TypeError
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError  # 7.5 days is not 7
+                raise ValueError  # 7.5 days is not 7; true is not 1
             return int(value)
         if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError  # true is not 1.0
             number = float(value)
             if not math.isfinite(number):  # 'nan' passes no range check and fails none
                 raise ValueError
@@ -182,11 +191,22 @@ def _coerce(section: str, name: str, target: Any, value: Any) -> Any:
             return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[
                 str(value).strip().lower()
             ]
-        if kind == "str | None":
-            return None if value in (None, "") else str(value)
-        return str(value)
+        if kind == "str | None" and value in (None, ""):
+            return None
+        if not isinstance(value, str):  # null, a number or a switch where text belongs
+            raise TypeError
+        return value
     except (TypeError, ValueError, KeyError, OverflowError):
-        raise SettingsError(f"{where}: cannot use {value!r} (expected {kind})") from None
+        expected = {
+            "str": "a string",
+            "str | None": "a string or null",
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+        }.get(kind, kind)
+        if kind.startswith("tuple"):
+            expected = "a list of strings or a comma-separated string"
+        raise SettingsError(f"{where}: cannot use {value!r} (expected {expected})") from None
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -218,15 +238,26 @@ def build_settings(
     if config_file:
         path = Path(config_file)
         try:
-            loaded = json.loads(path.read_text())
+            loaded = json.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise SettingsError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise SettingsError(f"config file {path} is not a file") from None
+        except OSError as exc:
+            raise SettingsError(f"config file {path} cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise SettingsError(f"config file {path} is not UTF-8 text: {exc}") from None
         except json.JSONDecodeError as exc:
             raise SettingsError(f"config file {path} is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict) or set(loaded) - set(_SECTIONS):
             raise SettingsError(
                 f"config file {path}: top level must be an object with {sorted(_SECTIONS)}"
             )
+        for section, given in loaded.items():
+            if not isinstance(given, dict):
+                raise SettingsError(
+                    f"config file {path}: {section} must be an object of settings, got {given!r}"
+                )
         layers.append(loaded)
     layers.append(_env_overrides(environ))
     if overrides:
@@ -344,6 +375,10 @@ def validate(settings: Settings) -> None:
     )
     _require(0 < s.web_port < 65536, "service.web_port must be a valid TCP port (1..65535)")
     _require(s.batch_size >= 1, "service.batch_size must be >= 1")
+    _require(
+        s.log_level.upper() in LOG_LEVELS,
+        f"service.log_level must be one of {', '.join(LOG_LEVELS)} (any case), got {s.log_level!r}",
+    )
     # the idle timer's interval, and the factor of idle time on the event-time clock
     _require(s.idle_sweep_s > 0, "service.idle_sweep_s must be > 0")
     _require(s.idle_clock_scale > 0, "service.idle_clock_scale must be > 0")

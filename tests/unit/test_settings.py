@@ -108,6 +108,65 @@ def test_a_config_file_number_that_is_no_integer_fails(tmp_path, engine, message
         build_settings(environ={}, config_file=config)
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        # were an AttributeError, or str() of the value used as the setting
+        ({"engine": [1]}, "engine must be an object of settings, got \\[1\\]"),
+        ({"kafka": "b:1"}, "kafka must be an object of settings"),
+        ({"kafka": {"brokers": ["a:1", "b:2"]}}, "kafka.brokers: cannot use .* a string"),
+        ({"service": {"web_host": None}}, "service.web_host: cannot use None"),
+        ({"service": {"app_id": 5}}, "service.app_id: cannot use 5"),
+        ({"engine": {"key_action_types": ["a", 1]}}, "key_action_types: cannot use"),
+        ({"engine": {"key_action_types": {"a": 1}}}, "key_action_types: cannot use"),
+        # true was 1.0
+        ({"engine": {"cooling_risk": True}}, "engine.cooling_risk: cannot use True"),
+        ({"service": {"log_level": "verbose"}}, "service.log_level must be one of"),
+    ],
+)
+def test_a_config_value_of_the_wrong_kind_fails_naming_the_setting(tmp_path, config, message):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(SettingsError, match=message):
+        build_settings(environ={}, config_file=path)
+
+
+def test_values_of_the_right_kind_still_load(tmp_path):
+    path = tmp_path / "c.json"
+    config = {
+        "engine": {"key_action_types": ["a", "b"], "cooling_risk": 0.3, "partitions": 2.0},
+        "service": {"user_id_key_file": None, "web_port": "6067", "log_level": "debug"},
+    }
+    path.write_text(json.dumps(config))
+    s = build_settings(environ={}, config_file=path)
+    assert s.engine.key_action_types == ("a", "b") and s.engine.partitions == 2
+    assert s.service.web_port == 6067 and s.service.log_level == "debug"
+
+
+def test_a_log_level_no_logger_knows_fails_before_the_worker_starts():
+    """It failed inside the worker, after the settings were accepted."""
+    with pytest.raises(SettingsError, match=r"service.log_level must be one of .* 'verbose'"):
+        build_settings(environ={"DETECTOR_SERVICE_LOG_LEVEL": "verbose"})
+    assert build_settings(environ={"DETECTOR_SERVICE_LOG_LEVEL": "Warning"}).service
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"kafka": {"brokers": "\xff"}}', "is not UTF-8 text"),  # was a UnicodeDecodeError
+        (None, "is not a file"),  # a folder: was an IsADirectoryError
+    ],
+)
+def test_a_config_file_that_cannot_be_read_fails_in_one_message(tmp_path, content, message):
+    path = tmp_path / "c.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(SettingsError, match=message):
+        build_settings(environ={"DETECTOR_CONFIG": str(path)})
+
+
 def test_the_engine_runs_at_the_limits_the_settings_allow():
     """The bounds are the engine's: at each of them, days close and teams are scored."""
     from detector.replay import replay
