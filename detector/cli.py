@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from .replay import ReplayResult
 
 
+class CommandError(Exception):
+    """A command cannot do its work with the files it was given (an input it cannot read,
+    a job that failed); the message says why, in one line."""
+
+
 def _settings(args: argparse.Namespace, engine: dict[str, Any] | None = None) -> Settings:
     overrides: dict[str, dict[str, Any]] = {}
     if engine:
@@ -52,10 +57,13 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+def _check_outputs(
+    outputs: dict[str, Path | None], inputs: dict[str, Path | None], stdout: bool = False
+) -> None:
     """Refuse an output that is a folder (found out only once the work is done), or a file
     that is also an input or another output: opening an output truncates it, so the input is
-    lost before it is read, and two outputs interleave. ``-`` (stdout) and optional files
+    lost before it is read, and two outputs interleave. ``-`` is stdout where ``stdout``
+    allows it (for one output), else refused: it made a file named ``-``. Optional files
     not given are left out."""
 
     def given(files: dict[str, Path | None]) -> list[tuple[str, Path]]:
@@ -63,6 +71,13 @@ def _check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | Non
             (name, path) for name, path in files.items() if path is not None and str(path) != "-"
         ]
 
+    dashes = [name for name, path in outputs.items() if str(path) == "-"]
+    if dashes and not stdout:
+        raise SettingsError(
+            f"{dashes[0]} -: stdout is not supported here; give a file (/dev/stdout is one)"
+        )
+    if len(dashes) > 1:
+        raise SettingsError(f"{dashes[0]} and {dashes[1]} both write to stdout (-)")
     outs = given(outputs)
     for name, path in outs:
         if path.is_dir():
@@ -73,20 +88,61 @@ def _check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | Non
             raise SettingsError(f"{name_a} and {name_b} are the same file ({a})")
 
 
+def _input_file(what: str, path: Path) -> None:
+    if not path.is_file():
+        raise SettingsError(
+            f"{what} {path} {'is not a file' if path.exists() else 'does not exist'}"
+        )
+
+
+def _make_folder(flag: str, path: Path) -> None:
+    """Create the folder of an output (and its parents) if missing, or fail in one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(
+            f"{flag} {path}: cannot create the folder {path.parent}: {exc.strerror}"
+        ) from None
+
+
+def _written_whole(
+    stack: contextlib.ExitStack, outputs: contextlib.AbstractContextManager[list[Path]]
+) -> list[Path]:
+    """Enter :func:`~detector.replay.written_whole`: an output that cannot be created
+    fails in one line, before the work."""
+    try:
+        return stack.enter_context(outputs)
+    except OSError as exc:
+        raise SettingsError(f"cannot write {exc.filename}: {exc.strerror}") from None
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .replay import terminate_as_exit, written_whole
     from .simulator import SimulationConfig, simulate, to_segment, write_jsonl
 
-    _check_outputs({"--out": args.out, "--truth": args.truth}, {})
-    sim = simulate(SimulationConfig(teams=args.teams, days=args.days, seed=args.seed))
-    events = sim.events()
-    if args.format == "segment":
-        events = (to_segment(e) for e in events)
-    with tqdm(desc="simulate", unit=" events", unit_scale=True, disable=args.quiet) as bar:
-        n = write_jsonl(args.out, events, progress=lambda k: bar.update(k - bar.n))
-        bar.update(n - bar.n)
-    truth = write_jsonl(args.truth, sim.truth()) if args.truth else 0
+    outputs = {"--out": args.out, "--truth": args.truth}
+    _check_outputs(outputs, {}, stdout=True)
+    files = [path for path in outputs.values() if path is not None and str(path) != "-"]
+    for flag, path in outputs.items():  # before the work, not once the events are written
+        if path in files:
+            _make_folder(flag, path)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(terminate_as_exit())
+        temps = _written_whole(stack, written_whole(*files))
+        temp = dict(zip(files, temps, strict=True))  # not "-" (stdout)
+        out = temp.get(args.out, args.out)
+        truth_out = temp.get(args.truth, args.truth)
+        sim = simulate(SimulationConfig(teams=args.teams, days=args.days, seed=args.seed))
+        events = sim.events()
+        if args.format == "segment":
+            events = (to_segment(e) for e in events)
+        disable = True if args.quiet else None  # None: drawn when stderr is a terminal
+        with tqdm(desc="simulate", unit=" events", unit_scale=True, disable=disable) as bar:
+            n = write_jsonl(out, events, progress=lambda k: bar.update(k - bar.n))
+            bar.update(n - bar.n)
+        truth = write_jsonl(truth_out, sim.truth()) if truth_out is not None else 0
     print(
         f"wrote {n:,} events to {args.out}"
         + (f" and {truth:,} truth records to {args.truth}" if args.truth else ""),
@@ -96,6 +152,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import InputError, ReplayJobFailed
+
+    try:
+        return _replay(args)
+    except (InputError, ReplayJobFailed) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _replay(args: argparse.Namespace) -> int:
     from .replay import (
         default_jobs,
         remove_abandoned_work,
@@ -103,11 +168,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sort_by_event_time,
         terminate_as_exit,
         work_dir_prefix,
+        written_whole,
     )
 
     settings = _settings(args, {"partitions": args.partitions})
-    if not args.events.is_file():
-        raise SettingsError(f"events file {args.events} does not exist")
+    _input_file("events file", args.events)
     if args.events.suffix == ".parquet":
         _check_parquet(args.events)
     _check_outputs(
@@ -116,11 +181,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     if args.sort and args.file_order:
         raise SettingsError("--sort and --file-order exclude each other")
-    args.alerts.parent.mkdir(parents=True, exist_ok=True)
-    for path in remove_abandoned_work(args.alerts.parent):
-        print(f"removed {path}, left by a replay that was killed", file=sys.stderr)
+    _make_folder("--alerts", args.alerts)
+    _make_folder("--dlq", args.dlq)
+    for folder in dict.fromkeys((args.alerts.parent, args.dlq.parent)):
+        for path in remove_abandoned_work(folder):
+            print(f"removed {path}, left by a replay that was killed", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         stack.enter_context(terminate_as_exit())
+        # both outputs can be written, before any work; replaced only once all is done
+        alerts, dlq = _written_whole(stack, written_whole(args.alerts, args.dlq))
 
         def sorted_copy() -> tuple[Path, Path]:
             tmp = stack.enter_context(
@@ -143,8 +212,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         def run(events: Path, line_numbers: Path | None = None) -> ReplayResult:
             return replay_file(
                 events,
-                args.alerts,
-                args.dlq,
+                alerts,
+                dlq,
                 settings.engine,
                 show_progress=not args.quiet,
                 jobs=args.jobs or default_jobs(settings.engine.partitions),
@@ -179,11 +248,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _check_parquet(path: Path) -> None:
     """Read the file's Parquet footer: a file that is not Parquet fails here in one line,
     instead of in every replay job, each with its traceback."""
+    from .replay import PARQUET_NEEDS_PYARROW
+
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - replay says how to install it
-        return
+    except ImportError:
+        raise SettingsError(PARQUET_NEEDS_PYARROW) from None
     try:
         pq.read_metadata(path)
     except pa.ArrowInvalid as exc:
@@ -194,24 +265,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, load_jsonl
 
     for path in (args.events, args.alerts, args.truth):
-        if not path.is_file():
-            raise SettingsError(f"file {path} does not exist")
+        _input_file("file", path)
     _check_outputs(
         {"--report": args.report},
         {"--events": args.events, "--alerts": args.alerts, "--truth": args.truth},
     )
-    events: Iterator[dict[str, Any]] = load_jsonl(args.events)
     if args.report is not None:
-        events, write_report = _html_report(args, events)
-    report = evaluate(
-        events,
-        load_jsonl(args.alerts),
-        load_jsonl(args.truth),
-        inactivity_days=args.inactivity_days,
-        nab_window_days=args.nab_window_days,
-    )
-    if args.report is not None:
-        write_report(report)
+        _make_folder("--report", args.report)
+    try:  # a line that is not JSON, a value of the wrong kind: the readers say which
+        events: Iterator[dict[str, Any]] = load_jsonl(args.events)
+        if args.report is not None:
+            events, write_report = _html_report(args, events)
+        report = evaluate(
+            events,
+            load_jsonl(args.alerts),
+            load_jsonl(args.truth),
+            inactivity_days=args.inactivity_days,
+            nab_window_days=args.nab_window_days,
+        )
+        if args.report is not None:
+            write_report(report)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     if args.json:
         sys.stdout.buffer.write(
             orjson.dumps(report.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
@@ -277,6 +352,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings)
 
 
+def _port(text: str) -> int:
+    """argparse type of a TCP port: 0 (off) to 65535.
+
+    >>> _port("9464"), _port("0")
+    (9464, 0)
+    >>> _port("70000")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a TCP port from 0 (off) to 65535, got 70000
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port from 0 (off) to 65535, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     """argparse type of counts of teams, days and jobs: an integer of at least 1.
 
@@ -312,8 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teams", type=_positive_int, default=300, help="number of teams (default 300)")
     p.add_argument("--days", type=_positive_int, default=180, help="days simulated (default 180)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    p.add_argument("--out", type=Path, required=True, help="events JSONL output")
-    p.add_argument("--truth", type=Path, help="truth JSONL output (one line per team and user)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="events JSONL output (gzip-compressed if it ends in .gz; -: stdout)",
+    )
+    p.add_argument(
+        "--truth",
+        type=Path,
+        help="truth JSONL output (one line per team and user; .gz: gzip; -: stdout)",
+    )
     p.add_argument(
         "--format",
         choices=["canonical", "segment"],
@@ -326,18 +428,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "replay",
         help="run the engine over an events file",
-        description="Replay a JSONL (or .parquet) events file through the engine, one engine per "
-        "partition as in Kafka, in file order (the order a topic would deliver). Events more "
+        description="Replay a JSONL (plain or gzip-compressed) or .parquet events file through "
+        "the engine, one engine per partition as in Kafka, in file order (the order a topic "
+        "would deliver). Events more "
         "than the allowed lateness older than the newest are dead letters (late); when over 1% "
         "of the lines are, the file is not in event-time order, and replay sorts it (a stable "
         "external sort) and replays again, unless --file-order. Partitions are independent, so "
         "--jobs processes share them; their outputs are merged in input-line order. Same input "
-        "gives byte-identical alerts and dead letters for any --jobs.",
+        "gives byte-identical alerts and dead letters for any --jobs. Dead letters give the "
+        "line numbers of the file (blank lines counted; rows of a Parquet file). Both outputs "
+        "are written to temporary files next to them and replace them only once the replay is "
+        "done: a replay that fails or is interrupted keeps the files there were.",
     )
-    p.add_argument("events", type=Path, help="events file (.jsonl or .parquet)")
-    p.add_argument("--alerts", type=Path, required=True, help="alerts JSONL output")
     p.add_argument(
-        "--dlq", type=Path, required=True, help="dead-letter JSONL output (bad events with reasons)"
+        "events", type=Path, help="events file (.jsonl, gzip-compressed .jsonl.gz, or .parquet)"
+    )
+    p.add_argument("--alerts", type=Path, required=True, help="alerts JSONL output (a file, not -)")
+    p.add_argument(
+        "--dlq",
+        type=Path,
+        required=True,
+        help="dead-letter JSONL output (bad events with reasons; a file, not -)",
     )
     p.add_argument(
         "--partitions", type=int, help="partitions to mirror (default: engine.partitions = 4)"
@@ -410,7 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", type=Path, default=Path("demo-out"), help="output folder (default demo-out)"
     )
     p.add_argument(
-        "--metrics-port", type=int, default=9464, help="Prometheus port on 127.0.0.1 (0: off)"
+        "--metrics-port",
+        type=_port,
+        default=9464,
+        help="Prometheus port on 127.0.0.1 (default 9464; 0: off)",
     )
     p.add_argument("--config", type=Path, help="JSON config file")
     p.set_defaults(func=cmd_demo)
@@ -438,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except SettingsError as exc:
+    except (SettingsError, CommandError) as exc:
         print(f"churn-detector: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

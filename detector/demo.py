@@ -75,7 +75,7 @@ def run_demo(options: DemoOptions, settings: EngineSettings) -> str:
     started = time.perf_counter()
     sim = simulate(options.simulation)
     with (
-        tqdm(desc="simulate+detect", unit=" events", unit_scale=True) as bar,
+        tqdm(desc="simulate+detect", unit=" events", unit_scale=True, disable=None) as bar,
         events_path.open("wb") as ev_fh,
         alerts_path.open("wb") as al_fh,
         dlq_path.open("wb") as dlq_fh,

@@ -12,29 +12,44 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import hashlib
 import heapq
 import itertools
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, TypeVar
 
 import orjson
 
-from .codec import dumps_held
 from .events import Invalid, parse_timestamp
 from .router import PartitionedEngines
 from .settings import EngineSettings
+
+
+class InputError(ValueError):
+    """An events file cannot be read (gzip that is cut short, Parquet without pyarrow);
+    the message says which and why."""
+
+
+class ReplayJobFailed(RuntimeError):
+    """A job of a parallel replay failed on something else than its input (a fault: the
+    job printed its traceback); the message says which job and what."""
 
 
 @dataclass
@@ -112,54 +127,120 @@ def dead_letter(raw: bytes, invalid: Invalid, source: dict[str, Any]) -> dict[st
 
 #: bytes read from a JSONL file at once
 READ_CHUNK = 1 << 23
+#: the first bytes of a gzip file
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def read_lines(path: Path, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
-    """Raw event lines of a JSONL file (or rows of a Parquet file, re-encoded as JSON).
+    """Raw event lines of a JSONL file, gzip-compressed or not (or rows of a Parquet file,
+    re-encoded as JSON).
 
-    Blank lines are skipped; a line's trailing CR/LF is not part of it. JSONL is read in
-    large chunks (a few bytes per line cheaper than iterating the file object).
+    Blank lines are skipped; a line's trailing CR/LF is not part of it. ``progress`` gets
+    the bytes of the file read (compressed bytes for gzip, JSON bytes for Parquet).
+    """
+    for _, line in read_numbered_lines(path, progress):
+        yield line
+
+
+def read_numbered_lines(
+    path: Path, progress: Callable[[int], None] | None = None, parquet_rows: bool = False
+) -> Iterator[tuple[int, bytes]]:
+    """:func:`read_lines` with each line's number in the file (from 1, blank lines
+    counted: the number an editor shows; a Parquet row's number from 1).
+
+    JSONL is read in large chunks (a few bytes per line cheaper than iterating the file
+    object); a file that starts with gzip's magic bytes is decompressed, whatever its name.
+    ``parquet_rows``: ``progress`` counts Parquet rows instead of their JSON bytes.
     """
     if path.suffix == ".parquet":
-        yield from _parquet_rows(path, progress)
+        yield from enumerate(_parquet_rows(path, progress, parquet_rows), 1)
         return
-    with path.open("rb") as fh:
-        tail = b""
-        while chunk := fh.read(READ_CHUNK):
-            if progress is not None:
-                progress(len(chunk))
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            yield from _non_blank(lines)
-        yield from _non_blank([tail])
+    with path.open("rb") as raw:
+        gzipped = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        fh: Any = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+        tail, number, reported = b"", 0, 0
+        try:
+            while chunk := fh.read(READ_CHUNK):
+                if progress is not None:  # the bytes of the file read, compressed or not
+                    at = raw.tell()
+                    progress(at - reported)
+                    reported = at
+                lines = (tail + chunk).split(b"\n")
+                tail = lines.pop()
+                yield from _non_blank(lines, number)
+                number += len(lines)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # cut short, or corrupt
+            raise InputError(f"events file {path} is not a readable gzip file: {exc}") from None
+        yield from _non_blank([tail], number)
 
 
-def _non_blank(lines: list[bytes]) -> Iterator[bytes]:
-    """The lines without trailing CR/LF that hold more than whitespace.
+def _non_blank(lines: list[bytes], before: int) -> Iterator[tuple[int, bytes]]:
+    """The lines without trailing CR/LF that hold more than whitespace, with their
+    numbers (``before`` lines came earlier).
 
-    >>> list(_non_blank([b"a\\r", b"", b" \\t", b"b"]))
-    [b'a', b'b']
+    >>> list(_non_blank([b"a\\r", b"", b" \\t", b"b"], 10))
+    [(11, b'a'), (14, b'b')]
     """
-    for line in lines:
+    for number, line in enumerate(lines, before + 1):
         line = line.rstrip(b"\r\n")
         if line and not line.isspace():
-            yield line
+            yield number, line
 
 
-def _parquet_rows(path: Path, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+def _parquet_rows(
+    path: Path, progress: Callable[[int], None] | None, count_rows: bool
+) -> Iterator[bytes]:
+    table = _parquet_file(path)
+    for batch in table.iter_batches(batch_size=50_000):
+        # held until the batch is applied: copied out of orjson's 4 KB output buffers (as
+        # codec.dumps_held does); a value JSON has no type for is converted, not a crash
+        rows = [
+            memoryview(orjson.dumps(_without_nulls(row), default=_parquet_value)).tobytes()
+            for row in batch.to_pylist()
+        ]
+        if progress is not None:
+            progress(len(rows) if count_rows else sum(map(len, rows)))
+        yield from rows
+
+
+def _parquet_file(path: Path) -> Any:
     try:
         import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - depends on the optional extra
-        raise SystemExit(
-            "reading Parquet needs pyarrow: pip install 'churn-detector[parquet]'"
-        ) from exc
-    table = pq.ParquetFile(path)
-    for batch in table.iter_batches(batch_size=50_000):
-        # held until the batch is applied: copied out of orjson's 4 KB output buffers
-        rows = [dumps_held(_without_nulls(row)) for row in batch.to_pylist()]
-        if progress is not None:
-            progress(sum(map(len, rows)))
-        yield from rows
+    except ImportError:
+        raise InputError(PARQUET_NEEDS_PYARROW) from None
+    return pq.ParquetFile(path)
+
+
+PARQUET_NEEDS_PYARROW = "reading Parquet needs pyarrow: pip install 'churn-detector[parquet]'"
+
+
+def parquet_rows_in(path: Path) -> int:
+    """The number of rows a Parquet file's footer gives."""
+    return int(_parquet_file(path).metadata.num_rows)
+
+
+def _parquet_value(value: Any) -> Any:
+    """A Parquet value JSON has no type for, as JSON: a decimal a number (its text if it
+    is not finite), bytes text (UTF-8) or base64, a duration seconds, the rest its text.
+
+    >>> _parquet_value(Decimal("12.50")), _parquet_value(b"team-1"), _parquet_value(b"\\xff")
+    (12.5, 'team-1', '/w==')
+    >>> _parquet_value(timedelta(minutes=2)), _parquet_value(Decimal("NaN"))
+    (120.0, 'NaN')
+    """
+    if isinstance(value, Decimal):
+        number = float(value)
+        return number if math.isfinite(number) else str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(data).decode("ascii")
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return str(value)
 
 
 def _without_nulls(row: dict[str, Any]) -> dict[str, Any]:
@@ -175,11 +256,13 @@ def _without_nulls(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+T = TypeVar("T")
+
 #: lines handed to the engines at once (bounds the memory of a batch's alerts and rejections)
 BATCH_LINES = 4096
 
 
-def batches(lines: Iterable[bytes], size: int = BATCH_LINES) -> Iterator[list[bytes]]:
+def batches(lines: Iterable[T], size: int = BATCH_LINES) -> Iterator[list[T]]:
     """Consecutive lists of up to ``size`` lines.
 
     >>> [len(b) for b in batches([b"x"] * 5, 2)]
@@ -194,25 +277,25 @@ _NUMBER_BYTES = 8  # a line number in the numbers a sort writes
 
 
 class LineNumbers:
-    """The number of the ``index``-th line replayed (from 0) in the file the user has: index + 1,
-    or, for a sorted copy, the number its :func:`sort_by_event_time` wrote for it (8 bytes a
-    line in ``path``), so a dead letter points at the line in the original file. The numbers
-    are read only for dead letters: no memory per line.
+    """The number in the file the user has of line ``number`` (from 1) of the file replayed:
+    the same number, or, for a sorted copy, the number its :func:`sort_by_event_time` wrote
+    for it (8 bytes a line in ``path``), so a dead letter points at the line in the original
+    file. The numbers are read only for dead letters: no memory per line.
 
-    >>> LineNumbers(None)(0)
-    1
+    >>> LineNumbers(None)(3)
+    3
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._fh: IO[bytes] | None = None
 
-    def __call__(self, index: int) -> int:
+    def __call__(self, number: int) -> int:
         if self.path is None:
-            return index + 1
+            return number
         if self._fh is None:
             self._fh = self.path.open("rb")
-        self._fh.seek(_NUMBER_BYTES * index)
+        self._fh.seek(_NUMBER_BYTES * (number - 1))
         return int.from_bytes(self._fh.read(_NUMBER_BYTES), "little")
 
     def __enter__(self) -> LineNumbers:
@@ -232,18 +315,32 @@ def replay(
     engines: PartitionedEngines | None = None,
     line_number: Callable[[int], int] | None = None,
 ) -> ReplayResult:
-    """Process ``lines`` and write alerts and dead letters (numbered by ``line_number``,
-    by default from 1 in the order read)."""
+    """Process ``lines`` and write alerts and dead letters (numbered from 1 in the order
+    read, or ``line_number`` of that)."""
+    return replay_numbered(enumerate(lines, 1), settings, alerts_out, dlq_out, engines, line_number)
+
+
+def replay_numbered(
+    lines: Iterable[tuple[int, bytes]],
+    settings: EngineSettings,
+    alerts_out: IO[bytes],
+    dlq_out: IO[bytes],
+    engines: PartitionedEngines | None = None,
+    line_number: Callable[[int], int] | None = None,
+) -> ReplayResult:
+    """:func:`replay` of (line number, line) pairs (:func:`read_numbered_lines`): a dead
+    letter gives its line's number, or ``line_number`` of it."""
     engines = engines or PartitionedEngines(settings)
     line_number = line_number or LineNumbers(None)
     result = ReplayResult()
     dumps = orjson.dumps
     for batch in batches(lines):
+        numbers, raws = zip(*batch, strict=True)
         rejected: list[tuple[int, Invalid]] = []
         alerts: list[dict[str, Any]] = []
-        engines.process_lines(batch, rejected, alerts)
+        engines.process_lines(raws, rejected, alerts)
         for index, why in rejected:
-            dlq_out.write(_dead_letter_line(batch[index], why, line_number(result.lines + index)))
+            dlq_out.write(_dead_letter_line(raws[index], why, line_number(numbers[index])))
         for alert in alerts:
             alerts_out.write(dumps(alert) + b"\n")
             result.count_alert(alert)
@@ -254,7 +351,7 @@ def replay(
 
 
 def _dead_letter_line(raw: bytes, why: Invalid, line: int) -> bytes:
-    """The dead-letter JSONL line of non-blank input line number ``line`` (from 1)."""
+    """The dead-letter JSONL line of input line number ``line`` (from 1)."""
     return orjson.dumps(dead_letter(raw, why, {"line": line})) + b"\n"
 
 
@@ -279,29 +376,97 @@ def replay_file(
     """Replay a file in ``jobs`` processes (1: in this process); the same output for any.
 
     ``line_numbers``: ``events`` is a sorted copy, and these are its lines' numbers in the
-    original (see :func:`sort_by_event_time`), for the dead letters.
+    original (see :func:`sort_by_event_time`), for the dead letters. ``alerts`` and ``dlq``
+    are written whole or not at all (:func:`written_whole`): a replay that fails or is
+    interrupted leaves the files there were.
     """
     alerts.parent.mkdir(parents=True, exist_ok=True)
     dlq.parent.mkdir(parents=True, exist_ok=True)
     jobs = max(1, min(jobs, settings.partitions))
-    if jobs > 1:
-        return _replay_in_jobs(events, alerts, dlq, settings, jobs, show_progress, line_numbers)
-    with (
-        _progress_bar(events, show_progress) as bar,
-        alerts.open("wb") as alerts_fh,
-        dlq.open("wb") as dlq_fh,
-        LineNumbers(line_numbers) as number,
-    ):
-        result = replay(read_lines(events, bar.update), settings, alerts_fh, dlq_fh, None, number)
-        bar.update(bar.total - bar.n)
-    return result
+    with written_whole(alerts, dlq) as (alerts_tmp, dlq_tmp):
+        if jobs > 1:
+            return _replay_in_jobs(
+                events, alerts_tmp, dlq_tmp, settings, jobs, show_progress, line_numbers
+            )
+        with (
+            _progress_bar(events, show_progress) as bar,
+            alerts_tmp.open("wb") as alerts_fh,
+            dlq_tmp.open("wb") as dlq_fh,
+            LineNumbers(line_numbers) as number,
+        ):
+            lines = read_numbered_lines(events, bar.update, parquet_rows=True)
+            result = replay_numbered(lines, settings, alerts_fh, dlq_fh, None, number)
+            bar.update(bar.total - bar.n)
+        return result
 
 
 def _progress_bar(events: Path, show: bool, desc: str = "replay") -> Any:
+    """A bar of the bytes of the file (compressed bytes for gzip) or of the rows of a
+    Parquet file; drawn only when asked for and stderr is a terminal."""
     from tqdm import tqdm
 
+    if events.suffix == ".parquet":
+        rows = parquet_rows_in(events)
+        return tqdm(
+            total=rows, unit=" rows", unit_scale=True, desc=desc, disable=None if show else True
+        )
     size = events.stat().st_size
-    return tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=not show)
+    return tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=None if show else True)
+
+
+@contextlib.contextmanager
+def written_whole(*paths: Path) -> Iterator[list[Path]]:
+    """Temporary files next to ``paths``, to write instead, moved over them
+    (:func:`os.replace`) when the block ends without an error, removed when it raises
+    (a failure, Ctrl-C, SIGTERM under :func:`terminate_as_exit`). An output that cannot
+    be written fails here, before any work; a reader never sees half a file, and a run
+    that does not finish keeps the files there were. The temporary files take the mode
+    the file they replace has (new: 0666 less the umask, as ``open`` gives); one a killed
+    process left is removed by :func:`remove_abandoned_work`. A symbolic link is followed
+    (the file it points to is replaced); a path that is there but no regular file
+    (``/dev/null``, a FIFO) is written to as it is.
+    """
+    targets = [path if _special(path) else Path(os.path.realpath(path)) for path in paths]
+    temps: list[Path] = []
+    try:
+        for path, target in zip(paths, targets, strict=True):
+            if _special(path):
+                temps.append(path)
+                continue
+            try:
+                fd, name = tempfile.mkstemp(
+                    prefix=work_dir_prefix("output"), suffix=f"-{target.name}", dir=target.parent
+                )
+            except OSError as exc:  # named after the output, not the temporary file
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            temps.append(Path(name))
+            try:
+                os.fchmod(fd, _mode_for(target))
+            finally:
+                os.close(fd)
+        yield list(temps)
+        for temp, target in zip(temps, targets, strict=True):
+            if temp != target:
+                os.replace(temp, target)
+    finally:
+        for temp, target in zip(temps, targets, strict=False):
+            if temp != target:
+                with contextlib.suppress(FileNotFoundError):
+                    temp.unlink()
+
+
+def _special(path: Path) -> bool:
+    """There, and no regular file or folder: a device or a FIFO (``/dev/null``)."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 # ---------------------------------------------------------------------------- event-time sort
@@ -350,18 +515,17 @@ def sort_by_event_time(
     out byte for byte the same (blank lines and CR dropped). Lines without a readable
     timestamp come first; replay dead-letters them as before. Sorted runs of about
     ``run_bytes`` go to temporary files next to ``dst`` and are merged. ``line_numbers``
-    receives each sorted line's number in ``src`` (non-blank lines from 1, as dead letters
-    count them; 8 bytes a line, read by :class:`LineNumbers`).
+    receives each sorted line's number in ``src`` (from 1, blank lines counted, as dead
+    letters give them; 8 bytes a line, read by :class:`LineNumbers`).
     """
     count, first, last = 0, None, None
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=work_dir_prefix("sort")) as tmp:
         runs: list[Path] = []
 
-        def write_run(chunk: list[bytes]) -> None:
+        def write_run(chunk: list[tuple[int, bytes]]) -> None:
             nonlocal first, last
             keyed = sorted(
-                ((event_time_key(line), n, line) for n, line in enumerate(chunk, count + 1)),
-                key=itemgetter(0),
+                ((event_time_key(line), n, line) for n, line in chunk), key=itemgetter(0)
             )
             known = [key for key, _, _ in keyed if key != UNREADABLE]
             if known:
@@ -374,10 +538,10 @@ def sort_by_event_time(
                 )
 
         with _progress_bar(src, show_progress, desc="sort") as bar:
-            chunk: list[bytes] = []
+            chunk: list[tuple[int, bytes]] = []
             size = 0
-            for line in read_lines(src, bar.update):
-                chunk.append(line)
+            for at, line in read_numbered_lines(src, bar.update, parquet_rows=True):
+                chunk.append((at, line))
                 size += len(line)
                 if size >= run_bytes:
                     write_run(chunk)
@@ -419,24 +583,29 @@ ABANDONED_AFTER_S = 3600
 
 
 def remove_abandoned_work(directory: Path, now: float | None = None) -> list[Path]:
-    """Remove the work directories of replays and sorts killed before they could: their
-    process is gone and nothing in them was written for :data:`ABANDONED_AFTER_S` (a
-    replay on another host or in another container sharing the folder has a process id
-    this machine does not know). Returns them; a directory without a process id in its
-    name is left."""
+    """Remove the work directories of replays and sorts, and the unfinished outputs
+    (:func:`written_whole`), of processes killed before they could: their process is gone
+    and nothing in them was written for :data:`ABANDONED_AFTER_S` (a replay on another
+    host or in another container sharing the folder has a process id this machine does
+    not know). Returns them; one without a process id in its name is left."""
     now = time.time() if now is None else now
     removed = []
     for path in sorted(directory.glob(".*-*-*")):
         kind, _, rest = path.name[1:].partition("-")
         pid = rest.partition("-")[0]
         if (
-            kind in ("replay", "sort")
+            (
+                (kind in ("replay", "sort") and path.is_dir())
+                or (kind == "output" and path.is_file())
+            )
             and pid.isdigit()
-            and path.is_dir()
             and not _alive(int(pid))
             and now - _last_written(path) >= ABANDONED_AFTER_S
         ):
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
@@ -444,7 +613,7 @@ def remove_abandoned_work(directory: Path, now: float | None = None) -> list[Pat
 def _last_written(path: Path) -> float:
     """The newest modification time of a directory and everything in it."""
     times = [path.stat().st_mtime]
-    for inner in path.rglob("*"):
+    for inner in path.rglob("*") if path.is_dir() else ():
         with contextlib.suppress(OSError):  # removed meanwhile
             times.append(inner.stat().st_mtime)
     return max(times)
@@ -502,13 +671,19 @@ def terminate_as_exit() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _stop_deferred() -> Iterator[None]:
-    """Hold a SIGTERM back until the block is done: raised inside a fork, the exit could be
-    lost or leave a job the parent does not know of running."""
+    """Hold a SIGTERM or Ctrl-C (SIGINT) back until the block is done: raised inside a
+    fork, the exit could be lost or leave a job the parent does not know of running."""
     _STOP.deferring, _STOP.pending = True, 0
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGINT, _on_stop_signal) if main else None
     try:
         yield
     finally:
         _STOP.deferring = False
+        if main:
+            signal.signal(signal.SIGINT, before)
+        if _STOP.pending == signal.SIGINT:
+            raise KeyboardInterrupt
         if _STOP.pending:
             raise SystemExit(128 + _STOP.pending)
 
@@ -551,9 +726,10 @@ def _replay_in_jobs(
                 if proc.exitcode is None and proc.pid is not None:
                     proc.terminate()
                     proc.join()
-        failed = [f"job {j}: exit code {p.exitcode}" for j, p in enumerate(procs) if p.exitcode]
-        if failed:
-            raise RuntimeError(f"parallel replay failed ({'; '.join(failed)}); see stderr")
+        failed = [(job, p.exitcode) for job, p in enumerate(procs) if p.exitcode]
+        # the job that failed, not the others terminated (SIGTERM: a negative exit code)
+        for job, exitcode in sorted(failed, key=lambda f: (f[1] < 0, f[0])):
+            _raise_failure(job, exitcode, work)
         for name, path in (("alerts", alerts), ("dlq", dlq)):
             with path.open("wb") as out:
                 tagged = [work / f"{name}-{job}" for job in range(jobs)]
@@ -565,6 +741,18 @@ def _replay_in_jobs(
     return ReplayResult.merged(parts)
 
 
+def _raise_failure(job: int, exitcode: int, work: Path) -> None:
+    """The error of a job that failed: what it wrote to its error file (see
+    :func:`_replay_job`), in one line."""
+    try:
+        kind, _, message = (work / f"error-{job}").read_text().partition("\t")
+    except FileNotFoundError:  # killed: no word from it
+        raise ReplayJobFailed(f"replay job {job} failed (exit code {exitcode})") from None
+    if kind == "input":
+        raise InputError(message)
+    raise ReplayJobFailed(f"replay job {job} failed: {message} (traceback above)")
+
+
 def _replay_job(
     events: Path,
     settings: EngineSettings,
@@ -574,10 +762,39 @@ def _replay_job(
     read: Any,
     line_numbers: Path | None,
 ) -> None:
-    """One job's share of the replay: tagged alerts and dead letters, and its counts."""
+    """One job's share of the replay. Ctrl-C reaches every process of the terminal's
+    group: a job ignores it, and the parent, interrupted, terminates the jobs. A job that
+    fails on its input (as one process would: the same message) writes the message to its
+    error file and exits quietly; on anything else it writes it and its traceback is shown
+    too, a fault."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _STOP.deferring = False  # forked while the parent deferred stops
     if _STOP.pending:
         raise SystemExit(128 + _STOP.pending)
+    try:
+        _replay_share(events, settings, job, jobs, work, read, line_numbers)
+    except (InputError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename is None:
+            (work / f"error-{job}").write_text(f"fault\t{type(exc).__name__}: {exc}")
+            raise
+        message = str(exc) if isinstance(exc, InputError) else f"{exc.strerror}: {exc.filename}"
+        (work / f"error-{job}").write_text(f"input\t{message}")
+        raise SystemExit(1) from None
+    except Exception as exc:
+        (work / f"error-{job}").write_text(f"fault\t{type(exc).__name__}: {exc}")
+        raise
+
+
+def _replay_share(
+    events: Path,
+    settings: EngineSettings,
+    job: int,
+    jobs: int,
+    work: Path,
+    read: Any,
+    line_numbers: Path | None,
+) -> None:
+    """A job's tagged alerts and dead letters, and its counts."""
 
     def tick(n: int) -> None:
         read.value += n
@@ -590,13 +807,15 @@ def _replay_job(
         (work / f"dlq-{job}").open("wb") as dlq_out,
         LineNumbers(line_numbers) as number,
     ):
-        for batch in batches(read_lines(events, tick)):
+        for batch in batches(read_numbered_lines(events, tick, parquet_rows=True)):
+            numbers, raws = zip(*batch, strict=True)
             rejected: list[tuple[int, Invalid]] = []
             alerts: list[tuple[int, dict[str, Any]]] = []
-            first = result.lines
-            engines.process_owned_lines(batch, first, job, jobs, rejected, alerts)
+            first = result.lines  # tags: the index of the line replayed, from 0
+            engines.process_owned_lines(raws, first, job, jobs, rejected, alerts)
             for index, why in rejected:
-                dead = _dead_letter_line(batch[index - first], why, number(index))
+                at = index - first
+                dead = _dead_letter_line(raws[at], why, number(numbers[at]))
                 dlq_out.write(b"%d%s%s" % (index, _TAG_END, dead))
             for index, alert in alerts:
                 alerts_out.write(b"%d%s%s\n" % (index, _TAG_END, dumps(alert)))
@@ -627,7 +846,9 @@ def _merged(parts: list[Path]) -> Iterator[tuple[bytes, bytes]]:
 
 
 __all__ = [
+    "InputError",
     "LineNumbers",
+    "ReplayJobFailed",
     "ReplayResult",
     "SortResult",
     "batches",
@@ -635,10 +856,13 @@ __all__ = [
     "default_jobs",
     "event_time_key",
     "read_lines",
+    "read_numbered_lines",
     "remove_abandoned_work",
     "replay",
     "replay_file",
+    "replay_numbered",
     "sort_by_event_time",
     "terminate_as_exit",
     "work_dir_prefix",
+    "written_whole",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,20 @@ from detector import replay as replay_module
 from detector.engine import PartitionEngine
 from detector.events import Invalid
 from detector.replay import (
+    InputError,
     LineNumbers,
+    ReplayJobFailed,
     ReplayResult,
     dead_letter,
+    parquet_rows_in,
     read_lines,
+    read_numbered_lines,
     remove_abandoned_work,
     replay,
     replay_file,
     sort_by_event_time,
     work_dir_prefix,
+    written_whole,
 )
 from detector.router import PartitionedEngines
 from detector.settings import EngineSettings
@@ -44,7 +50,7 @@ def _simulated_lines() -> list[bytes]:
         (500, b"[1, 2]"),
         (20_000, orjson.dumps({k: v for k, v in events[19_000].items() if k != "team_id"})),
         (30_000, lines[100]),  # late (and a duplicate id)
-        (40_000, b"  "),  # blank: skipped, not numbered
+        (40_000, b"  "),  # blank: skipped (and counted in the line numbers)
         (50_000, b'{"event_id": "\xff"}'),  # not UTF-8
         (55_000, orjson.dumps({**events[54_000], "timestamp": "yesterday"})),
     ):
@@ -112,7 +118,7 @@ def test_a_failing_job_fails_the_replay(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(PartitionedEngines, "process_owned_lines", crash_in_job_1)
     path = _write(tmp_path, [orjson.dumps(e) for e in simulate(SimulationConfig(teams=4)).events()])
-    with pytest.raises(RuntimeError, match="job 1: exit code 1"):
+    with pytest.raises(ReplayJobFailed, match="replay job 1 failed: MemoryError: job 1 ran out"):
         _outputs(path, tmp_path, jobs=2)
     assert not list(tmp_path.glob(".replay-*")), "the jobs' files are removed"
 
@@ -122,6 +128,188 @@ def test_lines_are_read_across_chunk_ends(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'{"a":1}\r\n\n   \n{"bb":22}\n{"c":3}')
     assert list(read_lines(path)) == [b'{"a":1}', b'{"bb":22}', b'{"c":3}']
+
+
+def test_lines_are_numbered_as_in_the_file_with_its_blank_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dead letters give these numbers: blank lines were not counted, so every line after
+    one was reported a line too early."""
+    monkeypatch.setattr("detector.replay.READ_CHUNK", 5)
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a":1}\r\n\n   \n{"bb":22}\n\r\n{"c":3}')
+    assert list(read_numbered_lines(path)) == [(1, b'{"a":1}'), (4, b'{"bb":22}'), (6, b'{"c":3}')]
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_dead_letters_give_the_line_numbers_of_the_file_after_blank_lines(
+    tmp_path: Path, jobs: int
+) -> None:
+    events = [orjson.dumps(e) for e in simulate(SimulationConfig(teams=6, days=30)).events()]
+    lines = list(events)
+    for at, bad in ((0, b"garbage"), (3, b""), (4, b"[1,2]"), (5, b"\t"), (500, b"null")):
+        lines.insert(at, bad)
+    for at in range(1_000, len(lines), 997):  # blank lines all through, CRLF in some
+        lines.insert(at, b"\r" if at % 2 else b"")
+    events_file = _write(tmp_path, lines)
+    _, dlq, result = _outputs(events_file, tmp_path, jobs)
+    dead = [orjson.loads(line) for line in dlq.splitlines()]
+    assert [d["line"] for d in dead][:3] == [1, 5, 501]
+    for record in dead:
+        assert lines[record["line"] - 1] == record["raw"].encode(), record
+    assert result.lines == len(events) + 3
+
+
+def test_a_gzip_file_replays_as_the_file_it_holds(tmp_path: Path) -> None:
+    """It was read as text: every line malformed_json, exit 0."""
+    import gzip
+
+    lines = _simulated_lines()[:30_000]
+    plain = _write(tmp_path, lines)
+    packed = tmp_path / "events.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    unnamed = tmp_path / "events-export"  # gzip by its first bytes, whatever its name
+    unnamed.write_bytes(packed.read_bytes())
+    expected = _outputs(plain, tmp_path, jobs=1)
+    assert expected[2].valid > 20_000
+    for path in (packed, unnamed):
+        for jobs in (1, 2):
+            assert _outputs(path, tmp_path, jobs) == expected, (path, jobs)
+    read: list[int] = []
+    assert list(read_lines(packed, read.append)) == [line for line in lines if line.strip()]
+    assert sum(read) == packed.stat().st_size, "progress counts the bytes of the file"
+    dst, numbers = tmp_path / "sorted.jsonl", tmp_path / "numbers"
+    sort_by_event_time(packed, dst, line_numbers=numbers)
+    assert dst.read_bytes() == (sort_by_event_time(plain, dst) and dst.read_bytes())
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_gzip_file_cut_short_fails_in_one_message(tmp_path: Path, jobs: int) -> None:
+    import gzip
+
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(b"".join(orjson.dumps(e) + b"\n" for e in _events(4)))[:2000])
+    (tmp_path / "alerts-1.jsonl").write_bytes(b"kept\n")
+    with pytest.raises(InputError, match="is not a readable gzip file: Compressed file ended"):
+        _outputs(path, tmp_path, jobs)
+    assert (tmp_path / "alerts-1.jsonl").read_bytes() == b"kept\n"
+
+
+def _events(teams: int) -> list[dict[str, Any]]:
+    return list(simulate(SimulationConfig(teams=teams, days=30, seed=5)).events())
+
+
+def test_parquet_decimals_and_bytes_are_replayed_as_json_numbers_and_text(tmp_path: Path) -> None:
+    """They were a TypeError (not JSON serializable) from every job."""
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs the parquet extra (pyarrow)")
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+
+    events = _events(4)
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.Table.from_pylist(events), plain)
+    typed = pa.Table.from_pylist(
+        [
+            {
+                **e,
+                "team_id": e["team_id"].encode(),  # binary
+                "amount": decimal.Decimal("12.50"),
+                "blob": b"\xff\x00",  # not UTF-8: base64
+                "took": datetime.timedelta(seconds=3),
+            }
+            for e in events
+        ]
+    )
+    assert pa.types.is_binary(typed.schema.field("team_id").type)
+    path = tmp_path / "typed.parquet"
+    pq.write_table(typed, path)
+    rows = [orjson.loads(line) for line in read_lines(path)]
+    assert rows[0]["team_id"] == events[0]["team_id"]
+    assert (rows[0]["amount"], rows[0]["blob"], rows[0]["took"]) == (12.5, "/wA=", 3.0)
+    expected = _outputs(plain, tmp_path, jobs=1)
+    assert expected[2].valid == len(events) and expected[2].alerts > 0
+    for jobs in (1, 2):
+        assert _outputs(path, tmp_path, jobs) == expected
+
+
+def test_parquet_progress_counts_rows_up_to_the_rows_in_the_file(tmp_path: Path) -> None:
+    """It counted JSON bytes against the compressed size of the file: past its total."""
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs the parquet extra (pyarrow)")
+    import pyarrow as pa
+
+    events = _events(4)
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pylist(events), path, row_group_size=1_000)
+    counted: list[int] = []
+    numbered = list(read_numbered_lines(path, counted.append, parquet_rows=True))
+    assert parquet_rows_in(path) == sum(counted) == len(events) == numbered[-1][0]
+    assert replay_module._progress_bar(path, show=True).total == len(events)
+
+
+def test_an_output_is_replaced_only_once_it_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay that failed or was interrupted left half an alerts file over the old one."""
+    events = _write(tmp_path, [orjson.dumps(e) for e in _events(8)])
+    alerts, dlq = tmp_path / "alerts-1.jsonl", tmp_path / "dlq-1.jsonl"
+    alerts.write_bytes(b"old alerts\n")
+    alerts.chmod(0o640)
+    real, calls = PartitionedEngines.process_lines, []
+
+    def interrupted_at_the_second_batch(self: PartitionedEngines, *args: Any) -> int:
+        calls.append(1)
+        if len(calls) == 2:  # alerts and dead letters of the first batch were written
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(PartitionedEngines, "process_lines", interrupted_at_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _outputs(events, tmp_path, jobs=1)
+    assert alerts.read_bytes() == b"old alerts\n" and not dlq.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alerts-1.jsonl", "events.jsonl"]
+    monkeypatch.setattr(PartitionedEngines, "process_lines", real)
+    new, _, result = _outputs(events, tmp_path, jobs=1)
+    assert result.alerts > 0 and new.count(b"\n") == result.alerts
+    assert alerts.stat().st_mode & 0o777 == 0o640, "the mode of the file replaced"
+    assert dlq.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_an_output_through_a_link_replaces_the_file_linked_and_dev_null_stays(
+    tmp_path: Path,
+) -> None:
+    """Replaced, /dev/null would have become a regular file (as root)."""
+    (tmp_path / "real.jsonl").write_bytes(b"old\n")
+    (tmp_path / "link.jsonl").symlink_to("real.jsonl")
+    null = Path(os.devnull)
+    with written_whole(tmp_path / "link.jsonl", null) as (linked, devnull):
+        assert linked.parent == tmp_path and devnull == null
+        linked.write_bytes(b"new\n")
+    assert (tmp_path / "link.jsonl").is_symlink()
+    assert (tmp_path / "real.jsonl").read_bytes() == b"new\n"
+    assert null.is_char_device()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]
+
+
+def test_an_output_that_cannot_be_created_fails_before_any_file_is_touched(
+    tmp_path: Path,
+) -> None:
+    kept = tmp_path / "a.jsonl"
+    kept.write_bytes(b"old\n")
+    blocked = tmp_path / "file"
+    blocked.write_bytes(b"")
+    with pytest.raises(OSError) as failed, written_whole(kept, blocked / "d.jsonl"):
+        pytest.fail("no work without both outputs")
+    assert failed.value.filename == str(blocked / "d.jsonl")
+    assert kept.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "file"]
 
 
 def test_parallel_replay_of_parquet_writes_what_one_process_writes(tmp_path: Path) -> None:
@@ -155,7 +343,7 @@ def test_sorting_by_event_time_is_stable_and_puts_unreadable_lines_first(
         assert done == (6, 1772352000000, 1772359200000)  # 08:00 .. 10:00
         assert dst.read_bytes().splitlines() == [lines[i] for i in (2, 4, 5, 1, 0, 3)]
         with LineNumbers(numbers) as number:  # where each sorted line was, from 1
-            assert [number(i) for i in range(6)] == [3, 5, 6, 2, 1, 4]
+            assert [number(i) for i in range(1, 7)] == [3, 5, 6, 2, 1, 4]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "numbers", "sorted.jsonl"]
 
 
@@ -230,6 +418,11 @@ def test_a_later_replay_removes_the_work_a_killed_one_left(tmp_path: Path) -> No
     for path in left + kept:
         (path / "sub").mkdir(parents=True)
         (path / "sub" / "sorted.jsonl").write_bytes(b"{}\n")
+    output = tmp_path / f".output-{dead_pid}-jkl-alerts.jsonl"  # an unfinished output
+    output.write_bytes(b"{}\n")
+    (tmp_path / f"{work_dir_prefix('output')}mno-alerts.jsonl").write_bytes(b"")
+    left.append(output)
+    kept.append(tmp_path / f"{work_dir_prefix('output')}mno-alerts.jsonl")
     import time
 
     assert remove_abandoned_work(tmp_path) == [], "just written: maybe another host's replay"
@@ -461,6 +654,7 @@ def test_files_that_cannot_be_used_end_in_one_line(
         assert f"--alerts {folder} is a folder, not a file" in _cli_error(argv, capsys)
     argv = ["replay", str(not_parquet), "--alerts", str(tmp_path / "a.jsonl"), "--dlq", dlq]
     assert "is not a Parquet file" in _cli_error([*argv, "--jobs", "2"], capsys)
-    missing = tmp_path / "nowhere" / "x.jsonl"
-    argv = ["simulate", "--teams", "1", "--days", "2", "--quiet", "--out", str(missing)]
-    assert f"No such file or directory: {missing}" in _cli_error(argv, capsys)
+    blocked = tmp_path / "file" / "x.jsonl"
+    (tmp_path / "file").write_bytes(b"")
+    argv = ["simulate", "--teams", "1", "--days", "2", "--quiet", "--out", str(blocked)]
+    assert f"--out {blocked}: cannot create the folder" in _cli_error(argv, capsys)
