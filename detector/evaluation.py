@@ -60,8 +60,10 @@ Example (one team, one user, churned 30 days after an at_risk alert):
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -246,20 +248,28 @@ class JsonlReader(Iterator[dict[str, Any]]):
         return next(self._records)
 
     def _read(self) -> Iterator[dict[str, Any]]:
-        with open(self.path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                self.line = number
-                if not line.strip():
-                    continue
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise ValueError(
-                        f"{self.where}: invalid JSON: {exc.msg} at column {exc.colno}"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{self.where}: expected a JSON object")
-                yield record
+        with open(self.path, "rb") as raw:
+            gzipped = raw.peek(2)[:2] == b"\x1f\x8b"  # as replay: gzip whatever its name
+            handle: Any = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            try:
+                yield from self._records_of(handle)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                raise ValueError(f"{self.path}: not a readable gzip file: {exc}") from None
+
+    def _records_of(self, handle: Any) -> Iterator[dict[str, Any]]:
+        for number, line in enumerate(handle, start=1):
+            self.line = number
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{self.where}: invalid JSON: {exc.msg} at column {exc.colno}"
+                ) from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{self.where}: expected a JSON object")
+            yield record
 
 
 def load_jsonl(path: str | os.PathLike[str]) -> JsonlReader:

@@ -17,6 +17,7 @@ Healthy weeks (team and user): 3 healthy entities x 100 days = 300/7 weeks.
 
 from __future__ import annotations
 
+import gzip
 import random
 from typing import Any
 
@@ -565,3 +566,14 @@ def test_scenario_signals_keep_true_and_false_positives_apart():
     assert (unknown.detector_tp, unknown.detector_fp) == (1, 1)
     assert unknown.detector_signals == {"team_activity_drop": 1}  # t_churn only
     assert unknown.detector_fp_signals == {"team_activity_drop": 1}  # t_healthy
+
+
+def test_load_jsonl_reads_gzip_whatever_its_name_and_names_a_cut_one(tmp_path):
+    records = [{"a": 1}, {"b": 2}]
+    packed = gzip.compress(b"\n".join(orjson.dumps(r) for r in records) + b"\n")
+    path = tmp_path / "events.jsonl"  # no .gz: the magic bytes tell
+    path.write_bytes(packed)
+    assert list(load_jsonl(path)) == records
+    path.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(ValueError, match="not a readable gzip file"):
+        list(load_jsonl(path))
