@@ -145,6 +145,8 @@ class PartitionEngine:
             settings.at_risk_strong_risk,
             settings.at_risk_days_moderate,
         )
+        #: the last count of _active_teams_since, with the state it was counted on
+        self._active_count: tuple[tuple[int, int, int | None, int], int] | None = None
         self.watermark = Watermark(
             settings.allowed_lateness_s * 1000,
             settings.max_future_skew_s * 1000,
@@ -315,13 +317,20 @@ class PartitionEngine:
         """Teams active since about ``since_ms`` (whole local days): how many can confirm a
         jump in time, counted up to the confirmations needed (more change nothing).
 
-        Counted each time, from the state alone: a count kept from an earlier call was not
-        in the records, so a restored engine decided a jump otherwise than one that never
-        stopped (teams had come or gone since). It is asked only while a jump candidate lacks
-        confirmations, and in a busy partition stops at the first few active teams."""
+        A function of the state alone (a restored engine decides a jump as one that never
+        stopped). The count is kept only while nothing that could change it happened (no
+        event applied, no sweep, no team added or dropped): a device with a broken clock
+        sends one candidate after another, and counting over every quiet team for each of
+        them took milliseconds per event."""
         first_day = since_ms // DAY_MS - 1
+        key = (first_day, self.stats.events_valid, self.next_sweep_ms, len(self.teams))
+        cached = self._active_count
+        if cached is not None and cached[0] == key:
+            return cached[1]
         active = (team for team in self.teams.values() if team.last_active_day >= first_day)
-        return sum(1 for _ in islice(active, self.watermark.confirmations))
+        count = sum(1 for _ in islice(active, self.watermark.confirmations))
+        self._active_count = (key, count)
+        return count
 
     def _count_team_day(self, team: TeamState, ts: int, day: int, bit: int, first: bool) -> None:
         """Count the team's local ``day`` once among the population's active teams, in the UTC
