@@ -15,12 +15,30 @@ from .events import (
     Invalid,
     decode_fields,
     routing_key,
+    segment_event_type,
     validate_fields,
 )
 from .memberships import Memberships
 from .partitioning import partition_for
 from .quarantine import quarantined
 from .settings import EngineSettings
+
+
+def _may_be_membership(obj: dict[str, Any]) -> bool:
+    """Whether a line could validate to a ``team.updated`` event, which teaches a membership
+    (a group call, a canonical team.updated, a track call named "Team Updated"): a job
+    validates such lines of the other jobs' partitions too, so that every job learns what
+    one process would.
+
+    >>> _may_be_membership({"type": "track", "event": "Team Updated"})
+    True
+    >>> _may_be_membership({"type": "track", "event": "Report Viewed"}), _may_be_membership({"type": []})
+    (False, False)
+    """
+    kind = obj.get("type")  # any JSON value
+    if kind == "group" or kind == TEAM_UPDATED:
+        return True
+    return kind == "track" and segment_event_type(obj.get("event")) == TEAM_UPDATED
 
 
 class PartitionedEngines:
@@ -134,8 +152,7 @@ class PartitionedEngines:
                 if p is None:
                     p = self.partition(key)
                 if not owned[p]:
-                    kind = obj.get("type")  # any JSON value
-                    if kind == "group" or kind == TEAM_UPDATED:
+                    if _may_be_membership(obj):
                         learned = validate(obj, team_of)
                         if not isinstance(learned, Invalid):
                             observe(learned)

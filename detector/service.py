@@ -101,6 +101,8 @@ INGEST_BATCHES_IN_FLIGHT = 4
 #: and its records); at 15-30k events/s the source arrives in slices of a few hundred events
 #: over 4 partitions, and bundling each slice on its own made ~60-event bundles.
 INGEST_LINGER_S = 0.03
+#: how long ingest reads the shared memberships at start before it starts without the rest
+MEMBERSHIPS_READ_S = 60.0
 #: how recently ingest must have read each of its source partitions for idle time to count
 INGEST_READING_S = 10.0
 #: keyed messages whose key must be their team id before ingest suggests the keyed option
@@ -242,6 +244,8 @@ class Ingest:
         #: users' teams from group calls: this worker's and, through the topic, the others'
         self.memberships = Memberships()
         self.memberships_topic = memberships_topic_name(settings)
+        #: memberships this worker shared that have not come back from the topic yet
+        self.sharing: dict[str, str] = {}
 
     @property
     def invalid(self) -> int:
@@ -269,19 +273,17 @@ class Ingest:
             **common,
         )
         shared = AIOKafkaConsumer(enable_auto_commit=False, **common)  # no group: all of it
-        await shared.start()
-        try:
-            await self._read_memberships(shared)
-        except BaseException:
-            await shared.stop()
-            raise
-        following = asyncio.ensure_future(self._follow_memberships(shared))
-        await consumer.start()
-        await producer.start()
-        self.producer, self.consumer = producer, consumer
+        started: list[Any] = []
+        following: asyncio.Future[None] | None = None
         #: commits of batches whose bundles are not yet all acknowledged, oldest first
         settling: collections.deque[asyncio.Future[None]] = collections.deque()
         try:
+            for client in (shared, consumer, producer):
+                await client.start()
+                started.append(client)
+            await self._read_memberships(shared)
+            following = asyncio.ensure_future(self._follow_memberships(shared))
+            self.producer, self.consumer = producer, consumer
             while True:
                 batch = await self._read_batch(consumer)
                 if batch:
@@ -310,11 +312,13 @@ class Ingest:
             # last commit.
             for commit in settling:
                 commit.cancel()
-            following.cancel()
-            await asyncio.gather(*settling, following, return_exceptions=True)
-            await consumer.stop()
-            await producer.stop()
-            await shared.stop()
+            if following is not None:
+                following.cancel()
+                settling.append(following)
+            await asyncio.gather(*settling, return_exceptions=True)
+            for client in (consumer, producer, shared):
+                if client in started:
+                    await client.stop()
 
     async def _read_memberships(self, shared: AIOKafkaConsumer) -> None:
         """Read the memberships topic from its start to its current end (before any event:
@@ -324,10 +328,25 @@ class Ingest:
         await shared.seek_to_beginning(*tps)
         ends = await shared.end_offsets(tps)
         started = time.monotonic()
+        told = started
         while True:
             positions = [await shared.position(tp) for tp in tps]
-            if all(at >= ends[tp] for at, tp in zip(positions, tps, strict=True)):
+            left = sum(max(0, ends[tp] - at) for at, tp in zip(positions, tps, strict=True))
+            if not left:
                 break
+            now = time.monotonic()
+            if now - started >= MEMBERSHIPS_READ_S:
+                log.warning(
+                    "ingest: %d memberships not read after %.0f s; starting without them (read "
+                    "on meanwhile): a call whose user's group call is among them is "
+                    "dead-lettered as missing_field:team_id",
+                    left,
+                    now - started,
+                )
+                return
+            if now - told >= 10.0:
+                told = now
+                log.info("ingest: reading memberships, %d records left", left)
             self._learn_memberships(await shared.getmany(timeout_ms=500))
         if self.memberships:
             log.info(
@@ -348,13 +367,22 @@ class Ingest:
                 await asyncio.sleep(1.0)
 
     def _learn_memberships(self, batch: dict[Any, list[Any]]) -> None:
-        learn = self.memberships.learn
+        """Take the shared memberships; until this worker's latest record of a user comes
+        back (a user's records are in order in one partition), what comes before it is older
+        than what this worker knows, and is skipped."""
+        learn, sharing = self.memberships.learn, self.sharing
         for messages in batch.values():
             for msg in messages:
                 try:
-                    learn(msg.key.decode(), None if msg.value is None else msg.value.decode())
+                    user = msg.key.decode()
+                    team = None if msg.value is None else msg.value.decode()
                 except (AttributeError, UnicodeDecodeError):
                     continue  # not a record of ours
+                ours = sharing.get(user)
+                if ours is None:
+                    learn(user, team)
+                elif ours == team:
+                    del sharing[user]  # ours came back: the next records are newer
 
     async def _read_batch(self, consumer: AIOKafkaConsumer) -> dict[Any, list[Any]]:
         """Up to ``batch_size`` messages: what is there, and in live mode (a short read) what
@@ -468,6 +496,7 @@ class Ingest:
                     if decoded[1] == TEAM_UPDATED and self.memberships.observe(decoded):
                         user, team = decoded[3], decoded[4]
                         assert user is not None  # observed: a user's group call
+                        self.sharing[user] = team
                         futures.append(
                             await producer.send(
                                 self.memberships_topic, team.encode(), key=user.encode()

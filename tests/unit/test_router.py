@@ -4,6 +4,7 @@ import collections
 
 import orjson
 
+from detector.partitioning import partition_for
 from detector.router import PartitionedEngines
 from detector.settings import EngineSettings
 from tests.segment_calls import segment_without_teams
@@ -86,3 +87,35 @@ def test_segment_calls_without_their_team_get_the_team_of_their_users_group_call
         engines.process_owned_lines(lines, 0, job, 2, merged_rejected, merged_alerts)
     assert sorted(i for i, _ in merged_rejected) == [0]
     assert [a for _, a in sorted(merged_alerts, key=lambda x: x[0])] == alerts
+
+
+def test_every_job_learns_a_membership_from_a_track_call_named_team_updated():
+    """Such a call validates to team.updated: the job owning its team learns from it, and so
+    must the others, or a later call without its team goes elsewhere in another job."""
+    settings = EngineSettings(partitions=4)
+    by_job: dict[int, str] = {}
+    for i in range(100):
+        by_job.setdefault(partition_for(f"t{i}", 4) % 2, f"t{i}")
+    first, second = by_job[0], by_job[1]
+    ts = 1772356502123
+    calls = [
+        {"type": "group", "userId": "u1", "groupId": first, "traits": {}},
+        {"type": "track", "userId": "u1", "event": "Team Updated", "context": {"groupId": second}},
+        {"type": "track", "userId": "u1", "event": "Report Viewed"},
+    ]
+    lines = [
+        orjson.dumps({**call, "messageId": f"m{n}", "timestamp": ts + n})
+        for n, call in enumerate(calls)
+    ]
+    one = PartitionedEngines(settings)
+    one.process_lines(lines, [], [])
+    counts = {t: s.events_total for e in one.engines for t, s in e.teams.items()}
+    assert counts == {first: 1, second: 2}
+    merged: dict[str, int] = {}
+    for job in (0, 1):
+        engines = PartitionedEngines(settings)
+        engines.process_owned_lines(lines, 0, job, 2, [], [])
+        for engine in engines.engines:
+            for team, state in engine.teams.items():
+                merged[team] = merged.get(team, 0) + state.events_total
+    assert merged == counts

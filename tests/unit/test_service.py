@@ -710,6 +710,60 @@ def test_ingest_reads_the_memberships_other_workers_shared_before_it_reads_event
     assert ingest.memberships.teams == {"u1": "t3"}  # the latest of each; u2's was deleted
 
 
+def test_ingest_starts_without_the_memberships_it_cannot_read_in_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    class Stuck(SharedTopic):
+        async def getmany(self, timeout_ms: int) -> dict[Any, list[Any]]:
+            await asyncio.sleep(0.01)
+            return {}  # a partition whose leader does not answer
+
+    monkeypatch.setattr(service, "MEMBERSHIPS_READ_S", 0.05)
+    ingest = Ingest(build_settings(environ={}), partitions=4)
+    asyncio.run(ingest._read_memberships(Stuck([(b"u1", b"t1")])))  # type: ignore[arg-type]
+    assert "1 memberships not read" in caplog.text
+
+
+def test_a_membership_this_worker_shared_is_not_undone_by_its_older_records_coming_back():
+    settings = build_settings(environ={})
+    ingest = Ingest(settings, partitions=4)
+    call = {"type": "group", "userId": "u1", "timestamp": "2026-03-01T09:00:00Z", "traits": {}}
+    batch = {
+        SourcePartition("events", 0): [
+            SourceMessage(n, None, orjson.dumps({**call, "messageId": f"g{n}", "groupId": team}))
+            for n, team in enumerate(("tA", "tB"))
+        ]
+    }
+    asyncio.run(ingest._forward(batch, RecordingProducer()))  # type: ignore[arg-type]
+    shared = SourcePartition("memberships", 0)
+    ingest._learn_memberships({shared: [SourceMessage(0, b"u1", b"tA")]})  # the older echo
+    assert ingest.memberships.team_of("u1") == "tB"
+    ingest._learn_memberships({shared: [SourceMessage(1, b"u1", b"tB")]})  # ours is back
+    ingest._learn_memberships({shared: [SourceMessage(2, b"u1", b"tC")]})  # then another's
+    assert ingest.memberships.team_of("u1") == "tC"
+
+
+def test_ingest_that_cannot_start_stops_what_it_started(monkeypatch: pytest.MonkeyPatch):
+    shared = SharedTopic([])
+    stopped: list[str] = []
+
+    class Refused(FakeIngestConsumer):
+        async def start(self) -> None:
+            raise GroupAuthorizationFailedError()
+
+    async def stop() -> None:
+        stopped.append("memberships")
+
+    shared.stop = stop  # type: ignore[method-assign]
+    source = Refused(batches=0)
+    monkeypatch.setattr(service, "AIOKafkaConsumer", lambda *a, **kw: source if a else shared)
+    monkeypatch.setattr(service, "AIOKafkaProducer", lambda *a, **kw: FakeIngestProducer())
+    ingest = Ingest(build_settings(environ={}), partitions=4)
+    with pytest.raises(GroupAuthorizationFailedError):
+        asyncio.run(ingest.run())
+    assert stopped == ["memberships"]
+
+
 def test_ingest_gives_a_segment_message_without_its_team_the_team_of_its_users_group_call():
     settings = build_settings(environ={})
     ingest = Ingest(settings, partitions=4)
