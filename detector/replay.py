@@ -11,6 +11,7 @@ one process writes.
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import gzip
 import hashlib
@@ -129,6 +130,8 @@ def dead_letter(raw: bytes, invalid: Invalid, source: dict[str, Any]) -> dict[st
 READ_CHUNK = 1 << 23
 #: the first bytes of a gzip file
 GZIP_MAGIC = b"\x1f\x8b"
+#: lines handed to the engines at once (bounds the memory of a batch's alerts and rejections)
+BATCH_LINES = 4096
 
 
 def read_lines(path: Path, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
@@ -138,59 +141,173 @@ def read_lines(path: Path, progress: Callable[[int], None] | None = None) -> Ite
     Blank lines are skipped; a line's trailing CR/LF is not part of it. ``progress`` gets
     the bytes of the file read (compressed bytes for gzip, JSON bytes for Parquet).
     """
-    for _, line in read_numbered_lines(path, progress):
-        yield line
+    for lines, _ in read_line_chunks(path, progress):
+        yield from lines
 
 
 def read_numbered_lines(
     path: Path, progress: Callable[[int], None] | None = None, parquet_rows: bool = False
 ) -> Iterator[tuple[int, bytes]]:
     """:func:`read_lines` with each line's number in the file (from 1, blank lines
-    counted: the number an editor shows; a Parquet row's number from 1).
+    counted: the number an editor shows; a Parquet row's number from 1)."""
+    for lines, numbers in read_line_chunks(path, progress, parquet_rows):
+        yield from zip(map(numbers, range(len(lines))), lines, strict=True)
 
-    JSONL is read in large chunks (a few bytes per line cheaper than iterating the file
-    object); a file that starts with gzip's magic bytes is decompressed, whatever its name.
-    ``parquet_rows``: ``progress`` counts Parquet rows instead of their JSON bytes.
+
+class LineNumbering:
+    """The numbers in the file of a list of lines read: line ``i`` of the list (from 0) is
+    line ``self(i)`` of the file (from 1). Kept as the first line's number and where blank
+    lines were skipped, so a number costs nothing until it is asked for (a dead letter).
+
+    >>> numbers = LineNumbering(11, [1, 1, 2])  # b"a", b"", b"", b"b", b"", b"c" from line 11
+    >>> [numbers(i) for i in range(3)]
+    [11, 14, 16]
+    >>> numbers.after(1)(0)
+    14
+    """
+
+    __slots__ = ("first", "offset", "skips")
+
+    def __init__(self, first: int, skips: list[int] | None = None, offset: int = 0) -> None:
+        self.first = first  # the file's number of the first line, blank or not
+        # per blank line skipped, the lines kept before it (non-decreasing)
+        self.skips = skips or []
+        self.offset = offset
+
+    def __call__(self, index: int) -> int:
+        at = self.offset + index
+        return self.first + at + bisect.bisect_right(self.skips, at)
+
+    def after(self, start: int) -> LineNumbering:
+        """The numbering of ``lines[start:]``."""
+        return LineNumbering(self.first, self.skips, self.offset + start)
+
+
+class _JoinedNumbering:
+    """The numbering of lists of lines one after the other: (length, numbering) each."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[tuple[int, Callable[[int], int]]]) -> None:
+        self.parts = parts
+
+    def __call__(self, index: int) -> int:
+        for length, numbers in self.parts:
+            if index < length:
+                return numbers(index)
+            index -= length
+        raise IndexError(index)
+
+
+def read_line_chunks(
+    path: Path, progress: Callable[[int], None] | None = None, parquet_rows: bool = False
+) -> Iterator[tuple[list[bytes], Callable[[int], int]]]:
+    """:func:`read_lines` as lists of lines (a chunk of the file each), with their numbers
+    in the file (:class:`LineNumbering`: from 1, blank lines counted, the number an editor
+    shows; a Parquet row's number from 1).
+
+    JSONL is read in large chunks, split and kept as lists (no Python work per line unless
+    a chunk has a CR or a blank line); a file that starts with gzip's magic bytes is
+    decompressed, whatever its name. ``parquet_rows``: ``progress`` counts Parquet rows
+    instead of their JSON bytes.
     """
     if path.suffix == ".parquet":
-        yield from enumerate(_parquet_rows(path, progress, parquet_rows), 1)
+        number = 1
+        for rows in _parquet_rows(path, progress, parquet_rows):
+            yield rows, LineNumbering(number)
+            number += len(rows)
         return
     with path.open("rb") as raw:
         gzipped = raw.read(2) == GZIP_MAGIC
         raw.seek(0)
         fh: Any = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
-        tail, number, reported = b"", 0, 0
+        tail, number, reported = b"", 1, 0
         try:
             while chunk := fh.read(READ_CHUNK):
                 if progress is not None:  # the bytes of the file read, compressed or not
                     at = raw.tell()
                     progress(at - reported)
                     reported = at
-                lines = (tail + chunk).split(b"\n")
+                data = tail + chunk
+                lines = data.split(b"\n")
                 tail = lines.pop()
-                yield from _non_blank(lines, number)
+                if lines:
+                    yield _non_blank(lines, number, b"\r" in data)
                 number += len(lines)
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # cut short, or corrupt
             raise InputError(f"events file {path} is not a readable gzip file: {exc}") from None
-        yield from _non_blank([tail], number)
+        last = _non_blank([tail], number, b"\r" in tail)
+        if last[0]:
+            yield last
 
 
-def _non_blank(lines: list[bytes], before: int) -> Iterator[tuple[int, bytes]]:
-    """The lines without trailing CR/LF that hold more than whitespace, with their
-    numbers (``before`` lines came earlier).
+def _non_blank(
+    lines: list[bytes], first: int, cr: bool = True
+) -> tuple[list[bytes], LineNumbering]:
+    """The lines without trailing CR that hold more than whitespace, and their numbers
+    (the first line is number ``first``). ``lines`` is kept as it is when it has no blank
+    line and no CR (``cr``: there may be one).
 
-    >>> list(_non_blank([b"a\\r", b"", b" \\t", b"b"], 10))
-    [(11, b'a'), (14, b'b')]
+    >>> lines, numbers = _non_blank([b"a\\r", b"", b" \\t", b"b"], 11)
+    >>> lines, [numbers(i) for i in range(len(lines))]
+    ([b'a', b'b'], [11, 14])
     """
-    for number, line in enumerate(lines, before + 1):
-        line = line.rstrip(b"\r\n")
-        if line and not line.isspace():
-            yield number, line
+    if any(map(bytes.isspace, lines)) or b"" in lines:  # "\r" alone is space too
+        kept: list[bytes] = []
+        skips: list[int] = []
+        for line in lines:
+            if not line or line.isspace():
+                skips.append(len(kept))
+            else:
+                kept.append(line)
+        lines = kept
+    else:
+        skips = []
+    if cr:
+        lines = [line.rstrip(b"\r") for line in lines]
+    return lines, LineNumbering(first, skips)
+
+
+def numbered_batches(
+    chunks: Iterable[tuple[list[bytes], Callable[[int], int]]], size: int = BATCH_LINES
+) -> Iterator[tuple[list[bytes], Callable[[int], int]]]:
+    """Chunks of lines (:func:`read_line_chunks`) as consecutive lists of ``size`` lines
+    (the last one fewer), each with its lines' numbers.
+
+    >>> chunks = [([b"a", b"b", b"c"], LineNumbering(1)), ([b"d", b"e"], LineNumbering(10))]
+    >>> [(b, [n(i) for i in range(len(b))]) for b, n in numbered_batches(chunks, 2)]
+    [([b'a', b'b'], [1, 2]), ([b'c', b'd'], [3, 10]), ([b'e'], [11])]
+    """
+    held: list[bytes] = []
+    parts: list[tuple[int, Callable[[int], int]]] = []
+    for lines, numbers in chunks:
+        start = 0
+        if held:
+            start = size - len(held)
+            taken = lines[:start]
+            held += taken
+            parts.append((len(taken), numbers))
+            if len(held) < size:
+                continue
+            yield held, _JoinedNumbering(parts)
+        while len(lines) - start >= size:
+            yield lines[start : start + size], _after(numbers, start)
+            start += size
+        held = lines[start:]
+        parts = [(len(held), _after(numbers, start))] if held else []
+    if held:
+        yield held, _JoinedNumbering(parts)
+
+
+def _after(numbers: Callable[[int], int], start: int) -> Callable[[int], int]:
+    if isinstance(numbers, LineNumbering):
+        return numbers.after(start) if start else numbers
+    return lambda index: numbers(start + index)
 
 
 def _parquet_rows(
     path: Path, progress: Callable[[int], None] | None, count_rows: bool
-) -> Iterator[bytes]:
+) -> Iterator[list[bytes]]:
     table = _parquet_file(path)
     for batch in table.iter_batches(batch_size=50_000):
         # held until the batch is applied: copied out of orjson's 4 KB output buffers (as
@@ -201,7 +318,8 @@ def _parquet_rows(
         ]
         if progress is not None:
             progress(len(rows) if count_rows else sum(map(len, rows)))
-        yield from rows
+        if rows:
+            yield rows
 
 
 def _parquet_file(path: Path) -> Any:
@@ -257,9 +375,6 @@ def _without_nulls(row: dict[str, Any]) -> dict[str, Any]:
 
 
 T = TypeVar("T")
-
-#: lines handed to the engines at once (bounds the memory of a batch's alerts and rejections)
-BATCH_LINES = 4096
 
 
 def batches(lines: Iterable[T], size: int = BATCH_LINES) -> Iterator[list[T]]:
@@ -317,7 +432,14 @@ def replay(
 ) -> ReplayResult:
     """Process ``lines`` and write alerts and dead letters (numbered from 1 in the order
     read, or ``line_number`` of that)."""
-    return replay_numbered(enumerate(lines, 1), settings, alerts_out, dlq_out, engines, line_number)
+
+    def numbered() -> Iterator[tuple[list[bytes], Callable[[int], int]]]:
+        first = 1
+        for batch in batches(lines):
+            yield batch, LineNumbering(first)
+            first += len(batch)
+
+    return replay_batches(numbered(), settings, alerts_out, dlq_out, engines, line_number)
 
 
 def replay_numbered(
@@ -330,21 +452,40 @@ def replay_numbered(
 ) -> ReplayResult:
     """:func:`replay` of (line number, line) pairs (:func:`read_numbered_lines`): a dead
     letter gives its line's number, or ``line_number`` of it."""
+
+    def numbered() -> Iterator[tuple[list[bytes], Callable[[int], int]]]:
+        for batch in batches(lines):
+            numbers, raws = zip(*batch, strict=True)
+            yield list(raws), numbers.__getitem__
+
+    return replay_batches(numbered(), settings, alerts_out, dlq_out, engines, line_number)
+
+
+def replay_batches(
+    lines: Iterable[tuple[list[bytes], Callable[[int], int]]],
+    settings: EngineSettings,
+    alerts_out: IO[bytes],
+    dlq_out: IO[bytes],
+    engines: PartitionedEngines | None = None,
+    line_number: Callable[[int], int] | None = None,
+) -> ReplayResult:
+    """:func:`replay` of batches of lines, each with its lines' numbers
+    (:func:`numbered_batches`): a dead letter gives its line's number, or ``line_number``
+    of it."""
     engines = engines or PartitionedEngines(settings)
     line_number = line_number or LineNumbers(None)
     result = ReplayResult()
     dumps = orjson.dumps
-    for batch in batches(lines):
-        numbers, raws = zip(*batch, strict=True)
+    for raws, numbers in lines:
         rejected: list[tuple[int, Invalid]] = []
         alerts: list[dict[str, Any]] = []
         engines.process_lines(raws, rejected, alerts)
         for index, why in rejected:
-            dlq_out.write(_dead_letter_line(raws[index], why, line_number(numbers[index])))
+            dlq_out.write(_dead_letter_line(raws[index], why, line_number(numbers(index))))
         for alert in alerts:
             alerts_out.write(dumps(alert) + b"\n")
             result.count_alert(alert)
-        result.lines += len(batch)
+        result.lines += len(raws)
     result.invalid = engines.invalid_counts()
     result.valid = engines.events_valid
     return result
@@ -394,8 +535,8 @@ def replay_file(
             dlq_tmp.open("wb") as dlq_fh,
             LineNumbers(line_numbers) as number,
         ):
-            lines = read_numbered_lines(events, bar.update, parquet_rows=True)
-            result = replay_numbered(lines, settings, alerts_fh, dlq_fh, None, number)
+            lines = numbered_batches(read_line_chunks(events, bar.update, parquet_rows=True))
+            result = replay_batches(lines, settings, alerts_fh, dlq_fh, None, number)
             bar.update(bar.total - bar.n)
         return result
 
@@ -807,20 +948,19 @@ def _replay_share(
         (work / f"dlq-{job}").open("wb") as dlq_out,
         LineNumbers(line_numbers) as number,
     ):
-        for batch in batches(read_numbered_lines(events, tick, parquet_rows=True)):
-            numbers, raws = zip(*batch, strict=True)
+        for raws, numbers in numbered_batches(read_line_chunks(events, tick, parquet_rows=True)):
             rejected: list[tuple[int, Invalid]] = []
             alerts: list[tuple[int, dict[str, Any]]] = []
             first = result.lines  # tags: the index of the line replayed, from 0
             engines.process_owned_lines(raws, first, job, jobs, rejected, alerts)
             for index, why in rejected:
                 at = index - first
-                dead = _dead_letter_line(raws[at], why, number(numbers[at]))
+                dead = _dead_letter_line(raws[at], why, number(numbers(at)))
                 dlq_out.write(b"%d%s%s" % (index, _TAG_END, dead))
             for index, alert in alerts:
                 alerts_out.write(b"%d%s%s\n" % (index, _TAG_END, dumps(alert)))
                 result.count_alert(alert)
-            result.lines += len(batch)
+            result.lines += len(raws)
     result.invalid = engines.invalid_counts()
     result.valid = engines.events_valid
     (work / f"result-{job}.json").write_bytes(orjson.dumps(result))
@@ -847,6 +987,7 @@ def _merged(parts: list[Path]) -> Iterator[tuple[bytes, bytes]]:
 
 __all__ = [
     "InputError",
+    "LineNumbering",
     "LineNumbers",
     "ReplayJobFailed",
     "ReplayResult",
@@ -855,10 +996,13 @@ __all__ = [
     "dead_letter",
     "default_jobs",
     "event_time_key",
+    "numbered_batches",
+    "read_line_chunks",
     "read_lines",
     "read_numbered_lines",
     "remove_abandoned_work",
     "replay",
+    "replay_batches",
     "replay_file",
     "replay_numbered",
     "sort_by_event_time",
