@@ -140,9 +140,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             events = (to_segment(e) for e in events)
         disable = True if args.quiet else None  # None: drawn when stderr is a terminal
         with tqdm(desc="simulate", unit=" events", unit_scale=True, disable=disable) as bar:
-            n = write_jsonl(out, events, progress=lambda k: bar.update(k - bar.n))
+            n = write_jsonl(out, events, progress=lambda k: bar.update(k - bar.n), name=args.out)
             bar.update(n - bar.n)
-        truth = write_jsonl(truth_out, sim.truth()) if truth_out is not None else 0
+        truth = write_jsonl(truth_out, sim.truth(), name=args.truth) if truth_out is not None else 0
     print(
         f"wrote {n:,} events to {args.out}"
         + (f" and {truth:,} truth records to {args.truth}" if args.truth else ""),
@@ -168,6 +168,7 @@ def _replay(args: argparse.Namespace) -> int:
         sort_by_event_time,
         terminate_as_exit,
         work_dir_prefix,
+        work_folder,
         written_whole,
     )
 
@@ -183,7 +184,10 @@ def _replay(args: argparse.Namespace) -> int:
         raise SettingsError("--sort and --file-order exclude each other")
     _make_folder("--alerts", args.alerts)
     _make_folder("--dlq", args.dlq)
-    for folder in dict.fromkeys((args.alerts.parent, args.dlq.parent)):
+    # the work files of an output that is no regular file (/dev/null, a FIFO) go to the
+    # folder of the other output, else to the temporary folder: not into /dev
+    work = work_folder(args.alerts, args.dlq)
+    for folder in dict.fromkeys((work_folder(args.alerts), work_folder(args.dlq))):
         for path in remove_abandoned_work(folder):
             print(f"removed {path}, left by a replay that was killed", file=sys.stderr)
     with contextlib.ExitStack() as stack:
@@ -193,9 +197,7 @@ def _replay(args: argparse.Namespace) -> int:
 
         def sorted_copy() -> tuple[Path, Path]:
             tmp = stack.enter_context(
-                tempfile.TemporaryDirectory(
-                    dir=args.alerts.parent, prefix=work_dir_prefix("replay")
-                )
+                tempfile.TemporaryDirectory(dir=work, prefix=work_dir_prefix("replay"))
             )
             out, numbers = Path(tmp) / "sorted.jsonl", Path(tmp) / "line-numbers"
             done = sort_by_event_time(
@@ -438,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
         "gives byte-identical alerts and dead letters for any --jobs. Dead letters give the "
         "line numbers of the file (blank lines counted; rows of a Parquet file). Both outputs "
         "are written to temporary files next to them and replace them only once the replay is "
-        "done: a replay that fails or is interrupted keeps the files there were.",
+        "done: a replay that fails or is interrupted keeps the files there were. An output that "
+        "is no regular file (/dev/stdout, a FIFO) gets its temporary file next to the other "
+        "output, or in the temporary folder, and is written once, at the end.",
     )
     p.add_argument(
         "events", type=Path, help="events file (.jsonl, gzip-compressed .jsonl.gz, or .parquet)"
@@ -463,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sort",
         action="store_true",
         help="put the file in event-time order first, without a file-order pass (stable; an "
-        "external sort in a temporary directory next to --alerts that needs about twice the "
+        "external sort in a temporary directory next to --alerts (--dlq when --alerts is no "
+        "regular file, else the temporary folder) that needs about twice the "
         "size of the file as JSONL on disk, removed at the end; a replay an hour later removes what a "
         "killed one left). Sorted, an event with a wrong clock is accepted at its time "
         "instead of being late: the printed time range shows such strays. Dead letters give "

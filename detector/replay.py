@@ -564,36 +564,56 @@ def written_whole(*paths: Path) -> Iterator[list[Path]]:
     that does not finish keeps the files there were. The temporary files take the mode
     the file they replace has (new: 0666 less the umask, as ``open`` gives); one a killed
     process left is removed by :func:`remove_abandoned_work`. A symbolic link is followed
-    (the file it points to is replaced); a path that is there but no regular file
-    (``/dev/null``, a FIFO) is written to as it is.
+    (the file it points to is replaced). A path that is there but no regular file
+    (``/dev/null``, ``/dev/stdout``, a FIFO) gets a temporary file in :func:`work_folder`
+    too, copied to it once at the end: what a run writes twice (replay's pass in file
+    order, then sorted) reaches it once, and nothing does when the run fails.
     """
     targets = [path if _special(path) else Path(os.path.realpath(path)) for path in paths]
+    spare = work_folder(*paths)
     temps: list[Path] = []
     try:
         for path, target in zip(paths, targets, strict=True):
-            if _special(path):
-                temps.append(path)
-                continue
+            folder = spare if _special(path) else target.parent
             try:
                 fd, name = tempfile.mkstemp(
-                    prefix=work_dir_prefix("output"), suffix=f"-{target.name}", dir=target.parent
+                    prefix=work_dir_prefix("output"), suffix=f"-{target.name}", dir=folder
                 )
             except OSError as exc:  # named after the output, not the temporary file
                 raise OSError(exc.errno, exc.strerror, str(path)) from None
             temps.append(Path(name))
             try:
-                os.fchmod(fd, _mode_for(target))
+                if not _special(path):
+                    os.fchmod(fd, _mode_for(target))
             finally:
                 os.close(fd)
         yield list(temps)
-        for temp, target in zip(temps, targets, strict=True):
-            if temp != target:
+        for path, temp, target in zip(paths, temps, targets, strict=True):
+            if _special(path):
+                with temp.open("rb") as src, open(path, "wb") as dst:
+                    shutil.copyfileobj(src, dst, READ_CHUNK)
+            else:
                 os.replace(temp, target)
     finally:
-        for temp, target in zip(temps, targets, strict=False):
-            if temp != target:
-                with contextlib.suppress(FileNotFoundError):
-                    temp.unlink()
+        for temp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
+
+def work_folder(*outputs: Path) -> Path:
+    """Where the work files of a run writing ``outputs`` go: the folder of the first that
+    is a regular file (or not there yet), else (all ``/dev/null``, FIFOs...) the system's
+    temporary folder, never ``/dev``.
+
+    >>> work_folder(Path("/dev/null"), Path("out/dlq.jsonl"))
+    PosixPath('out')
+    >>> work_folder(Path("/dev/null")) == Path(tempfile.gettempdir())
+    True
+    """
+    for path in outputs:
+        if not _special(path):
+            return path.parent
+    return Path(tempfile.gettempdir())
 
 
 def _special(path: Path) -> bool:
@@ -841,7 +861,8 @@ def _replay_in_jobs(
     # fork (POSIX): no re-import of the caller's __main__ (spawn's pitfall, and ~1 s); the
     # jobs start before the progress bar's thread exists and use no lock another thread holds
     ctx = multiprocessing.get_context("fork")
-    with tempfile.TemporaryDirectory(prefix=work_dir_prefix("replay"), dir=alerts.parent) as tmp:
+    folder = work_folder(alerts, dlq)
+    with tempfile.TemporaryDirectory(prefix=work_dir_prefix("replay"), dir=folder) as tmp:
         work = Path(tmp)
         read = [ctx.Value("q", 0, lock=False) for _ in range(jobs)]
         procs = [
@@ -1008,5 +1029,6 @@ __all__ = [
     "sort_by_event_time",
     "terminate_as_exit",
     "work_dir_prefix",
+    "work_folder",
     "written_whole",
 ]

@@ -428,10 +428,13 @@ def write_jsonl(
     path: str | Path,
     records: Iterable[dict],
     progress: Callable[[int], object] | None = None,
+    name: str | Path | None = None,
 ) -> int:
     """Write records as JSON lines (orjson); ``-`` is stdout, ``*.gz`` is gzip. Returns count.
 
     ``progress`` (optional) is called with the running count every 10,000 records.
+    ``name``: the file's final name when ``path`` is a temporary file to be renamed to it;
+    gzip's header records it (what ``gunzip -N`` restores) instead of the temporary name.
 
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "x.jsonl")
@@ -444,8 +447,12 @@ def write_jsonl(
     if str(path) == "-":
         return _write_lines(sys.stdout.buffer, records, progress)
     if str(path).endswith(".gz"):
-        with gzip.open(path, "wb", compresslevel=5) as fh:  # type: ignore[assignment]
-            return _write_lines(fh, records, progress)
+        header = Path(name if name is not None else path).name
+        with (
+            open(path, "wb") as raw,
+            gzip.GzipFile(filename=header, mode="wb", compresslevel=5, fileobj=raw) as zipped,
+        ):
+            return _write_lines(zipped, records, progress)  # type: ignore[arg-type]
     with open(path, "wb") as fh:
         return _write_lines(fh, records, progress)
 

@@ -3,13 +3,17 @@ in the file, inputs read as given (gzip), progress bars only on a terminal."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -286,3 +290,96 @@ def test_a_folder_as_an_input_is_not_a_file_and_missing_output_folders_are_made(
     argv = ["simulate", "--teams", "1", "--days", "3", "--quiet", "--out", str(out)]
     assert main([*argv, "--truth", str(truth)]) == 0
     assert out.stat().st_size > 0 and truth.stat().st_size > 0
+
+
+def _unordered_events(path: Path) -> None:
+    """Events in reverse time order (replay sorts them and replays again), and a line
+    that is no event (a dead letter in both passes)."""
+    lines = [orjson.dumps(e) for e in simulate(SimulationConfig(4, 30, seed=3)).events()]
+    path.write_bytes(b"garbage\n" + b"".join(line + b"\n" for line in reversed(lines)))
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_fifo_output_gets_the_final_output_once_when_replay_sorts_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], jobs: str
+) -> None:
+    """Both passes were written to it (and a FIFO's reader waited for a second one)."""
+    events = tmp_path / "e.jsonl"
+    _unordered_events(events)
+    assert main(_replay(events, tmp_path, "--jobs", jobs)) == 0
+    assert "sorting it and replaying again" in capsys.readouterr().err
+    expected = (tmp_path / "d.jsonl").read_bytes()
+    assert expected.count(b"\n") >= 1
+    fifo = tmp_path / "dlq.fifo"
+    os.mkfifo(fifo)
+    opened: list[bytes] = []
+    done = threading.Event()
+
+    def read_each_opening() -> None:
+        while not done.is_set():
+            with fifo.open("rb") as fh:
+                opened.append(fh.read())
+
+    reader = threading.Thread(target=read_each_opening, daemon=True)
+    reader.start()
+    argv = _replay(events, tmp_path, "--jobs", jobs)
+    argv[argv.index("--dlq") + 1] = str(fifo)
+    assert main(argv) == 0
+    done.set()
+    with contextlib.suppress(OSError):  # a reader waiting to open: let it see the end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    reader.join(10)
+    assert [chunk for chunk in opened if chunk] == [expected]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.jsonl",
+        "d.jsonl",
+        "dlq.fifo",
+        "e.jsonl",
+    ], "no work files left"
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_work_files_of_a_device_output_go_next_to_the_other_output_not_into_dev(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    jobs: str,
+) -> None:
+    """With --alerts /dev/null the sort and the jobs made their folders in /dev."""
+    events = tmp_path / "e.jsonl"
+    _unordered_events(events)
+    folders: list[str] = []
+    real_mkstemp, real_mkdtemp = tempfile.mkstemp, tempfile.mkdtemp
+
+    def mkstemp(suffix: Any = None, prefix: Any = None, dir: Any = None, text: bool = False) -> Any:
+        if str(prefix).startswith("."):  # replay's (not multiprocessing's, in /dev/shm)
+            folders.append(str(dir))
+        return real_mkstemp(suffix, prefix, dir, text)
+
+    def mkdtemp(suffix: Any = None, prefix: Any = None, dir: Any = None) -> Any:
+        if str(prefix).startswith("."):
+            folders.append(str(dir))
+        return real_mkdtemp(suffix, prefix, dir)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    out = tmp_path / "out"
+    argv = ["replay", str(events), "--alerts", os.devnull, "--dlq", str(out / "d.jsonl")]
+    assert main([*argv, "--quiet", "--jobs", jobs]) == 0
+    assert "sorting it and replaying again" in capsys.readouterr().err
+    inside = [f for f in folders if f == str(out) or f.startswith(f"{out}{os.sep}")]
+    assert folders and inside == folders, folders
+    assert [p.name for p in out.iterdir()] == ["d.jsonl"]
+
+
+def test_simulated_gzip_names_the_file_in_its_header_not_the_temporary_file(
+    tmp_path: Path,
+) -> None:
+    base = ["simulate", "--teams", "1", "--days", "5", "--quiet"]
+    out, truth = tmp_path / "ev.jsonl.gz", tmp_path / "truth.jsonl.gz"
+    assert main([*base, "--out", str(out), "--truth", str(truth)]) == 0
+    for path, name in ((out, b"ev.jsonl"), (truth, b"truth.jsonl")):
+        header = path.read_bytes()
+        assert header[3] & gzip.FNAME, "the header has a file name"
+        assert header[10 : header.index(b"\0", 10)] == name
+        assert gzip.decompress(header).count(b"\n") > 1
