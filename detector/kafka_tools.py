@@ -105,7 +105,7 @@ def produce_file_result(
         unit_scale=True,
         unit_divisor=1024,
         file=sys.stderr,
-        disable=not progress,
+        disable=None if progress else True,  # None: drawn only when stderr is a terminal
     ) as bar:
         read = [0]
 
@@ -325,12 +325,17 @@ def follow_alerts(
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    from .replay import InputError
+
     settings = build_settings(os.environ, args.config)
     try:
         result = produce_file_result(args.events, settings, args.topic, progress=not args.quiet)
     except KafkaUnavailableError as exc:
         _err(f"error: {exc}")
         return 1
+    except InputError as exc:  # a gzip file cut short or corrupt: one line, exit 2
+        topic = args.topic or settings.kafka.events_topic
+        raise SettingsError(f"{exc}; lines before it may have been sent to {topic}") from None
     rate = result.sent / result.seconds if result.seconds else 0.0
     _err(
         f"sent {result.sent:,} lines to {result.topic} ({result.partitions} partitions) on "

@@ -383,3 +383,43 @@ def test_simulated_gzip_names_the_file_in_its_header_not_the_temporary_file(
         assert header[3] & gzip.FNAME, "the header has a file name"
         assert header[10 : header.index(b"\0", 10)] == name
         assert gzip.decompress(header).count(b"\n") > 1
+
+
+def _fake_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    """produce without a broker: every line read counts as sent."""
+    from detector import kafka_tools
+
+    async def produce(lines: Any, k: Any, topic: str, partitions: int, on_batch: Any) -> Any:
+        result = kafka_tools.ProduceResult(topic=topic, partitions=partitions)
+        for _ in lines:
+            result.sent += 1
+            on_batch()
+        return result
+
+    monkeypatch.setattr(kafka_tools, "ensure_topics", lambda k, topics: dict(topics))
+    monkeypatch.setattr(kafka_tools, "_produce", produce)
+
+
+def test_produce_of_a_gzip_file_cut_short_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It printed the InputError's traceback."""
+    _fake_kafka(monkeypatch)
+    events = tmp_path / "e.jsonl.gz"
+    lines = [orjson.dumps(e) for e in simulate(SimulationConfig(6, 30, seed=3)).events()]
+    packed = gzip.compress(b"".join(line + b"\n" for line in lines))
+    events.write_bytes(packed[: len(packed) // 2])
+    err = _cli_error(["produce", str(events), "--quiet"], capsys)
+    assert "is not a readable gzip file" in err and "may have been sent to usage-events" in err
+
+
+def test_produce_draws_no_progress_bar_when_stderr_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_kafka(monkeypatch)
+    events = tmp_path / "e.jsonl"
+    lines = _events(events, teams=2, days=20)
+    assert main(["produce", str(events)]) == 0
+    err = capsys.readouterr().err
+    assert f"sent {len(lines):,} lines to usage-events" in err
+    assert "\r" not in err and "%|" not in err and "produce usage-events" not in err, err
