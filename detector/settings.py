@@ -154,8 +154,9 @@ class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
 
 
-#: service.log_level: the names both logging and the Faust worker know
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: service.log_level: the names both logging and the Faust worker know (WARN and FATAL
+#: are logging's other names of WARNING and CRITICAL)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
 
 _SECTIONS = {"engine": EngineSettings, "kafka": KafkaSettings, "service": ServiceSettings}
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}

@@ -150,6 +150,13 @@ def test_a_log_level_no_logger_knows_fails_before_the_worker_starts():
     assert build_settings(environ={"DETECTOR_SERVICE_LOG_LEVEL": "Warning"}).service
 
 
+@pytest.mark.parametrize("level", ["warn", "WARN", "fatal", "Fatal"])
+def test_the_other_names_logging_and_faust_know_are_accepted(level: str) -> None:
+    """warn and fatal were refused though logging and the Faust worker take them."""
+    settings = build_settings(environ={"DETECTOR_SERVICE_LOG_LEVEL": level})
+    assert settings.service.log_level == level
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
