@@ -247,6 +247,10 @@ class JsonlReader(Iterator[dict[str, Any]]):
     def __next__(self) -> dict[str, Any]:
         return next(self._records)
 
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        # the generator itself: a ``for`` loop takes its records with no Python call each
+        return self._records
+
     def _read(self) -> Iterator[dict[str, Any]]:
         with open(self.path, "rb") as raw:
             gzipped = raw.peek(2)[:2] == b"\x1f\x8b"  # as replay: gzip whatever its name

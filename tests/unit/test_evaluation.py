@@ -372,6 +372,23 @@ def test_load_jsonl(tmp_path):
         list(reader)
 
 
+def test_a_loop_over_load_jsonl_takes_records_from_the_generator_and_knows_the_line(
+    tmp_path, monkeypatch
+):
+    """A Python __next__ per record cost evaluate ~15% more CPU."""
+    from detector.evaluation import JsonlReader
+
+    def no_python_call_per_record(self):
+        raise AssertionError("__next__ called in a for loop")
+
+    monkeypatch.setattr(JsonlReader, "__next__", no_python_call_per_record)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{"b": 2}\n')
+    reader = load_jsonl(path)
+    seen = [(record, reader.where) for record in reader]
+    assert seen == [({"a": 1}, f"{path}:1"), ({"b": 2}, f"{path}:3")]
+
+
 def test_parse_time_ms_forms():
     ms = parse_time_ms("2026-03-01T09:15:02.123Z")
     assert parse_time_ms("2026-03-01T04:15:02.123-05:00") == ms
