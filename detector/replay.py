@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import bisect
 import contextlib
+import glob
 import gzip
 import hashlib
 import heapq
@@ -21,6 +22,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import secrets
 import shutil
 import signal
 import stat
@@ -572,13 +574,16 @@ def written_whole(*paths: Path) -> Iterator[list[Path]]:
     targets = [path if _special(path) else Path(os.path.realpath(path)) for path in paths]
     spare = work_folder(*paths)
     temps: list[Path] = []
+    # one prefix for this call's files: a Ctrl-C between a file's creation and its
+    # name reaching ``temps`` cannot leave it behind (the clean-up looks for the prefix)
+    prefix = f"{work_dir_prefix('output')}{secrets.token_hex(4)}-"
+    folders: list[Path] = []
     try:
         for path, target in zip(paths, targets, strict=True):
             folder = spare if _special(path) else target.parent
+            folders.append(folder)
             try:
-                fd, name = tempfile.mkstemp(
-                    prefix=work_dir_prefix("output"), suffix=f"-{target.name}", dir=folder
-                )
+                fd, name = tempfile.mkstemp(prefix=prefix, suffix=f"-{target.name}", dir=folder)
             except OSError as exc:  # named after the output, not the temporary file
                 raise OSError(exc.errno, exc.strerror, str(path)) from None
             temps.append(Path(name))
@@ -595,9 +600,15 @@ def written_whole(*paths: Path) -> Iterator[list[Path]]:
             else:
                 os.replace(temp, target)
     finally:
-        for temp in temps:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+        # this call's files, and those a nested call made for them (replay_file inside the
+        # CLI's: a Ctrl-C while that call's block is entered never runs its clean-up)
+        patterns = [f"{glob.escape(prefix)}*"]
+        patterns += [f".output-*-{glob.escape(temp.name)}" for temp in temps]
+        for folder in dict.fromkeys(folders):
+            for pattern in patterns:
+                for temp in folder.glob(pattern):
+                    with contextlib.suppress(FileNotFoundError):
+                        temp.unlink()
 
 
 def work_folder(*outputs: Path) -> Path:
