@@ -444,25 +444,6 @@ def replay(
     return replay_batches(numbered(), settings, alerts_out, dlq_out, engines, line_number)
 
 
-def replay_numbered(
-    lines: Iterable[tuple[int, bytes]],
-    settings: EngineSettings,
-    alerts_out: IO[bytes],
-    dlq_out: IO[bytes],
-    engines: PartitionedEngines | None = None,
-    line_number: Callable[[int], int] | None = None,
-) -> ReplayResult:
-    """:func:`replay` of (line number, line) pairs (:func:`read_numbered_lines`): a dead
-    letter gives its line's number, or ``line_number`` of it."""
-
-    def numbered() -> Iterator[tuple[list[bytes], Callable[[int], int]]]:
-        for batch in batches(lines):
-            numbers, raws = zip(*batch, strict=True)
-            yield list(raws), numbers.__getitem__
-
-    return replay_batches(numbered(), settings, alerts_out, dlq_out, engines, line_number)
-
-
 def replay_batches(
     lines: Iterable[tuple[list[bytes], Callable[[int], int]]],
     settings: EngineSettings,
@@ -1036,7 +1017,6 @@ __all__ = [
     "replay",
     "replay_batches",
     "replay_file",
-    "replay_numbered",
     "sort_by_event_time",
     "terminate_as_exit",
     "work_dir_prefix",
