@@ -201,14 +201,17 @@ def decode_bundle(data: bytes) -> Bundle:
         and (type(bundle.events) is not list or len(bundle.events) != count)
     ):
         raise UndecodableBundle("its columns differ in length")
-    if (
-        not all(type(x) is int for column in columns for x in column)
-        or type(bundle.tick_ms) is not int
-    ):
+    # sums in C instead of a check per event: a text or null fails to add, a float makes
+    # the sum a float (a bool adds as the integer it is)
+    try:
+        sums: list[object] = [sum(column) for column in columns]
+    except TypeError:
+        sums = [None]
+    if any(type(total) is not int for total in sums) or type(bundle.tick_ms) is not int:
         raise UndecodableBundle("a partition, offset, length or tick is not an integer")
-    if sum(bundle.lengths) != len(bundle.body) or any(n < 0 for n in bundle.lengths):
+    if sums[2] != len(bundle.body) or min(bundle.lengths, default=0) < 0:
         raise UndecodableBundle(
-            f"the lengths add up to {sum(bundle.lengths)} bytes, the body has {len(bundle.body)}"
+            f"the lengths add up to {sums[2]} bytes, the body has {len(bundle.body)}"
         )
     return bundle
 
